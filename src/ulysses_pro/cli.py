@@ -1,0 +1,167 @@
+"""`ulysses-pro train | make-tiny-model | env`, with torchrun self-launch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+USAGE = """usage: ulysses-pro <command> [arguments]
+
+commands:
+  train CONFIG.yaml [key=value | --key value ...]   train a stage (LLaMA-Factory config keys)
+  make-tiny-model --arch ARCH --out DIR [options]    build a tiny random model locally
+  env                                                versions and optional accelerators
+
+Multi-process: NPROC_PER_NODE=2 ulysses-pro train cfg.yaml  (relaunches under torchrun), or
+torchrun --nproc_per_node 2 -m ulysses_pro train cfg.yaml
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _needs_torchrun() -> int:
+    """Number of processes to relaunch with, or 0 when this process should train itself."""
+    if "LOCAL_RANK" in os.environ or "RANK" in os.environ:
+        return 0
+    nproc = int(os.environ.get("NPROC_PER_NODE", "1") or 1)
+    force = os.environ.get("FORCE_TORCHRUN", "").lower() in ("1", "true")
+    return nproc if nproc > 1 or force else 0
+
+
+def _relaunch(nproc: int, arguments: list[str]) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--nnodes={os.environ.get('NNODES', '1')}",
+        f"--node_rank={os.environ.get('NODE_RANK', '0')}",
+        f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
+        f"--master_port={os.environ.get('MASTER_PORT', str(_free_port()))}",
+        "-m",
+        "ulysses_pro",
+        "train",
+        *arguments,
+    ]
+    return subprocess.call(command)
+
+
+def _setup_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="[ulysses-pro] %(message)s", stream=sys.stdout, force=True)
+    # transformers' own info chatter drowns the run log; warnings still show.
+    for noisy in ("transformers", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def train(arguments: list[str]) -> int:
+    """Load and validate the config, then run the stage."""
+    if any(a in ("-h", "--help") for a in arguments):
+        from .config import known_keys
+
+        print("usage: ulysses-pro train CONFIG.yaml [key=value | --key value ...]\n\nvalid keys:")
+        print("  " + "\n  ".join(known_keys()))
+        return 0
+    nproc = _needs_torchrun()
+    if nproc:
+        return _relaunch(nproc, arguments)
+    _setup_logging()
+    from .config import ConfigError, load_config
+    from .data.errors import DataError
+
+    try:
+        config = load_config(None, arguments)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    from .train.stages import run_stage
+
+    try:
+        run_stage(config)
+    except (ConfigError, DataError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def make_tiny_model_command(arguments: list[str]) -> int:
+    """Write a tiny random model plus the built-in tokenizer to a folder."""
+    from .models.tiny import TINY_ARCHES, make_tiny_model
+
+    parser = argparse.ArgumentParser(prog="ulysses-pro make-tiny-model")
+    parser.add_argument("--arch", required=True, choices=TINY_ARCHES)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden-size", type=int)
+    parser.add_argument("--num-layers", type=int)
+    parser.add_argument("--num-heads", type=int)
+    parser.add_argument("--num-kv-heads", type=int, help="fewer than --num-heads gives GQA")
+    parser.add_argument("--head-dim", type=int)
+    parser.add_argument("--intermediate-size", type=int)
+    options = parser.parse_args(arguments)
+    overrides = {
+        key: value
+        for key, value in vars(options).items()
+        if key not in ("arch", "out", "seed") and value is not None
+    }
+    path = make_tiny_model(options.arch, options.out, seed=options.seed, **overrides)
+    print(f"tiny {options.arch} model written to {path}")
+    return 0
+
+
+def env_command() -> int:
+    """Print versions and which optional accelerators are importable."""
+    import importlib.metadata as metadata
+    import platform
+
+    import torch
+
+    print(f"python        {platform.python_version()}")
+    for package in (
+        "ulysses-pro",
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "deepspeed",
+        "flash-attn",
+        "liger-kernel",
+    ):
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "not installed"
+        print(f"{package:<13} {version}")
+    print(f"cuda          {torch.cuda.is_available()} ({torch.cuda.device_count()} devices)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return train(rest)
+    if command == "make-tiny-model":
+        return make_tiny_model_command(rest)
+    if command == "env":
+        return env_command()
+    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2

@@ -1,0 +1,115 @@
+"""Argument groups, with LLaMA-Factory's key names, meanings and defaults.
+
+HF `TrainingArguments` fields are not repeated here: the loader routes them to
+`transformers.Seq2SeqTrainingArguments` (the class LLaMA-Factory itself uses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
+IMPLEMENTED_STAGES = ("pt", "sft")
+FINETUNING_TYPES = ("full", "freeze", "lora")
+SEQUENCE_PARALLEL_MODES = ("ulysses", "zigzag-ring", "hybrid")
+FLASH_ATTN_CHOICES = ("auto", "disabled", "sdpa", "fa2", "eager")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+
+
+@dataclass
+class ModelArguments:
+    """Which model to load and how."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Local model directory, or `tiny:<arch>` for a built-in random tiny model."},
+    )
+    adapter_name_or_path: str | None = field(
+        default=None, metadata={"help": "Comma-separated LoRA adapter directories to load first."}
+    )
+    trust_remote_code: bool = False
+    cache_dir: str | None = None
+    model_revision: str = "main"
+    hf_hub_token: str | None = None
+    flash_attn: str = field(
+        default="auto", metadata={"help": "auto | disabled | sdpa | fa2 | eager (LLaMA-Factory meanings)."}
+    )
+    enable_liger_kernel: bool = False
+    low_cpu_mem_usage: bool = True
+    use_fast_tokenizer: bool = True
+    disable_gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataArguments:
+    """Which datasets, and how rows become token ids."""
+
+    template: str | None = field(
+        default=None, metadata={"help": "Chat template; omitted or `default` uses the tokenizer's own."}
+    )
+    dataset: str | None = field(
+        default=None, metadata={"help": "Comma-separated names from dataset_info.json."}
+    )
+    eval_dataset: str | None = None
+    dataset_dir: str = "data"
+    cutoff_len: int = 2048
+    max_samples: int | None = None
+    val_size: float = 0.0
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    packing: bool | None = field(default=None, metadata={"help": "Default: on for pt, off otherwise."})
+    neat_packing: bool = False
+    preprocessing_num_workers: int | None = None
+    preprocessing_batch_size: int = 1000
+    overwrite_cache: bool = False
+    tokenized_path: str | None = None
+    streaming: bool = False
+    buffer_size: int = 16384
+    mix_strategy: str = "concat"
+    interleave_probs: str | None = None
+    default_system: str | None = None
+    ignore_pad_token_for_loss: bool = True
+
+
+@dataclass
+class FinetuningArguments:
+    """Stage and which parameters train."""
+
+    stage: str = "sft"
+    finetuning_type: str = "lora"
+    lora_rank: int = 8
+    lora_alpha: int | None = field(default=None, metadata={"help": "Default: 2 x lora_rank."})
+    lora_dropout: float = 0.0
+    lora_target: str = field(default="all", metadata={"help": "Comma-separated module names, or `all`."})
+    additional_target: str | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    freeze_trainable_layers: int = field(
+        default=2, metadata={"help": "Positive: the last n layers train; negative: the first n."}
+    )
+    freeze_trainable_modules: str = "all"
+    freeze_extra_modules: str | None = None
+    plot_loss: bool = False
+    # Preference keys are parsed now so LLaMA-Factory configs load; their stages arrive later.
+    pref_beta: float = 0.1
+    pref_ftx: float = 0.0
+    pref_loss: str = "sigmoid"
+    pref_bco_weight: float = 0.0
+    dpo_label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    kto_chosen_weight: float = 1.0
+    kto_rejected_weight: float = 1.0
+    ref_model: str | None = None
+    reward_model: str | None = None
+
+
+@dataclass
+class ParallelArguments:
+    """Sequence parallelism (reserved; the SP core implements it)."""
+
+    sequence_parallel_size: int = 1
+    sequence_parallel_mode: str = "ulysses"
+    ulysses_degree: int | None = None
+
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, FinetuningArguments, ParallelArguments)

@@ -1,0 +1,228 @@
+"""File + overrides -> validated argument groups, before any model is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .args import (
+    ARGUMENT_GROUPS,
+    DataArguments,
+    FinetuningArguments,
+    ModelArguments,
+    ParallelArguments,
+)
+from .parsing import ConfigError, Setting, coerce, parse_cli_tokens, read_config_file
+from .validation import validate
+
+# Keys that LLaMA-Factory configs still carry although transformers 5 renamed or dropped them.
+LEGACY_RENAMES = {"evaluation_strategy": "eval_strategy", "no_cuda": "use_cpu"}
+# Handled by the loader itself rather than any dataclass.
+LOADER_KEYS = ("overwrite_output_dir", "warmup_ratio", "group_by_length")
+# Keys LLaMA-Factory knows that change nothing for text-only training here: accepted, ignored.
+IGNORED_KEYS = {
+    "logging_dir": "tensorboard writes under output_dir/runs in transformers 5",
+    "save_safetensors": "checkpoints are always safetensors",
+    "print_param_status": "trainable parameters are always summarised",
+    "image_max_pixels": "text-only",
+    "image_min_pixels": "text-only",
+    "video_max_pixels": "text-only",
+    "video_min_pixels": "text-only",
+    "video_fps": "text-only",
+    "video_maxlen": "text-only",
+}
+# LLaMA-Factory features that would silently change results if ignored: refuse unless left at default.
+UNSUPPORTED_KEYS = {
+    "quantization_bit": None,
+    "quantization_method": "bnb",
+    "use_unsloth": False,
+    "use_galore": False,
+    "use_badam": False,
+    "use_apollo": False,
+    "rope_scaling": None,
+    "shift_attn": False,
+    "resize_vocab": False,
+    "use_llama_pro": False,
+    "pissa_init": False,
+    "infer_backend": "huggingface",
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs, validated."""
+
+    model: ModelArguments
+    data: DataArguments
+    finetuning: FinetuningArguments
+    parallel: ParallelArguments
+    training: Any  # transformers.Seq2SeqTrainingArguments
+    overwrite_output_dir: bool = False
+    config_file: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict of every non-default key (for logs and `get_status`)."""
+        flat: dict[str, Any] = {}
+        for group in (self.model, self.data, self.finetuning, self.parallel):
+            flat.update(dataclasses.asdict(group))
+        return flat
+
+
+def _training_arguments_class():
+    from transformers import Seq2SeqTrainingArguments
+
+    return Seq2SeqTrainingArguments
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def known_keys() -> list[str]:
+    """Every key a config may use."""
+    keys = set(LOADER_KEYS) | set(IGNORED_KEYS) | set(UNSUPPORTED_KEYS) | set(LEGACY_RENAMES)
+    for cls in (*ARGUMENT_GROUPS, _training_arguments_class()):
+        keys |= set(_field_types(cls))
+    return sorted(keys)
+
+
+def _unknown_key_error(key: str, setting: Setting) -> ConfigError:
+    close = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `ulysses-pro train --help` for the valid keys"
+    return ConfigError(f"{setting.origin}: unknown key {key!r}{hint}")
+
+
+def _apply_legacy(settings: dict[str, Setting]) -> tuple[dict[str, Setting], bool]:
+    out = dict(settings)
+    for old, new in LEGACY_RENAMES.items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{out[old].origin}: {old} and {new} both given; keep only {new}")
+            out[new] = out.pop(old)
+    if "warmup_ratio" in out:
+        setting = out.pop("warmup_ratio")
+        ratio = coerce("warmup_ratio", setting, float)
+        if "warmup_steps" in out and coerce("warmup_steps", out["warmup_steps"], float) != 0:
+            raise ConfigError(f"{setting.origin}: warmup_ratio and warmup_steps both given; keep one")
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"{setting.origin}: warmup_ratio={ratio} must be in [0, 1)")
+        # transformers 5 reads warmup_steps < 1 as a fraction of the total steps.
+        out["warmup_steps"] = Setting(ratio, setting.origin)
+    if "group_by_length" in out:
+        setting = out.pop("group_by_length")
+        if coerce("group_by_length", setting, bool):
+            out["train_sampling_strategy"] = Setting("group_by_length", setting.origin)
+    overwrite = False
+    if "overwrite_output_dir" in out:
+        overwrite = coerce("overwrite_output_dir", out.pop("overwrite_output_dir"), bool)
+    for key in list(out):
+        if key in IGNORED_KEYS:
+            out.pop(key)
+        elif key in UNSUPPORTED_KEYS:
+            setting = out.pop(key)
+            if setting.value not in (UNSUPPORTED_KEYS[key], None, False):
+                raise ConfigError(
+                    f"{setting.origin}: {key}={setting.value!r} is a LLaMA-Factory option Ulysses Pro does not "
+                    f"support; remove it (or set it to {UNSUPPORTED_KEYS[key]!r})"
+                )
+    return out, overwrite
+
+
+def _sequence_parallel_from_deepspeed(settings: dict[str, Setting]) -> None:
+    """`sequence_parallel_size` may live in the DeepSpeed JSON; the YAML/CLI value must agree with it."""
+    ds = settings.get("deepspeed")
+    if ds is None or ds.value is None:
+        return
+    if isinstance(ds.value, dict):
+        ds_config = ds.value
+    else:
+        path = Path(str(ds.value))
+        if not path.is_file():
+            raise ConfigError(f"{ds.origin}: deepspeed config {path} not found")
+        try:
+            ds_config = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    if "sequence_parallel_size" not in ds_config:
+        return
+    from_ds = Setting(ds_config["sequence_parallel_size"], f"{ds.value} (sequence_parallel_size)")
+    if "sequence_parallel_size" in settings:
+        ours = coerce("sequence_parallel_size", settings["sequence_parallel_size"], int)
+        if ours != coerce("sequence_parallel_size", from_ds, int):
+            raise ConfigError(
+                f"{settings['sequence_parallel_size'].origin}: sequence_parallel_size={ours} disagrees with "
+                f"{from_ds.origin}={from_ds.value}; set it in one place"
+            )
+    else:
+        settings["sequence_parallel_size"] = from_ds
+
+
+def load_config(
+    source: str | Path | dict | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> RunConfig:
+    """Read a YAML/JSON file (or dict) plus overrides (later wins) into a validated RunConfig."""
+    settings: dict[str, Setting] = {}
+    config_file = None
+    cli_overrides: dict[str, Setting] = {}
+    if isinstance(overrides, list):
+        cli_file, cli_overrides = parse_cli_tokens(overrides)
+        if cli_file is not None:
+            if source is not None:
+                raise ConfigError(f"two config files given: {source} and {cli_file}; pass one")
+            source = cli_file
+    elif isinstance(overrides, dict):
+        cli_overrides = {k: Setting(v, "override") for k, v in overrides.items()}
+    if isinstance(source, dict):
+        settings.update({k: Setting(v, "config dict") for k, v in source.items()})
+    elif source is not None:
+        config_file = str(source)
+        settings.update(read_config_file(source))
+    settings.update(cli_overrides)
+    settings, overwrite = _apply_legacy(settings)
+    _sequence_parallel_from_deepspeed(settings)
+
+    groups: dict[type, dict[str, Any]] = {cls: {} for cls in ARGUMENT_GROUPS}
+    training_cls = _training_arguments_class()
+    training_kwargs: dict[str, Any] = {}
+    types_by_group = {cls: _field_types(cls) for cls in ARGUMENT_GROUPS}
+    training_types = _field_types(training_cls)
+    for key, setting in settings.items():
+        owner = next((cls for cls in ARGUMENT_GROUPS if key in types_by_group[cls]), None)
+        if owner is not None:
+            groups[owner][key] = coerce(key, setting, types_by_group[owner][key])
+        elif key in training_types:
+            training_kwargs[key] = coerce(key, setting, training_types[key])
+        else:
+            raise _unknown_key_error(key, setting)
+
+    model, data, finetuning, parallel = (cls(**groups[cls]) for cls in ARGUMENT_GROUPS)
+    origins = {key: setting.origin for key, setting in settings.items()}
+    validate(model, data, finetuning, parallel, training_kwargs, origins)
+    training_kwargs.setdefault("output_dir", "saves/ulysses-pro")
+    training_kwargs.setdefault("report_to", "none")
+    # The trainer computes its own loss from pre-shifted labels; keep every collated column.
+    training_kwargs["remove_unused_columns"] = False
+    if not _cuda_available():
+        # LLaMA-Factory configs say bf16: true for GPUs; on a CPU-only machine that still works with use_cpu.
+        training_kwargs.setdefault("use_cpu", True)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            training_kwargs.setdefault("ddp_backend", "gloo")
+    try:
+        training = training_cls(**training_kwargs)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"invalid training arguments: {err}") from None
+    return RunConfig(model, data, finetuning, parallel, training, overwrite, config_file)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,98 @@
+"""Cross-field checks that must fail before any model or dataset is touched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .args import (
+    FINETUNING_TYPES,
+    FLASH_ATTN_CHOICES,
+    IMPLEMENTED_STAGES,
+    MIX_STRATEGIES,
+    SEQUENCE_PARALLEL_MODES,
+    STAGES,
+    DataArguments,
+    FinetuningArguments,
+    ModelArguments,
+    ParallelArguments,
+)
+from .parsing import ConfigError
+
+
+def validate(
+    model: ModelArguments,
+    data: DataArguments,
+    finetuning: FinetuningArguments,
+    parallel: ParallelArguments,
+    training: dict[str, Any],
+    origins: dict[str, str],
+) -> None:
+    """Raise ConfigError naming the key at fault and the fix."""
+
+    def fail(key: str, message: str) -> None:
+        where = origins.get(key, "default")
+        raise ConfigError(f"{where}: {key}: {message}")
+
+    def choose(key: str, value: Any, choices: tuple) -> None:
+        if value not in choices:
+            fail(key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+    choose("stage", finetuning.stage, STAGES)
+    if finetuning.stage not in IMPLEMENTED_STAGES:
+        fail(
+            "stage",
+            f"stage {finetuning.stage!r} is not available yet in this version of Ulysses Pro; "
+            f"available stages: {', '.join(IMPLEMENTED_STAGES)}",
+        )
+    choose("finetuning_type", finetuning.finetuning_type, FINETUNING_TYPES)
+    choose("flash_attn", model.flash_attn, FLASH_ATTN_CHOICES)
+    choose("sequence_parallel_mode", parallel.sequence_parallel_mode, SEQUENCE_PARALLEL_MODES)
+    choose("mix_strategy", data.mix_strategy, MIX_STRATEGIES)
+
+    do_train = training.get("do_train", False)
+    if do_train and not model.model_name_or_path:
+        fail("model_name_or_path", "required for training; give a local model directory or tiny:llama")
+    if do_train and not data.dataset:
+        fail("dataset", "required when do_train is true; name one or more entries of dataset_info.json")
+    if training.get("do_predict"):
+        fail("do_predict", "prediction is not supported; use do_eval or run inference separately")
+    if finetuning.lora_rank < 1:
+        fail("lora_rank", f"must be a positive integer, got {finetuning.lora_rank}")
+    if finetuning.lora_alpha is not None and finetuning.lora_alpha <= 0:
+        fail("lora_alpha", f"must be positive, got {finetuning.lora_alpha}")
+    if not 0.0 <= finetuning.lora_dropout < 1.0:
+        fail("lora_dropout", f"must be in [0, 1), got {finetuning.lora_dropout}")
+    if finetuning.freeze_trainable_layers == 0:
+        fail(
+            "freeze_trainable_layers", "0 trains nothing; use a positive (last n) or negative (first n) count"
+        )
+    if data.cutoff_len < 4:
+        fail("cutoff_len", f"must be at least 4 tokens, got {data.cutoff_len}")
+    if data.max_samples is not None and data.max_samples < 1:
+        fail("max_samples", f"must be a positive integer, got {data.max_samples}")
+    if data.val_size < 0 or (data.val_size >= 1 and not float(data.val_size).is_integer()):
+        fail("val_size", f"give a fraction in [0, 1) or a whole number of rows, got {data.val_size}")
+    if data.neat_packing and data.packing is False:
+        fail("neat_packing", "neat_packing needs packing; remove packing: false or set neat_packing: false")
+    if data.mask_history and data.train_on_prompt:
+        fail("mask_history", "mask_history and train_on_prompt contradict each other; choose one")
+    if data.streaming:
+        fail("streaming", "streaming datasets are not supported yet; set streaming: false")
+    if training.get("bf16") and training.get("fp16"):
+        fail("fp16", "bf16 and fp16 are both true; keep one")
+    sp = parallel.sequence_parallel_size
+    if sp < 1:
+        fail("sequence_parallel_size", f"must be >= 1, got {sp}")
+    if sp > 1:
+        fail(
+            "sequence_parallel_size",
+            f"{sp} requested, but sequence parallelism is not available yet in this version; "
+            "set sequence_parallel_size: 1",
+        )
+    if parallel.ulysses_degree is not None and parallel.ulysses_degree < 1:
+        fail("ulysses_degree", f"must be >= 1, got {parallel.ulysses_degree}")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if key in training and training[key] < 1:
+            fail(key, f"must be >= 1, got {training[key]}")
+    if training.get("learning_rate", 1.0) < 0:
+        fail("learning_rate", f"must be >= 0, got {training['learning_rate']}")

@@ -1,0 +1,174 @@
+"""Raw rows (alpaca, sharegpt, OpenAI messages, pretraining text) -> one normalised form.
+
+Every check names the file, the row and what was expected: a malformed row stops the run,
+it is never skipped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DataError, RowRef
+from .registry import DatasetSpec
+
+USER_SIDE = ("user", "tool")
+ASSISTANT_SIDE = ("assistant",)
+
+
+@dataclass
+class Conversation:
+    """A chat: optional system message, then alternating user-side / assistant-side turns."""
+
+    messages: list[dict[str, str]]
+    ref: RowRef
+    tools: str | None = None
+
+
+def _require_mapping(row: Any, ref: RowRef) -> dict:
+    if not isinstance(row, dict):
+        raise DataError.at(ref, f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _text_field(row: dict, column: str | None, ref: RowRef, *, required: bool, what: str) -> str:
+    if column is None:
+        return ""
+    if column not in row or row[column] is None:
+        if required:
+            raise DataError.at(ref, f"missing column {column!r} ({what}); columns present: {sorted(row)}")
+        return ""
+    value = row[column]
+    if not isinstance(value, str):
+        raise DataError.at(ref, f"column {column!r} ({what}) must be a string, got {type(value).__name__}")
+    return value
+
+
+def _nonempty_answer(text: str, ref: RowRef, where: str) -> str:
+    if not text.strip():
+        raise DataError.at(
+            ref, f"{where}: empty assistant turn; every assistant answer needs text to learn from"
+        )
+    return text
+
+
+def alpaca_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
+    """instruction (+ input), output, optional system and history [[q, a], ...]."""
+    row = _require_mapping(row, ref)
+    instruction = _text_field(row, spec.column("prompt"), ref, required=True, what="instruction")
+    query = _text_field(row, spec.column("query"), ref, required=False, what="input")
+    response = _text_field(row, spec.column("response"), ref, required=True, what="output")
+    system = _text_field(row, spec.column("system"), ref, required=False, what="system")
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    history_column = spec.column("history")
+    history = row.get(history_column) if history_column else None
+    if history:
+        if not isinstance(history, list):
+            raise DataError.at(ref, f"column {history_column!r} must be a list of [question, answer] pairs")
+        for turn, pair in enumerate(history):
+            if not (
+                isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+            ):
+                raise DataError.at(
+                    ref, f"{history_column}[{turn}] must be a [question, answer] pair of strings"
+                )
+            messages.append({"role": "user", "content": pair[0]})
+            messages.append(
+                {"role": "assistant", "content": _nonempty_answer(pair[1], ref, f"history[{turn}]")}
+            )
+    prompt = "\n".join(part for part in (instruction, query) if part)
+    if not prompt.strip():
+        raise DataError.at(ref, "empty instruction and input; the user turn needs text")
+    messages.append({"role": "user", "content": prompt})
+    messages.append({"role": "assistant", "content": _nonempty_answer(response, ref, "output")})
+    tools = _text_field(row, spec.column("tools"), ref, required=False, what="tools") or None
+    return Conversation(messages, ref, tools)
+
+
+def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
+    """from/value (or role/content via tags) messages in strict user/assistant alternation."""
+    row = _require_mapping(row, ref)
+    column = spec.column("messages") or "conversations"
+    raw = row.get(column)
+    if not isinstance(raw, list) or not raw:
+        raise DataError.at(
+            ref, f"column {column!r} must be a non-empty list of messages; columns: {sorted(row)}"
+        )
+    tags = spec.tags
+    roles = {
+        tags["user_tag"]: "user",
+        tags["observation_tag"]: "tool",
+        tags["assistant_tag"]: "assistant",
+        tags["function_tag"]: "assistant",
+        tags["system_tag"]: "system",
+    }
+    messages: list[dict[str, str]] = []
+    system = _text_field(row, spec.column("system"), ref, required=False, what="system")
+    start = 0
+    first = raw[0]
+    if isinstance(first, dict) and first.get(tags["role_tag"]) == tags["system_tag"]:
+        system = system or _message_content(first, tags, ref, 0)
+        start = 1
+    if system:
+        messages.append({"role": "system", "content": system})
+    for position, message in enumerate(raw[start:], start=start):
+        if not isinstance(message, dict):
+            raise DataError.at(ref, f"{column}[{position}] must be an object, got {type(message).__name__}")
+        tag = message.get(tags["role_tag"])
+        if tag not in roles or roles[tag] == "system":
+            raise DataError.at(
+                ref,
+                f"{column}[{position}]: unknown role {tag!r} under {tags['role_tag']!r}; expected one of "
+                f"{[t for t, r in roles.items() if r != 'system']}",
+            )
+        expect_user = (position - start) % 2 == 0
+        role = roles[tag]
+        if expect_user != (role in USER_SIDE):
+            expected = (
+                f"{tags['user_tag']!r} or {tags['observation_tag']!r}"
+                if expect_user
+                else f"{tags['assistant_tag']!r} or {tags['function_tag']!r}"
+            )
+            raise DataError.at(
+                ref, f"{column}[{position}]: wrong role order: expected {expected} here, got {tag!r}"
+            )
+        content = _message_content(message, tags, ref, position)
+        if role == "assistant":
+            _nonempty_answer(content, ref, f"{column}[{position}]")
+        messages.append({"role": role, "content": content})
+    if messages[-1]["role"] != "assistant":
+        raise DataError.at(
+            ref, f"{column}: the last message must be an assistant turn ({tags['assistant_tag']!r})"
+        )
+    tools = row.get(spec.column("tools")) if spec.column("tools") else None
+    if tools is not None and not isinstance(tools, str):
+        tools = str(tools)
+    return Conversation(messages, ref, tools or None)
+
+
+def _message_content(message: dict, tags: dict[str, str], ref: RowRef, position: int) -> str:
+    content = message.get(tags["content_tag"])
+    if not isinstance(content, str):
+        raise DataError.at(
+            ref, f"message {position}: {tags['content_tag']!r} must be a string, got {type(content).__name__}"
+        )
+    return content
+
+
+def to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
+    """Dispatch on the dataset's formatting."""
+    if spec.formatting == "sharegpt":
+        return sharegpt_to_conversation(row, spec, ref)
+    return alpaca_to_conversation(row, spec, ref)
+
+
+def to_text(row: Any, spec: DatasetSpec, ref: RowRef) -> str:
+    """Pretraining text: the `prompt` column (LLaMA-Factory maps it to `text`), else `text`."""
+    row = _require_mapping(row, ref)
+    column = spec.column("prompt")
+    if column not in row and "text" in row:
+        column = "text"
+    text = _text_field(row, column, ref, required=True, what="pretraining text")
+    if not text.strip():
+        raise DataError.at(ref, f"column {column!r} is empty; pretraining rows need text")
+    return text

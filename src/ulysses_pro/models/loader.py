@@ -1,0 +1,213 @@
+"""Model + tokenizer loading and the full / freeze / LoRA parameter setup."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+TINY_PREFIX = "tiny:"
+_ATTN_IMPLEMENTATIONS = {
+    "auto": None,
+    "sdpa": "sdpa",
+    "eager": "eager",
+    "disabled": "eager",
+    "fa2": "flash_attention_2",
+}
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+def parse_tiny_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """`tiny:llama?hidden_size=128&num_layers=4` -> ("llama", {"hidden_size": 128, "num_layers": 4})."""
+    arch, _, query = spec[len(TINY_PREFIX) :].partition("?")
+    sizes: dict[str, int] = {}
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if not value.isdigit():
+            raise ValueError(f"model_name_or_path={spec!r}: {item!r} should be size_key=<integer>")
+        sizes[key] = int(value)
+    return arch, sizes
+
+
+def load_tokenizer(model_args):
+    """The model's tokenizer; `tiny:<arch>` models use the tokenizer shipped with Ulysses Pro."""
+    path = model_args.model_name_or_path
+    if path.startswith(TINY_PREFIX):
+        from .tokenizer import load_builtin_tokenizer
+
+        return load_builtin_tokenizer()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        path,
+        trust_remote_code=model_args.trust_remote_code,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.hf_hub_token,
+        use_fast=model_args.use_fast_tokenizer,
+    )
+    if tokenizer.pad_token_id is None:
+        # Padding is always masked out of the loss, so any id works; eos is the usual choice.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _compute_dtype(training_args) -> torch.dtype:
+    if getattr(training_args, "bf16", False):
+        return torch.bfloat16
+    if getattr(training_args, "fp16", False):
+        return torch.float16
+    return torch.float32
+
+
+def load_model(
+    model_args, finetuning_args, tokenizer, training_args, *, is_trainable: bool = True
+) -> nn.Module:
+    """Load (or build) the causal LM and mark which parameters train."""
+    path = model_args.model_name_or_path
+    attn = _ATTN_IMPLEMENTATIONS[model_args.flash_attn]
+    if attn == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "flash_attn: fa2 needs the flash-attn package; install it or use sdpa"
+            ) from None
+    dtype = _compute_dtype(training_args)
+    seed = getattr(training_args, "seed", 42)
+    if path.startswith(TINY_PREFIX):
+        from .tiny import build_tiny_model
+
+        arch, overrides = parse_tiny_spec(path)
+        if attn:
+            overrides["attn_implementation"] = attn
+        model = build_tiny_model(arch, tokenizer, seed=seed, **overrides)
+        model = model.to(dtype)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        kwargs = {"attn_implementation": attn} if attn else {}
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            trust_remote_code=model_args.trust_remote_code,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.hf_hub_token,
+            low_cpu_mem_usage=model_args.low_cpu_mem_usage,
+            **kwargs,
+        )
+    # Packed rows rely on position-id restarts, which transformers honours only without a KV cache.
+    model.config.use_cache = False
+    model = _apply_finetuning(model, model_args, finetuning_args, is_trainable)
+    if is_trainable:
+        # Optimizer state and updates of trainable weights stay in fp32 (LLaMA-Factory's upcast).
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+    _log_trainable(model)
+    return model
+
+
+def _apply_finetuning(model, model_args, finetuning_args, is_trainable: bool):
+    kind = finetuning_args.finetuning_type
+    adapters = [a.strip() for a in (model_args.adapter_name_or_path or "").split(",") if a.strip()]
+    if adapters and kind != "lora":
+        raise ValueError(f"adapter_name_or_path needs finetuning_type: lora, got {kind}")
+    if not is_trainable:
+        model.requires_grad_(False)
+        return _load_adapters(model, adapters, resume_last=False)
+    if kind == "full":
+        model.requires_grad_(True)
+        return model
+    if kind == "freeze":
+        _freeze(model, finetuning_args)
+        return model
+    return _lora(model, finetuning_args, adapters)
+
+
+def _load_adapters(model, adapters: list[str], resume_last: bool):
+    from peft import PeftModel
+
+    for index, adapter in enumerate(adapters):
+        last = index == len(adapters) - 1
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=resume_last and last)
+        if not (resume_last and last):
+            model = model.merge_and_unload()
+    return model
+
+
+def _linear_module_names(model: nn.Module) -> list[str]:
+    head = model.get_output_embeddings()
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module is not head:
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def _lora(model, finetuning_args, adapters: list[str]):
+    from peft import LoraConfig, get_peft_model
+
+    if adapters:
+        model = _load_adapters(model, adapters, resume_last=True)
+        if hasattr(model, "peft_config"):
+            return model
+    target = finetuning_args.lora_target
+    modules = _linear_module_names(model) if target == "all" else [t.strip() for t in target.split(",")]
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=finetuning_args.lora_rank,
+        lora_alpha=finetuning_args.lora_alpha or 2 * finetuning_args.lora_rank,
+        lora_dropout=finetuning_args.lora_dropout,
+        target_modules=modules,
+        modules_to_save=[m.strip() for m in finetuning_args.additional_target.split(",")]
+        if finetuning_args.additional_target
+        else None,
+        use_rslora=finetuning_args.use_rslora,
+        use_dora=finetuning_args.use_dora,
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as err:
+        raise ValueError(
+            f"lora_target={target!r}: {err}; available Linear modules: {_linear_module_names(model)}"
+        ) from None
+
+
+def _freeze(model, finetuning_args) -> None:
+    num_layers = model.config.get_text_config().num_hidden_layers
+    n = finetuning_args.freeze_trainable_layers
+    if abs(n) > num_layers:
+        raise ValueError(f"freeze_trainable_layers={n} but the model has {num_layers} layers")
+    layer_ids = set(range(num_layers - n, num_layers)) if n > 0 else set(range(-n))
+    modules = finetuning_args.freeze_trainable_modules
+    module_names = None if modules == "all" else [m.strip() for m in modules.split(",")]
+    extra = [m.strip() for m in (finetuning_args.freeze_extra_modules or "").split(",") if m.strip()]
+    matched_modules: set[str] = set()
+    for name, param in model.named_parameters():
+        match = _LAYER_INDEX.search(name)
+        trainable = False
+        if match and int(match.group(1)) in layer_ids:
+            tail = name[match.end() :]
+            trainable = module_names is None or any(tail.startswith(m + ".") for m in module_names)
+            if trainable and module_names:
+                matched_modules.update(m for m in module_names if tail.startswith(m + "."))
+        if not match and any(f".{m}." in f".{name}" for m in extra):
+            trainable = True
+        param.requires_grad_(trainable)
+    if module_names and set(module_names) - matched_modules:
+        raise ValueError(
+            f"freeze_trainable_modules: {sorted(set(module_names) - matched_modules)} match no parameter "
+            f"of the trainable layers"
+        )
+
+
+def _log_trainable(model: nn.Module) -> None:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("trainable params: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))

@@ -1,0 +1,1 @@
+"""The sequence-parallel core: torch only, no transformers, trainers or datasets."""

@@ -1,0 +1,35 @@
+"""Token-weighted loss reductions (DESIGN contract 6).
+
+Each rank back-propagates `sum(local token losses) / N_global * W`: `N_global` counts the valid
+(shifted) targets of every micro-batch of the optimizer step on every rank, and `W` is the number of
+ranks whose gradients the engine averages. The gradient then equals that of the mean token loss of
+the whole global batch, however it is split across gradient accumulation and ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+IGNORE_INDEX = -100
+
+
+def count_targets(shift_labels: torch.Tensor) -> torch.Tensor:
+    """Number of positions that have a target."""
+    return shift_labels.ne(IGNORE_INDEX).sum()
+
+
+def global_sum(value: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Sum a count over all ranks of `group` (no autograd: counts carry no gradient)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM, group=group)
+    return value
+
+
+def normalized_token_loss(
+    loss_sum: torch.Tensor, global_count: torch.Tensor | int, gradient_average_world: int
+) -> torch.Tensor:
+    """`loss_sum / N_global * W`; a step with no target at all contributes zero, not NaN."""
+    count = torch.as_tensor(global_count, device=loss_sum.device, dtype=loss_sum.dtype).clamp(min=1)
+    return loss_sum / count * gradient_average_world

@@ -1,0 +1,93 @@
+"""The shared run for token-loss stages (pt, sft): data, model, trainer, outputs."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..data.collators import PaddingCollator
+from ..data.pipeline import build_datasets
+from ..models.loader import load_model, load_tokenizer
+from .generation import sample_answers
+from .plotting import plot_loss
+from .trainer import UlyssesTrainer
+
+logger = logging.getLogger(__name__)
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The highest-numbered `checkpoint-N` folder, if any."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [
+        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    ]
+    return max(found)[1] if found else None
+
+
+def resolve_resume(config: RunConfig) -> str | None:
+    """Explicit resume_from_checkpoint wins; else resume the last checkpoint unless overwrite_output_dir."""
+    explicit = config.training.resume_from_checkpoint
+    if explicit:
+        return explicit
+    found = last_checkpoint(config.training.output_dir)
+    if found is not None and not config.overwrite_output_dir:
+        logger.info("resuming from %s (set overwrite_output_dir: true to start over)", found)
+        return str(found)
+    return None
+
+
+def run_token_stage(config: RunConfig) -> UlyssesTrainer:
+    """Train (and optionally evaluate) a pt or sft stage; returns the finished trainer."""
+    args = config.training
+    stage = config.finetuning.stage
+    tokenizer = load_tokenizer(config.model)
+    started = time.perf_counter()
+    bundle = build_datasets(config.data, tokenizer, stage, seed=args.seed)
+    logger.info("data ready in %.1fs", time.perf_counter() - started)
+    model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
+    trainer = UlyssesTrainer(
+        model=model,
+        args=args,
+        train_dataset=bundle.train,
+        eval_dataset=bundle.eval,
+        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    show_samples = trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train
+    if show_samples:
+        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts[:1], "before training")
+    if args.do_train:
+        try:
+            result = trainer.train(resume_from_checkpoint=resolve_resume(config))
+        except KeyboardInterrupt:
+            if trainer.args.world_size == 1:
+                # Nothing is lost: an interrupted run leaves a checkpoint the next run resumes from.
+                trainer._save_checkpoint(trainer.model, trial=None)
+                logger.warning("interrupted: checkpoint saved in %s", args.output_dir)
+            raise
+        trainer.save_model()
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        if config.finetuning.plot_loss and trainer.is_world_process_zero():
+            for key in ("loss", "eval_loss"):
+                path = plot_loss(trainer.state.log_history, args.output_dir, key)
+                if path is not None:
+                    logger.info("loss plot written to %s", path)
+    if show_samples:
+        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts[:1], "after training")
+    if args.do_eval and bundle.eval is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return trainer
