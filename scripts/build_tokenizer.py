@@ -113,7 +113,9 @@ def save(out_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--check", action="store_true", help="rebuild in a temp dir and compare with --out-dir")
+    parser.add_argument(
+        "--check", action="store_true", help="rebuild in a temp dir and compare with --out-dir"
+    )
     args = parser.parse_args()
     if not args.check:
         save(args.out_dir)

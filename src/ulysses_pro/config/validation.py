@@ -80,6 +80,11 @@ def validate(
         fail("streaming", "streaming datasets are not supported yet; set streaming: false")
     if training.get("bf16") and training.get("fp16"):
         fail("fp16", "bf16 and fp16 are both true; keep one")
+    if training.get("deepspeed"):
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            fail("deepspeed", "needs the deepspeed package: pip install deepspeed")
     sp = parallel.sequence_parallel_size
     if sp < 1:
         fail("sequence_parallel_size", f"must be >= 1, got {sp}")

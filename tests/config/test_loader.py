@@ -1,0 +1,161 @@
+"""Config loading: files, both override styles, legacy keys, and errors that name the fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ulysses_pro.config import ConfigError, load_config, parse_cli_tokens
+from ulysses_pro.config.loader import _sequence_parallel_from_deepspeed
+from ulysses_pro.config.parsing import Setting
+
+BASE = """\
+model_name_or_path: tiny:llama
+stage: sft
+do_train: true
+dataset: demo_tasks
+learning_rate: 1.0e-4
+output_dir: {out}
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(BASE.format(out=tmp_path / "out"))
+    return path
+
+
+def test_yaml_values_and_defaults(config_file):
+    config = load_config(config_file)
+    assert config.training.learning_rate == pytest.approx(1e-4)
+    assert config.finetuning.finetuning_type == "lora"  # LLaMA-Factory's default
+    assert config.finetuning.lora_alpha is None and config.finetuning.lora_rank == 8
+    assert config.model.trust_remote_code is False
+    assert config.data.dataset_dir == "data"
+    assert config.parallel.sequence_parallel_size == 1
+    assert config.parallel.sequence_parallel_mode == "ulysses"
+
+
+def test_both_override_styles_and_later_wins(config_file):
+    config = load_config(
+        config_file,
+        [
+            "--learning_rate",
+            "3e-4",
+            "cutoff_len=256",
+            "--lr-scheduler-type=cosine",
+            "--bf16",
+            "pref_beta=0.15",
+        ],
+    )
+    assert config.training.learning_rate == pytest.approx(3e-4)
+    assert config.data.cutoff_len == 256
+    assert str(config.training.lr_scheduler_type.value) == "cosine"
+    assert config.training.bf16 is True
+    assert config.finetuning.pref_beta == pytest.approx(0.15)
+    later = load_config(config_file, ["learning_rate=1e-3", "--learning_rate", "2e-3"])
+    assert later.training.learning_rate == pytest.approx(2e-3)
+
+
+def test_config_file_given_in_the_overrides(config_file):
+    config = load_config(None, ["--config_file", str(config_file), "--max_steps", "7"])
+    assert config.training.max_steps == 7 and config.config_file == str(config_file)
+
+
+def test_json_config(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"model_name_or_path": "tiny:llama", "dataset": "x", "cutoff_len": 64}))
+    assert load_config(path).data.cutoff_len == 64
+
+
+def test_legacy_keys(config_file):
+    config = load_config(
+        config_file,
+        ["warmup_ratio=0.1", "overwrite_output_dir=true", "group_by_length=true", "logging_dir=x"],
+    )
+    assert config.training.warmup_steps == pytest.approx(0.1)
+    assert config.overwrite_output_dir is True
+    assert config.training.train_sampling_strategy == "group_by_length"
+
+
+def test_unknown_key_names_line_and_closest(config_file):
+    config_file.write_text(config_file.read_text() + "lerning_rate: 0.1\n")
+    with pytest.raises(
+        ConfigError, match=r"cfg.yaml:7: unknown key 'lerning_rate'; did you mean 'learning_rate'"
+    ):
+        load_config(config_file)
+    with pytest.raises(ConfigError, match=r"command line .*did you mean 'cutoff_len'"):
+        load_config(None, ["cutof_len=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "pattern"),
+    [
+        (["lora_rank=abc"], r"lora_rank='abc' is not valid; expected a integer|lora_rank='abc' is not valid"),
+        (["stage=dpo"], r"stage: stage 'dpo' is not available yet"),
+        (["stage=banana"], r"stage: 'banana' is not one of pt, sft, rm, dpo, kto, ppo"),
+        (["finetuning_type=qlora"], r"finetuning_type: 'qlora' is not one of full, freeze, lora"),
+        (["bf16=true", "fp16=true"], r"fp16: bf16 and fp16 are both true"),
+        (["sequence_parallel_mode=ring"], r"sequence_parallel_mode: 'ring' is not one of"),
+        (["cutoff_len=2"], r"cutoff_len: must be at least 4"),
+        (["neat_packing=true", "packing=false"], r"neat_packing needs packing"),
+        (
+            ["quantization_bit=4"],
+            r"quantization_bit=4 is a LLaMA-Factory option Ulysses Pro does not support",
+        ),
+        (["dataset=null"], r"dataset: required when do_train is true"),
+        (["freeze_trainable_layers=0"], r"freeze_trainable_layers: 0 trains nothing"),
+    ],
+)
+def test_invalid_values_name_the_key(config_file, override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(config_file, override)
+
+
+def test_sequence_parallel_reserved(config_file):
+    with pytest.raises(ConfigError, match=r"sequence_parallel_size: 2 requested, but sequence parallelism"):
+        load_config(config_file, ["sequence_parallel_size=2"])
+
+
+def test_sequence_parallel_size_from_deepspeed_json(config_file, tmp_path):
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"sequence_parallel_size": 1, "train_micro_batch_size_per_gpu": "auto"}))
+    settings = {"deepspeed": Setting(str(ds), "cfg"), "sequence_parallel_size": Setting(1, "cfg")}
+    _sequence_parallel_from_deepspeed(settings)  # agreement is accepted
+    settings = {"deepspeed": Setting(str(ds), "cfg")}
+    ds.write_text(json.dumps({"sequence_parallel_size": 4}))
+    _sequence_parallel_from_deepspeed(settings)
+    assert (
+        settings["sequence_parallel_size"].value == 4
+        and "ds.json" in settings["sequence_parallel_size"].origin
+    )
+    # Disagreement names both places.
+    ds.write_text(json.dumps({"sequence_parallel_size": 4}))
+    with pytest.raises(ConfigError, match=r"sequence_parallel_size=1 disagrees with .*ds.json"):
+        load_config(config_file, ["--deepspeed", str(ds), "sequence_parallel_size=1"])
+
+
+def test_bad_yaml_reports_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("stage: sft\ndataset: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_cli_token_parsing():
+    config_file, overrides = parse_cli_tokens(
+        ["--adjust-lr", "--config_file", "c.yaml", "--debug", "pref_beta=0.15", "--lr", "3"]
+    )
+    assert config_file == "c.yaml"
+    assert {k: v.value for k, v in overrides.items()} == {
+        "adjust_lr": True,
+        "debug": True,
+        "pref_beta": 0.15,
+        "lr": 3,
+    }
+    with pytest.raises(ConfigError, match="two config files"):
+        parse_cli_tokens(["a.yaml", "b.yaml"])
+    with pytest.raises(ConfigError, match="cannot read command-line argument 'stray'"):
+        parse_cli_tokens(["stray"])

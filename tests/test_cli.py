@@ -1,0 +1,135 @@
+"""End to end through the command line: multi-process launch, outputs, the legacy script, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(
+    args: list[str], env_extra: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        env.pop(key, None)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_config(tmp_path: Path, **overrides) -> Path:
+    config = {
+        "model_name_or_path": "tiny:llama",
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "dataset": "demo_tasks",
+        "dataset_dir": str(REPO / "data"),
+        "cutoff_len": 96,
+        "max_samples": 200,
+        "neat_packing": True,
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 2,
+        "max_steps": 6,
+        "logging_steps": 1,
+        "save_steps": 3,
+        "learning_rate": 3e-3,
+        "plot_loss": True,
+        "report_to": "none",
+    }
+    config.update(overrides)
+    path = tmp_path / "cfg.yaml"
+    path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in config.items()) + "\n")
+    return path
+
+
+def test_two_process_sft_writes_hf_outputs(tmp_path):
+    config = write_config(tmp_path)
+    result = run_cli(["-m", "ulysses_pro", "train", str(config)], {"NPROC_PER_NODE": "2"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "out"
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 6 and all(loss > 0 for loss in losses)
+    assert (out / "checkpoint-3" / "trainer_state.json").is_file() and (out / "checkpoint-6").is_dir()
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert (out / "training_loss.png").stat().st_size > 1000
+    assert "[sample before training]" in result.stdout and "[sample after training]" in result.stdout
+
+
+def test_legacy_script_pt_lora_with_dash_overrides(tmp_path):
+    config = write_config(
+        tmp_path, stage="pt", dataset="demo_text", finetuning_type="lora", neat_packing=False, cutoff_len=64
+    )
+    result = run_cli(
+        [
+            "train_with_ulysses_pro.py",
+            "--config_file",
+            str(config),
+            "--lora_rank",
+            "4",
+            "max_steps=2",
+            "--save_steps",
+            "2",
+        ]
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = tmp_path / "out"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["lora_alpha"] == 8
+    assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_resume_from_last_checkpoint_unless_overwrite(tmp_path):
+    config = write_config(tmp_path, max_steps=2, save_steps=2, neat_packing=False)
+    assert run_cli(["-m", "ulysses_pro", "train", str(config)]).returncode == 0
+    resumed = run_cli(["-m", "ulysses_pro", "train", str(config), "max_steps=3"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout and "checkpoint-2" in resumed.stdout
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    fresh = run_cli(["-m", "ulysses_pro", "train", str(config), "max_steps=1", "overwrite_output_dir=true"])
+    assert "resuming from" not in fresh.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learning_rat=1", "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
+        ("stage=kto", "stage 'kto' is not available yet"),
+        ("dataset=nope", "dataset 'nope' is not defined"),
+    ],
+)
+def test_errors_exit_2_with_a_message(tmp_path, override, message):
+    result = run_cli(["-m", "ulysses_pro", "train", str(write_config(tmp_path)), override])
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_make_tiny_model_loads_with_auto_classes(tmp_path):
+    result = run_cli(
+        [
+            "-m",
+            "ulysses_pro",
+            "make-tiny-model",
+            "--arch",
+            "qwen2",
+            "--out",
+            str(tmp_path / "m"),
+            "--num-kv-heads",
+            "1",
+        ]
+    )
+    assert result.returncode == 0, result.stderr
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tmp_path / "m")
+    assert config.model_type == "qwen2" and config.num_key_value_heads == 1
