@@ -14,6 +14,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -33,6 +34,8 @@ def _entry(rank: int, world_size: int, port: int, out_dir: str, fn, args) -> Non
         WORLD_SIZE=str(world_size),
         LOCAL_WORLD_SIZE=str(world_size),
     )
+    # Oversubscribed OpenMP threads spin against each other and slow CPU runs by orders of magnitude.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         result = ("ok", fn(rank, world_size, *args))

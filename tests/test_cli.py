@@ -61,7 +61,7 @@ def test_two_process_sft_writes_hf_outputs(tmp_path):
     assert (out / "checkpoint-3" / "trainer_state.json").is_file() and (out / "checkpoint-6").is_dir()
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert (out / "training_loss.png").stat().st_size > 1000
-    assert "[sample before training]" in result.stdout and "[sample after training]" in result.stdout
+    assert "[samples before training]" in result.stdout and "[samples after training]" in result.stdout
 
 
 def test_legacy_script_pt_lora_with_dash_overrides(tmp_path):

@@ -45,12 +45,11 @@ def generate_answer(
 def sample_answers(
     model, tokenizer, template_name: str | None, conversations: list[Conversation], when: str
 ) -> None:
-    """Print prompt, expected and generated answers."""
+    """Print each prompt with the expected and the generated answer."""
+    lines = [f"\n[samples {when}]"]
     for conversation in conversations:
         user = next(m["content"] for m in conversation.messages if m["role"] == "user")
         expected = next(m["content"] for m in conversation.messages if m["role"] == "assistant")
         answer = generate_answer(model, tokenizer, template_name, conversation)
-        print(
-            f"\n[sample {when}]\n  prompt:   {user}\n  expected: {expected}\n  model:    {answer}\n",
-            flush=True,
-        )
+        lines.append(f"  prompt:   {user}\n  expected: {expected}\n  model:    {answer}")
+    print("\n".join(lines) + "\n", flush=True)

@@ -63,7 +63,7 @@ def run_token_stage(config: RunConfig) -> UlyssesTrainer:
     )
     show_samples = trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train
     if show_samples:
-        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts[:1], "before training")
+        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "before training")
     if args.do_train:
         try:
             result = trainer.train(resume_from_checkpoint=resolve_resume(config))
@@ -83,7 +83,7 @@ def run_token_stage(config: RunConfig) -> UlyssesTrainer:
                 if path is not None:
                     logger.info("loss plot written to %s", path)
     if show_samples:
-        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts[:1], "after training")
+        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "after training")
     if args.do_eval and bundle.eval is not None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
