@@ -76,6 +76,10 @@ def validate(
         fail("neat_packing", "neat_packing needs packing; remove packing: false or set neat_packing: false")
     if data.mask_history and data.train_on_prompt:
         fail("mask_history", "mask_history and train_on_prompt contradict each other; choose one")
+    if data.mix_strategy != "concat":
+        fail("mix_strategy", f"{data.mix_strategy!r} is not available yet; use concat")
+    if data.tokenized_path:
+        fail("tokenized_path", "cached tokenization is not available yet; remove tokenized_path")
     if data.streaming:
         fail("streaming", "streaming datasets are not supported yet; set streaming: false")
     if training.get("bf16") and training.get("fp16"):

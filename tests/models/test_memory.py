@@ -1,0 +1,50 @@
+"""The tiled loss head equals plain cross-entropy on full logits, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ulysses_pro.models.memory import tiled_token_losses, token_loss_head
+from ulysses_pro.models.tiny import build_tiny_model
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_tiled_losses_match_full_logits(softcap, chunk):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(2, 7, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (2, 7))
+    targets[0, :3] = -100
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = F.cross_entropy(
+        logits.reshape(-1, 50), targets.reshape(-1), ignore_index=-100, reduction="none"
+    )
+    (expected.sum()).backward()
+    grad_hidden, grad_weight = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad = None
+    head.weight.grad = None
+    tiled = tiled_token_losses(hidden, head, targets, softcap=softcap, chunk_tokens=chunk)
+    tiled.sum().backward()
+    torch.testing.assert_close(tiled.reshape(-1), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(hidden.grad, grad_hidden, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(head.weight.grad, grad_weight, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_model_level_loss_matches_hf_logits(tokenizer, arch):
+    model = build_tiny_model(arch, tokenizer, seed=1)
+    ids = torch.randint(3, len(tokenizer), (2, 12))
+    targets = torch.roll(ids, -1, dims=1)
+    targets[:, -1] = -100
+    logits = model(input_ids=ids, use_cache=False).logits  # includes Gemma-2's logit soft-capping
+    expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    with token_loss_head(model, targets, chunk_tokens=5):
+        tiled = model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(tiled.sum(), expected, rtol=1e-5, atol=1e-5)
+    # The head is restored afterwards: logits again.
+    assert model(input_ids=ids, use_cache=False).logits.shape[-1] == len(tokenizer)
