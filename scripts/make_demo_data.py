@@ -2,8 +2,8 @@
 
 The instruction data is synthetic and rule based on purpose: a ~1M parameter model trained for a couple of
 minutes on two CPU cores cannot learn open-ended chat, but it can visibly learn a handful of templated tasks
-with a small vocabulary and short answers (counting, weekdays, months, opposites, repetition, successor and
-predecessor numbers). Everything is derived from a seeded ``random.Random``, so rerunning the script
+with a small vocabulary and short answers (counting, weekdays, months, opposites, repetition and successor
+numbers). Everything is derived from a seeded ``random.Random``, so rerunning the script
 reproduces the files byte for byte.
 
 Usage: ``python scripts/make_demo_data.py [--out-dir data] [--seed 0]``
@@ -28,11 +28,10 @@ OPPOSITES = [
     ("open", "closed"), ("happy", "sad"), ("light", "dark"), ("early", "late"), ("full", "empty"),
     ("young", "old"), ("wet", "dry"), ("loud", "quiet"), ("hard", "soft"), ("high", "low"),
     ("first", "last"), ("strong", "weak"), ("rich", "poor"), ("thick", "thin"), ("near", "far"),
-    ("day", "night"), ("in", "out"), ("yes", "no"), ("win", "lose"),
 ]  # fmt: skip
 REPEAT_WORDS = ["apple", "cat", "dog", "sun", "blue", "tree", "book", "red", "fish", "moon", "star", "bird"]
 REPEAT_WORDS += ["rain", "cake", "ship", "green"]
-COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+COUNT_WORDS = {2: "two", 3: "three", 4: "four"}
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.",
     "You are a helpful assistant. Answer briefly.",
@@ -44,90 +43,72 @@ Example = tuple[str, str, str]
 
 
 def _count_tasks() -> Iterator[Example]:
-    # With digits split one per token, a counting answer costs about one token per character, so the
-    # 20-character cap keeps every answer within the 20-token budget of the quickstart.
-    for start in range(0, 21):
-        for length in range(3, 9):
-            up = [str(n) for n in range(start, start + length)]
-            if len(" ".join(up)) > 20:
-                continue
-            yield f"Count from {up[0]} to {up[-1]}.", "", " ".join(up)
-            yield "Count up through the numbers.", f"from {up[0]} to {up[-1]}", " ".join(up)
-            down = up[::-1]
-            yield f"Count down from {down[0]} to {down[-1]}.", "", " ".join(down)
+    # Single-digit ranges only: with digits split one per token, longer numbers would add carries and
+    # length the tiny model cannot pick up in a few hundred steps.
+    for start in range(1, 8):
+        for end in range(start + 2, 10):
+            yield f"Count from {start} to {end}.", "", " ".join(str(n) for n in range(start, end + 1))
 
 
 def _calendar_tasks() -> Iterator[Example]:
     for kind, names in (("day", DAYS), ("month", MONTHS)):
         for i, name in enumerate(names):
-            after, before = names[(i + 1) % len(names)], names[i - 1]
-            yield f"What {kind} comes after {name}?", "", after
-            yield f"Which {kind} follows {name}?", "", after
-            yield f"Name the {kind} after the one given.", name, after
-            yield f"What {kind} comes before {name}?", "", before
-            yield f"Name the {kind} before the one given.", name, before
+            yield f"What {kind} comes after {name}?", "", names[(i + 1) % len(names)]
 
 
 def _opposite_tasks() -> Iterator[Example]:
     for a, b in OPPOSITES:
-        for word, other in ((a, b), (b, a)):
-            yield f"Give the opposite of {word}.", "", other
-            yield f"What is the opposite of {word}?", "", other
-            yield "Give the opposite of the word.", word, other
+        yield f"Give the opposite of {a}.", "", b
+        yield f"Give the opposite of {b}.", "", a
 
 
 def _repeat_tasks() -> Iterator[Example]:
+    # Two phrasings, one reading the word from the alpaca ``input`` column, so that column is exercised.
     for word in REPEAT_WORDS:
         for n, spelled in COUNT_WORDS.items():
             answer = " ".join([word] * n)
             yield f"Repeat the word {word} {spelled} times.", "", answer
-            yield f"Say {word} {spelled} times.", "", answer
             yield f"Repeat the word in the input {spelled} times.", word, answer
 
 
 def _number_tasks() -> Iterator[Example]:
-    for n in range(0, 100):
+    for n in range(0, 99):
         yield f"What number comes after {n}?", "", str(n + 1)
-        if n > 0:
-            yield f"What number comes before {n}?", "", str(n - 1)
 
 
-# Sampling weight per family: the fact-lookup families are small, so they are repeated more often than the
-# large counting and number families to give the tiny model enough exposures to memorise them.
+# name -> (generator, rows held out for eval). Task diversity is kept deliberately low (one phrasing per
+# fact, 218 distinct training prompts). Measured greedy exact match with the 1.25M quickstart llama, AdamW
+# lr 1e-3, batch 8, linear decay: 300 steps 25% (train prompts) / 11% (held out); 600 steps 92% / 73%;
+# 1000 steps 100% / 78%. A richer mix (three phrasings per fact, 900 prompts) was near 0% even after
+# 1000 steps, and lr >= 2e-3 stalls on a loss plateau for hundreds of steps. Only the rule-based families
+# (counting, repetition, successor) have held-out rows, because an unseen combination there can be
+# answered by applying the rule; an unseen weekday or antonym cannot be inferred, so the lookup families
+# (calendar, opposites) are train only.
 FAMILIES: dict[str, tuple[Callable[[], Iterator[Example]], int]] = {
-    "count": (_count_tasks, 500),
-    "calendar": (_calendar_tasks, 400),
-    "opposite": (_opposite_tasks, 400),
-    "repeat": (_repeat_tasks, 300),
-    "number": (_number_tasks, 400),
+    "count": (_count_tasks, 10),
+    "calendar": (_calendar_tasks, 0),
+    "opposite": (_opposite_tasks, 0),
+    "repeat": (_repeat_tasks, 24),
+    "number": (_number_tasks, 30),
 }
 
 
-def split_tasks(rng: random.Random, n_train: int = 2000, n_eval: int = 64) -> tuple[list, list]:
-    """Return (train, eval) example lists; eval prompts never appear in train."""
-    pools: dict[str, list[Example]] = {}
-    for name, (make, _) in FAMILIES.items():
-        pool = sorted(set(make()))  # sorted first so the shuffle, not set order, decides the split
-        rng.shuffle(pool)
-        pools[name] = pool
-    # Held-out rows are spread evenly over the families; for the fact families the same fact still appears
-    # in training under a different phrasing, so eval measures generalisation over templates.
+def split_tasks(rng: random.Random, n_train: int = 2000) -> tuple[list[Example], list[Example]]:
+    """Return (train, eval) example lists; no eval (instruction, input) pair appears in train."""
+    pool: list[Example] = []
     eval_rows: list[Example] = []
-    per_family = n_eval // len(pools)
-    for i, pool in enumerate(pools.values()):
-        take = per_family + (1 if i < n_eval % len(pools) else 0)
-        eval_rows.extend(pool[:take])
-        del pool[:take]
+    for make, held_out in FAMILIES.values():
+        family = sorted(set(make()))  # sorted first so the shuffle, not set order, decides the split
+        rng.shuffle(family)
+        eval_rows.extend(family[:held_out])
+        pool.extend(family[held_out:])
     rng.shuffle(eval_rows)
-
-    total_weight = sum(weight for _, weight in FAMILIES.values())
-    train_rows: list[Example] = []
-    for name, (_, weight) in FAMILIES.items():
-        pool, want = pools[name], round(n_train * weight / total_weight)
-        # Walk the shuffled pool cyclically so every example is used before any is repeated.
-        train_rows.extend(pool[i % len(pool)] for i in range(want))
+    rng.shuffle(pool)
+    # Walk the shuffled pool cyclically: every example appears before any repeats, so each fact gets
+    # the same number of exposures (about nine in 2000 rows).
+    train_rows = [pool[i % len(pool)] for i in range(n_train)]
     rng.shuffle(train_rows)
-    return train_rows[:n_train], eval_rows
+    return train_rows, eval_rows
 
 
 def _as_prompt(example: Example) -> str:
