@@ -64,6 +64,22 @@ def test_two_process_sft_writes_hf_outputs(tmp_path):
     assert "[samples before training]" in result.stdout and "[samples after training]" in result.stdout
 
 
+def test_two_process_sequence_parallel_lora(tmp_path):
+    config = write_config(
+        tmp_path,
+        finetuning_type="lora",
+        sequence_parallel_size=2,
+        sequence_parallel_mode="zigzag-ring",
+        max_steps=3,
+        save_steps=3,
+    )
+    result = run_cli(["-m", "ulysses_pro", "train", str(config)], {"NPROC_PER_NODE": "2"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "sequence parallel: world 2 = dp 1 x sp 2 (ulysses 1 x ring 2" in result.stdout
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert "[samples after training]" in result.stdout
+
+
 def test_legacy_script_pt_lora_with_dash_overrides(tmp_path):
     config = write_config(
         tmp_path, stage="pt", dataset="demo_text", finetuning_type="lora", neat_packing=False, cutoff_len=64
@@ -105,6 +121,7 @@ def test_resume_from_last_checkpoint_unless_overwrite(tmp_path):
         ("learning_rat=1", "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
         ("stage=kto", "stage 'kto' is not available yet"),
         ("dataset=nope", "dataset 'nope' is not defined"),
+        ("sequence_parallel_size=2", "must divide the number of processes (1); launch with NPROC_PER_NODE=2"),
     ],
 )
 def test_errors_exit_2_with_a_message(tmp_path, override, message):

@@ -114,9 +114,14 @@ def test_invalid_values_name_the_key(config_file, override, pattern):
         load_config(config_file, override)
 
 
-def test_sequence_parallel_reserved(config_file):
-    with pytest.raises(ConfigError, match=r"sequence_parallel_size: 2 requested, but sequence parallelism"):
-        load_config(config_file, ["sequence_parallel_size=2"])
+def test_sequence_parallel_keys(config_file):
+    config = load_config(
+        config_file, ["sequence_parallel_size=4", "--sequence_parallel_mode", "hybrid", "ulysses_degree=2"]
+    )
+    assert (config.parallel.sequence_parallel_size, config.parallel.sequence_parallel_mode) == (4, "hybrid")
+    assert config.parallel.ulysses_degree == 2
+    with pytest.raises(ConfigError, match=r"sequence_parallel_size: must be >= 1"):
+        load_config(config_file, ["sequence_parallel_size=0"])
 
 
 def test_sequence_parallel_size_from_deepspeed_json(config_file, tmp_path):

@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import json
 
-import torch
-from transformers import TrainerCallback
-
-from ulysses_pro.config import load_config
-from ulysses_pro.data.collators import PaddingCollator
-from ulysses_pro.data.pipeline import build_datasets
-from ulysses_pro.models.loader import load_model, load_tokenizer
-from ulysses_pro.train.trainer import UlyssesTrainer
-
 from ..launcher import run_ranks
+from .harness import relative_error, run_training
 
 ROWS = [
     {"instruction": "Count from 1 to 30.", "output": " ".join(str(i) for i in range(1, 31))},
@@ -30,61 +22,21 @@ ROWS = [
 ]
 
 
-class CaptureGradients(TrainerCallback):
-    """Copies gradients after backward (and DDP averaging), before the optimizer uses them."""
-
-    def __init__(self):
-        self.grads = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def step_gradients(dataset_dir: str, output_dir: str, per_device: int, accumulation: int):
-    config = load_config(
-        {
-            "model_name_or_path": "tiny:llama",
-            "stage": "sft",
-            "do_train": True,
-            "finetuning_type": "full",
-            "dataset": "rows",
-            "dataset_dir": dataset_dir,
-            "cutoff_len": 128,
-            "output_dir": output_dir,
-            "per_device_train_batch_size": per_device,
-            "gradient_accumulation_steps": accumulation,
-            "max_steps": 1,
-            "max_grad_norm": 0,
-            "learning_rate": 1e-3,
-            "report_to": "none",
-            "save_strategy": "no",
-            "disable_tqdm": True,
-        }
+    result = run_training(
+        dataset="rows",
+        dataset_dir=dataset_dir,
+        output_dir=output_dir,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        max_steps=1,
     )
-    tokenizer = load_tokenizer(config.model)
-    bundle = build_datasets(config.data, tokenizer, "sft")
-    model = load_model(config.model, config.finetuning, tokenizer, config.training)
-    capture = CaptureGradients()
-    trainer = UlyssesTrainer(
-        model=model,
-        args=config.training,
-        train_dataset=bundle.train,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
-        callbacks=[capture],
-    )
-    trainer.train()
-    return {name: grad.clone() for name, grad in capture.grads.items()}
+    return result["grads"][0]
 
 
 def _rank_gradients(rank, world_size, dataset_dir, output_dir):
     grads = step_gradients(dataset_dir, output_dir, per_device=2, accumulation=1)
     return grads if rank == 0 else None
-
-
-def relative_error(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    num = sum((a[k] - b[k]).pow(2).sum() for k in a).sqrt()
-    return float(num / sum(a[k].pow(2).sum() for k in a).sqrt())
 
 
 def test_gradients_equal_across_accumulation_and_ranks(tmp_path):
@@ -98,4 +50,3 @@ def test_gradients_equal_across_accumulation_and_ranks(tmp_path):
     # Normalising each micro-batch by its own token count (the classic GA bug) gives ~0.8 relative
     # error here, so the tolerance above separates right from wrong by five orders of magnitude.
     assert max(float(g.abs().max()) for g in reference.values()) > 0
-    assert torch.isfinite(torch.stack([g.norm() for g in reference.values()])).all()

@@ -92,12 +92,6 @@ def validate(
     sp = parallel.sequence_parallel_size
     if sp < 1:
         fail("sequence_parallel_size", f"must be >= 1, got {sp}")
-    if sp > 1:
-        fail(
-            "sequence_parallel_size",
-            f"{sp} requested, but sequence parallelism is not available yet in this version; "
-            "set sequence_parallel_size: 1",
-        )
     if parallel.ulysses_degree is not None and parallel.ulysses_degree < 1:
         fail("ulysses_degree", f"must be >= 1, got {parallel.ulysses_degree}")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps"):

@@ -80,7 +80,7 @@ def all_gather_sequence(x: torch.Tensor, group: dist.ProcessGroup | None) -> tor
 
 def ring_shift(tensors: list[torch.Tensor], send_to: int, receive_from: int, group) -> list[torch.Tensor]:
     """Send each tensor to global rank `send_to` and receive same-shaped ones from `receive_from`."""
-    received = [torch.empty_like(t) for t in tensors]
+    received = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors]
     ops = []
     for tensor, buffer in zip(tensors, received):
         ops.append(dist.P2POp(dist.isend, tensor.contiguous(), send_to, group))

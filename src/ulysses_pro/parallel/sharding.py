@@ -79,3 +79,25 @@ def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
     step = position_ids[:, 1:] - position_ids[:, :-1]
     starts = torch.cat([torch.zeros_like(position_ids[:, :1]), (step != 1).long()], dim=1)
     return starts.cumsum(dim=1)
+
+
+class SequenceParallelCollator:
+    """Wraps a padding collator: pad the batch once to the split unit, keep this rank's shard.
+
+    The attention mask is dropped: masking under SP comes from the position ids alone (right
+    padding is causal-invisible to real tokens and forms its own segment).
+    """
+
+    def __init__(
+        self, collate, pad_token_id: int, ulysses_size: int, ring_size: int, ulysses_rank: int, ring_rank: int
+    ):
+        self.collate, self.pad_token_id = collate, pad_token_id
+        self.sizes = (ulysses_size, ring_size)
+        self.ranks = (ulysses_rank, ring_rank)
+        self.unit = ulysses_size * (2 * ring_size if ring_size > 1 else 1)
+
+    def __call__(self, rows) -> dict[str, torch.Tensor]:
+        batch = self.collate(rows)
+        batch.pop("attention_mask", None)
+        batch = pad_for_sequence_parallel(batch, self.unit, self.pad_token_id)
+        return split_for_sequence_parallel(batch, *self.sizes, *self.ranks)

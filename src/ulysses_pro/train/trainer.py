@@ -6,16 +6,21 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from ..models.memory import token_loss_head
+from ..parallel.mesh import SequenceParallelLayout
 from ..parallel.reduce import count_targets, global_sum, normalized_token_loss
+from ..parallel.sampler import SequenceParallelSampler
+from ..parallel.sharding import SequenceParallelCollator
 
 
 class UlyssesTrainer(Trainer):
     """transformers.Trainer whose token losses keep DESIGN contract 6 across GA and ranks."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sp_layout: SequenceParallelLayout | None = None, **kwargs: Any) -> None:
+        self.sp_layout = sp_layout
         super().__init__(*args, **kwargs)
         # compute_loss already divides by the step's global target count, so the base class must not
         # divide by the number of accumulation steps again.
@@ -25,6 +30,38 @@ class UlyssesTrainer(Trainer):
     def gradient_average_world(self) -> int:
         """How many ranks the engine averages gradients over (DDP, FSDP and DeepSpeed all average)."""
         return max(1, self.args.world_size)
+
+    def _sharded_loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """Batches for this rank: DP ranks take disjoint samples, SP ranks of a group the same ones."""
+        layout = self.sp_layout
+        dp_size = layout.dp_size if layout else max(1, self.args.world_size)
+        dp_rank = layout.dp_rank if layout else self.args.process_index
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        collate = self.data_collator
+        if layout is not None and layout.sp_size > 1:
+            collate = SequenceParallelCollator(
+                collate,
+                collate.pad_token_id,
+                layout.ulysses_size,
+                layout.ring_size,
+                layout.ulysses_rank,
+                layout.ring_rank,
+            )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=SequenceParallelSampler(len(dataset), dp_size, dp_rank, seed=seed, shuffle=shuffle),
+            collate_fn=collate,
+            drop_last=self.args.dataloader_drop_last,
+            num_workers=self.args.dataloader_num_workers,
+        )
+
+    def get_train_dataloader(self) -> DataLoader:
+        return self._sharded_loader(self.train_dataset, self.args.per_device_train_batch_size, shuffle=True)
+
+    def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        return self._sharded_loader(dataset, self.args.per_device_eval_batch_size, shuffle=False)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         if not batch_samples or "shift_labels" not in batch_samples[0]:

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig
+from ..config import ConfigError, RunConfig
 from ..data.collators import PaddingCollator
 from ..data.pipeline import build_datasets
+from ..models.attention import apply_sequence_parallel, attention_heads, unsharded_attention
 from ..models.loader import load_model, load_tokenizer
+from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
 from .generation import sample_answers
 from .plotting import plot_loss
 from .trainer import UlyssesTrainer
@@ -44,7 +46,34 @@ def resolve_resume(config: RunConfig) -> str | None:
     return None
 
 
-def run_token_stage(config: RunConfig) -> UlyssesTrainer:
+def setup_sequence_parallel(config: RunConfig, model) -> tuple[SequenceParallelLayout | None, str | None]:
+    """Create the SP groups and route attention through them; (None, None) at SP=1."""
+    parallel = config.parallel
+    size = parallel.sequence_parallel_size
+    if size == 1:
+        return None, None
+    world = config.training.world_size  # also initialises torch.distributed under torchrun
+    if world % size:
+        raise ConfigError(
+            f"sequence_parallel_size: {size} must divide the number of processes ({world}); "
+            f"launch with NPROC_PER_NODE={size} (or a multiple)"
+        )
+    heads, kv_heads = attention_heads(model)
+    try:
+        layout = init_sequence_parallel(
+            size,
+            parallel.sequence_parallel_mode,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            ulysses_degree=parallel.ulysses_degree,
+        )
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    logger.info("sequence parallel: %s", layout.describe())
+    return layout, apply_sequence_parallel(model, layout)
+
+
+def run_token_stage(config: RunConfig, callbacks: list | None = None) -> UlyssesTrainer:
     """Train (and optionally evaluate) a pt or sft stage; returns the finished trainer."""
     args = config.training
     stage = config.finetuning.stage
@@ -53,17 +82,21 @@ def run_token_stage(config: RunConfig) -> UlyssesTrainer:
     bundle = build_datasets(config.data, tokenizer, stage, seed=args.seed)
     logger.info("data ready in %.1fs", time.perf_counter() - started)
     model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
+    layout, plain_attention = setup_sequence_parallel(config, model)
     trainer = UlyssesTrainer(
         model=model,
+        sp_layout=layout,
         args=args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval,
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        callbacks=callbacks,
     )
     show_samples = trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train
     if show_samples:
-        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "before training")
+        with unsharded_attention(model, plain_attention):
+            sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "before training")
     if args.do_train:
         try:
             result = trainer.train(resume_from_checkpoint=resolve_resume(config))
@@ -83,7 +116,8 @@ def run_token_stage(config: RunConfig) -> UlyssesTrainer:
                 if path is not None:
                     logger.info("loss plot written to %s", path)
     if show_samples:
-        sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "after training")
+        with unsharded_attention(model, plain_attention):
+            sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "after training")
     if args.do_eval and bundle.eval is not None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)

@@ -1,0 +1,51 @@
+"""Train a few steps through the real config -> data -> model -> trainer path and record
+per-step losses and the gradients the optimizer receives (after DDP averaging)."""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+from ulysses_pro.config import load_config
+from ulysses_pro.train.workflow import run_token_stage
+
+
+class CaptureGradients(TrainerCallback):
+    """Copies gradients right before each optimizer step."""
+
+    def __init__(self):
+        self.steps: list[dict] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.steps.append(
+            {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        )
+
+
+def run_training(**keys) -> dict:
+    """Run `run_token_stage` on the given config keys; return {'losses': [...], 'grads': [...]}."""
+    base = {
+        "model_name_or_path": "tiny:llama",
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full",
+        "cutoff_len": 128,
+        "max_grad_norm": 0,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "overwrite_output_dir": True,
+    }
+    config = load_config({**base, **keys})
+    capture = CaptureGradients()
+    trainer = run_token_stage(config, callbacks=[capture])
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {"losses": losses, "grads": capture.steps}
+
+
+def relative_error(a: dict, b: dict) -> float:
+    """||a - b|| / ||a|| over all parameters."""
+    assert a.keys() == b.keys()
+    num = sum((a[k] - b[k]).pow(2).sum() for k in a).sqrt()
+    return float(num / sum(a[k].pow(2).sum() for k in a).sqrt())
