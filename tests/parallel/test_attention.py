@@ -59,7 +59,12 @@ def make_inputs(length, kv_heads, packed, seed=0):
 
 def _check(rank, world, mode, kv_heads, packed, real_length):
     torch.set_default_dtype(torch.float64)
-    layout = init_sequence_parallel(world, mode, num_heads=HEADS, num_kv_heads=kv_heads)
+    # Hybrid with ulysses 2 x ring 2 (the default degree would pick pure ulysses for 4 heads).
+    degree = 2 if mode == "hybrid" else None
+    layout = init_sequence_parallel(
+        world, mode, num_heads=HEADS, num_kv_heads=kv_heads, ulysses_degree=degree
+    )
+    assert mode != "hybrid" or (layout.ulysses_size, layout.ring_size) == (2, 2)
     length = padded_length(real_length, layout.split_unit)
     q, k, v, weight, positions = make_inputs(length, kv_heads, packed)
     if length > real_length:

@@ -83,3 +83,46 @@ def test_sequence_parallel_matches_single_process(tmp_path, world, keys):
     )
     candidate = run_ranks(_train, world, case_keys(tmp_path, "sp", **keys))[0]
     compare(reference, candidate)
+
+
+ARCHES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"]
+MODES = ["ulysses", "zigzag-ring", "hybrid"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_every_architecture_and_mode(tmp_path, arch, mode):
+    """SP=2 on each architecture and mode (GQA 4 heads / 2 KV heads), packed rows, GA 2."""
+    shared = {
+        "model_name_or_path": f"tiny:{arch}",
+        "neat_packing": True,
+        "gradient_accumulation_steps": 2,
+        "per_device_train_batch_size": 2,
+    }
+    reference = run_training(**case_keys(tmp_path, "ref", **shared))
+    candidate = run_ranks(
+        _train, 2, case_keys(tmp_path, "sp", sequence_parallel_size=2, sequence_parallel_mode=mode, **shared)
+    )[0]
+    compare(reference, candidate)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("arch", ARCHES)
+def test_sweep_sp4(tmp_path, arch, mode, finetuning_type):
+    """Wider sweep (pytest -m slow): SP=4 on every architecture and mode, full and LoRA, 1 KV head."""
+    shared = {
+        "model_name_or_path": f"tiny:{arch}?num_kv_heads=1",
+        "finetuning_type": finetuning_type,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+    }
+    reference = run_training(**case_keys(tmp_path, "ref", **shared))
+    degree = {"ulysses_degree": 2} if mode == "hybrid" else {}  # 2 x 2, not the pure-ulysses default
+    candidate = run_ranks(
+        _train,
+        4,
+        case_keys(tmp_path, "sp", sequence_parallel_size=4, sequence_parallel_mode=mode, **degree, **shared),
+    )[0]
+    compare(reference, candidate)

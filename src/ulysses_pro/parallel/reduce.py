@@ -33,3 +33,19 @@ def normalized_token_loss(
     """`loss_sum / N_global * W`; a step with no target at all contributes zero, not NaN."""
     count = torch.as_tensor(global_count, device=loss_sum.device, dtype=loss_sum.dtype).clamp(min=1)
     return loss_sum / count * gradient_average_world
+
+
+def reduce_sequence_parallel_loss(
+    local_loss_sum: torch.Tensor,
+    local_token_count: torch.Tensor | int,
+    group: dist.ProcessGroup | None = None,
+    gradient_average_world: int = 1,
+) -> torch.Tensor:
+    """Token-mean loss of a sequence split over `group`, differentiable in the local part.
+
+    Every rank returns `local_sum / N_group * W`; summed over the group that is the mean over all
+    its tokens (times W), and back-propagating it on each rank gives each rank the gradient of its
+    own tokens' share: with DDP averaging over W ranks the result is exact (contract 6).
+    """
+    count = torch.as_tensor(local_token_count, device=local_loss_sum.device)
+    return normalized_token_loss(local_loss_sum, global_sum(count, group), gradient_average_world)

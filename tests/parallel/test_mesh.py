@@ -1,0 +1,59 @@
+"""Group layout and degree choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch.distributed as dist
+
+from ulysses_pro.parallel.mesh import (
+    default_ulysses_degree,
+    destroy_sequence_parallel,
+    init_sequence_parallel,
+    resolve_degrees,
+)
+
+from ..launcher import run_ranks
+
+
+def test_default_ulysses_degree_prefers_the_largest_that_fits():
+    assert default_ulysses_degree(8, 32, 8) == 8
+    assert default_ulysses_degree(8, 12, 4) == 4  # 8 does not divide 12 heads
+    assert default_ulysses_degree(8, 32, 2) == 8  # 2 KV heads replicated 4x
+    assert default_ulysses_degree(4, 6, 3) == 1  # 2 divides 6 heads but neither divides 3 KV heads
+    assert resolve_degrees(8, "hybrid", 12, 4) == (4, 2)
+    assert resolve_degrees(4, "zigzag-ring", 5, 1) == (1, 4)
+
+
+def test_ulysses_errors_name_a_fix():
+    with pytest.raises(
+        ValueError,
+        match=r"does not divide the 6 attention heads; use sequence_parallel_mode: hybrid \(ulysses 2 x ring 2\)",
+    ):
+        resolve_degrees(4, "ulysses", 6, 6)
+    with pytest.raises(ValueError, match=r"ulysses_degree=3 must divide"):
+        resolve_degrees(4, "hybrid", 8, 8, ulysses_degree=3)
+
+
+def _groups(rank, world):
+    layout = init_sequence_parallel(4, "hybrid", num_heads=4, num_kv_heads=2, ulysses_degree=2)
+    members = {
+        name: dist.get_process_group_ranks(group)
+        for name, group in (
+            ("sp", layout.sp_group),
+            ("ulysses", layout.ulysses_group),
+            ("ring", layout.ring_group),
+        )
+    }
+    peers = (layout.ring_global_rank(layout.ring_rank + 1), layout.ring_global_rank(layout.ring_rank - 1))
+    destroy_sequence_parallel(layout)
+    return members, peers, layout.split_unit
+
+
+def test_hybrid_groups_on_four_ranks():
+    results = run_ranks(_groups, 4)
+    for rank, (members, peers, unit) in enumerate(results):
+        assert members["sp"] == [0, 1, 2, 3]
+        assert members["ulysses"] == ([0, 1] if rank < 2 else [2, 3])  # contiguous ranks
+        assert members["ring"] == ([0, 2] if rank % 2 == 0 else [1, 3])
+        assert peers == ((rank + 2) % 4, (rank + 2) % 4)
+        assert unit == 2 * 2 * 2
