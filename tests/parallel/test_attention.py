@@ -109,3 +109,19 @@ CASES = [
 def test_sequence_parallel_attention_matches_full_attention(world, mode, kv_heads, packed, length):
     for rank, errors in enumerate(run_ranks(_check, world, mode, kv_heads, packed, length)):
         assert max(errors.values()) < 1e-10, (rank, errors)
+
+
+def test_per_document_path_matches_mask_path(monkeypatch):
+    """Long packed rows switch to per-document attention; it must equal the masked path."""
+    from ulysses_pro.parallel import hybrid
+    from ulysses_pro.parallel.sharding import segment_ids
+
+    q, k, v, _, positions = make_inputs(40, 2, packed=True)
+    index = torch.arange(40)
+    segments = segment_ids(positions)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    masked = hybrid.local_attention(*leaves, index, segments, 0.3)
+    monkeypatch.setattr(hybrid, "MASK_ELEMENTS_LIMIT", 0)
+    per_document = hybrid.local_attention(q, k, v, index, segments, 0.3)
+    torch.testing.assert_close(per_document, masked, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(per_document, naive_attention(q * 0.3 * math.sqrt(DIM), k, v, positions), rtol=1e-10, atol=1e-10)

@@ -35,6 +35,24 @@ def full_sequence_metadata(position_ids: torch.Tensor, layout: SequenceParallelL
     return segment_ids(full)
 
 
+# Above this many mask elements, packed rows are attended document by document instead of through
+# one (S x S) boolean mask, so memory stays linear in the sequence length.
+MASK_ELEMENTS_LIMIT = 1 << 24
+
+
+def _per_document_attention(q, k, v, seg: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention inside each contiguous document of each row."""
+    out = torch.empty_like(q)
+    for row in range(seg.shape[0]):
+        starts = torch.nonzero(torch.diff(seg[row], prepend=seg[row, :1] - 1)).flatten().tolist()
+        for start, stop in zip(starts, [*starts[1:], seg.shape[1]]):
+            piece = slice(start, stop)
+            out[row : row + 1, :, piece] = F.scaled_dot_product_attention(
+                q[row : row + 1, :, piece], k[row : row + 1, :, piece], v[row : row + 1, :, piece], is_causal=True, scale=scale
+            )
+    return out
+
+
 def local_attention(q, k, v, index: torch.Tensor, segments: torch.Tensor, scale: float) -> torch.Tensor:
     """Exact attention over a complete sequence (in `index` order) with causal + document masking."""
     groups = q.shape[1] // k.shape[1]
@@ -44,6 +62,8 @@ def local_attention(q, k, v, index: torch.Tensor, segments: torch.Tensor, scale:
     seg = segments[:, index]
     if ordered and bool((seg == seg[:, :1]).all()):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if ordered and seg.shape[0] * seg.shape[1] ** 2 > MASK_ELEMENTS_LIMIT:
+        return _per_document_attention(q, k, v, seg, scale)
     allowed = (seg[:, :, None] == seg[:, None, :]) & (index[None, None, :] <= index[None, :, None])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), scale=scale)
 
