@@ -73,11 +73,14 @@ def test_json_config(tmp_path):
 def test_legacy_keys(config_file):
     config = load_config(
         config_file,
-        ["warmup_ratio=0.1", "overwrite_output_dir=true", "group_by_length=true", "logging_dir=x"],
+        ["warmup_ratio=0.1", "overwrite_output_dir=true", "group_by_length=false", "logging_dir=x"],
     )
     assert config.training.warmup_steps == pytest.approx(0.1)
     assert config.overwrite_output_dir is True
-    assert config.training.train_sampling_strategy == "group_by_length"
+    assert config.training.train_sampling_strategy == "random"
+    # group_by_length maps onto transformers 5's sampler key, which is not built yet here: refused.
+    with pytest.raises(ConfigError, match="train_sampling_strategy: only random sampling is available yet"):
+        load_config(config_file, ["group_by_length=true"])
 
 
 def test_unknown_key_names_line_and_closest(config_file):

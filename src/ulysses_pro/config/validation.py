@@ -80,6 +80,12 @@ def validate(
         fail("mix_strategy", f"{data.mix_strategy!r} is not available yet; use concat")
     if data.tokenized_path:
         fail("tokenized_path", "cached tokenization is not available yet; remove tokenized_path")
+    if training.get("train_sampling_strategy", "random") != "random":
+        fail(
+            "train_sampling_strategy",
+            "only random sampling is available yet (group_by_length arrives with the data-at-scale work); "
+            "remove group_by_length / train_sampling_strategy",
+        )
     if data.streaming:
         fail("streaming", "streaming datasets are not supported yet; set streaming: false")
     if training.get("bf16") and training.get("fp16"):

@@ -48,7 +48,11 @@ def _per_document_attention(q, k, v, seg: torch.Tensor, scale: float) -> torch.T
         for start, stop in zip(starts, [*starts[1:], seg.shape[1]]):
             piece = slice(start, stop)
             out[row : row + 1, :, piece] = F.scaled_dot_product_attention(
-                q[row : row + 1, :, piece], k[row : row + 1, :, piece], v[row : row + 1, :, piece], is_causal=True, scale=scale
+                q[row : row + 1, :, piece],
+                k[row : row + 1, :, piece],
+                v[row : row + 1, :, piece],
+                is_causal=True,
+                scale=scale,
             )
     return out
 

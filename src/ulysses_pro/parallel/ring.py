@@ -74,6 +74,45 @@ def merge(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Tensor]:
     return out * old_weight + block_out * new_weight, new_lse
 
 
+# Query rows per tile: block scores are materialised one (tile x block) slab at a time, so a
+# block's temporaries stay O(tile x block) instead of O(block^2).
+QUERY_TILE = 256
+
+
+def _tiles(length: int):
+    for start in range(0, length, QUERY_TILE):
+        yield slice(start, min(start + QUERY_TILE, length))
+
+
+def _block_forward(q, k, v, q_index, q_segments, k_index, k_segments, scale, out, lse):
+    """Merge one key block into (out, lse), tile by tile; returns the updated pair."""
+    for rows in _tiles(q.shape[2]):
+        allowed = _allowed(q_index[rows], q_segments[:, rows], k_index, k_segments)
+        if allowed.any():
+            partial = block_attention(q[:, :, rows], k, v, allowed, scale)
+            out[:, :, rows], lse[:, :, rows] = merge(out[:, :, rows], lse[:, :, rows], *partial)
+    return out, lse
+
+
+def _block_backward(q, k, v, grad_out, delta, lse, q_index, q_segments, k_index, k_segments, scale):
+    """(dq, dk, dv) of one key block for all local queries, tile by tile (k, v already expanded)."""
+    grad_q = torch.zeros_like(q)
+    grad_k = torch.zeros_like(k)
+    grad_v = torch.zeros_like(v)
+    for rows in _tiles(q.shape[2]):
+        allowed = _allowed(q_index[rows], q_segments[:, rows], k_index, k_segments)
+        if not allowed.any():
+            continue
+        q_rows, grad_rows = q[:, :, rows], grad_out[:, :, rows]
+        scores = torch.matmul(q_rows, k.transpose(-1, -2)) * scale
+        probs = torch.exp(scores - lse[:, :, rows].unsqueeze(-1)).masked_fill(~allowed, 0.0).nan_to_num(0.0)
+        grad_v += torch.matmul(probs.transpose(-1, -2), grad_rows)
+        grad_scores = probs * (torch.matmul(grad_rows, v.transpose(-1, -2)) - delta[:, :, rows])
+        grad_q[:, :, rows] = torch.matmul(grad_scores, k) * scale
+        grad_k += torch.matmul(grad_scores.transpose(-1, -2), q_rows) * scale
+    return grad_q, grad_k, grad_v
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, peers, index_of, q_index, segments):
@@ -84,14 +123,19 @@ class _RingAttention(torch.autograd.Function):
         q_segments = segments[:, q_index]
         block_k, block_v = k, v
         for step in range(peers.size):
-            owner = (peers.rank - step) % peers.size
-            k_index = index_of(owner)
-            allowed = _allowed(q_index, q_segments, k_index, segments[:, k_index])
-            if allowed.any():
-                partial = block_attention(
-                    q, _expand(block_k, groups), _expand(block_v, groups), allowed, scale
-                )
-                out, lse = merge(out, lse, *partial)
+            k_index = index_of((peers.rank - step) % peers.size)
+            out, lse = _block_forward(
+                q.to(acc),
+                _expand(block_k, groups).to(acc),
+                _expand(block_v, groups).to(acc),
+                q_index,
+                q_segments,
+                k_index,
+                segments[:, k_index],
+                scale,
+                out,
+                lse,
+            )
             if step < peers.size - 1:
                 block_k, block_v = ring_shift(
                     [block_k, block_v], peers.send_to, peers.receive_from, peers.group
@@ -115,17 +159,23 @@ class _RingAttention(torch.autograd.Function):
         grad_k = torch.zeros(k.shape, dtype=acc, device=k.device)
         grad_v = torch.zeros_like(grad_k)
         for step in range(peers.size):
-            owner = (peers.rank - step) % peers.size
-            k_index = ctx.index_of(owner)
-            allowed = _allowed(q_index, q_segments, k_index, segments[:, k_index])
-            if allowed.any():
-                kf, vf = _expand(block_k, groups).to(acc), _expand(block_v, groups).to(acc)
-                scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale
-                probs = torch.exp(scores - lse.unsqueeze(-1)).masked_fill(~allowed, 0.0).nan_to_num(0.0)
-                grad_v = grad_v + _fold(torch.matmul(probs.transpose(-1, -2), grad_out), groups)
-                grad_scores = probs * (torch.matmul(grad_out, vf.transpose(-1, -2)) - delta)
-                grad_q = grad_q + torch.matmul(grad_scores, kf) * scale
-                grad_k = grad_k + _fold(torch.matmul(grad_scores.transpose(-1, -2), qf) * scale, groups)
+            k_index = ctx.index_of((peers.rank - step) % peers.size)
+            dq, dk, dv = _block_backward(
+                qf,
+                _expand(block_k, groups).to(acc),
+                _expand(block_v, groups).to(acc),
+                grad_out,
+                delta,
+                lse,
+                q_index,
+                q_segments,
+                k_index,
+                segments[:, k_index],
+                scale,
+            )
+            grad_q += dq
+            grad_k = grad_k + _fold(dk, groups)
+            grad_v = grad_v + _fold(dv, groups)
             if peers.size > 1:
                 # The gradient accumulators travel with their blocks; after `size` shifts they are home.
                 moving = [grad_k, grad_v] if step == peers.size - 1 else [block_k, block_v, grad_k, grad_v]
