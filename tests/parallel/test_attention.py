@@ -127,4 +127,6 @@ def test_per_document_path_matches_mask_path(monkeypatch):
     monkeypatch.setattr(hybrid, "MASK_ELEMENTS_LIMIT", 0)
     per_document = hybrid.local_attention(q, k, v, index, segments, 0.3)
     torch.testing.assert_close(per_document, masked, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(per_document, naive_attention(q * 0.3 * math.sqrt(DIM), k, v, positions), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(
+        per_document, naive_attention(q * 0.3 * math.sqrt(DIM), k, v, positions), rtol=1e-10, atol=1e-10
+    )

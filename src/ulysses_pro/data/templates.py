@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..parallel.reduce import IGNORE_INDEX
 from .errors import DataError
 from .formats import Conversation
-
-IGNORE_INDEX = -100
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -15,16 +15,9 @@ from torch import nn
 
 from ..parallel.hybrid import sequence_parallel_attention
 from ..parallel.mesh import SequenceParallelLayout
+from .wrappers import unwrap_model
 
 ATTENTION_NAME = "ulysses_pro_sp"
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
 
 
 def _attention_function(layout: SequenceParallelLayout):
@@ -61,7 +54,7 @@ def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) ->
     """Route the model's attention through SP attention; returns the implementation it replaced."""
     from transformers import AttentionInterface
 
-    hf_model = _unwrap(model)
+    hf_model = unwrap_model(model)
     previous = hf_model.config._attn_implementation
     AttentionInterface.register(ATTENTION_NAME, _attention_function(layout))
     hf_model.set_attn_implementation(ATTENTION_NAME)
@@ -70,7 +63,7 @@ def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) ->
 
 def remove_sequence_parallel(model: nn.Module, implementation: str) -> None:
     """Put back the attention implementation `apply_sequence_parallel` replaced."""
-    _unwrap(model).set_attn_implementation(implementation)
+    unwrap_model(model).set_attn_implementation(implementation)
 
 
 @contextlib.contextmanager
@@ -79,17 +72,17 @@ def unsharded_attention(model: nn.Module, implementation: str | None) -> Iterato
     if implementation is None:
         yield
         return
-    current = _unwrap(model).config._attn_implementation
+    current = unwrap_model(model).config._attn_implementation
     remove_sequence_parallel(model, implementation)
     try:
         yield
     finally:
-        _unwrap(model).set_attn_implementation(current)
+        unwrap_model(model).set_attn_implementation(current)
 
 
 def attention_heads(model: nn.Module) -> tuple[int, int]:
     """(query heads, KV heads) of the decoder."""
-    config = _unwrap(model).config
+    config = unwrap_model(model).config
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = config.num_attention_heads
     return heads, getattr(config, "num_key_value_heads", None) or heads

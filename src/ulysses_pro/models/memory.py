@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..data.templates import IGNORE_INDEX
+from ..parallel.reduce import IGNORE_INDEX
+from .wrappers import unwrap_model
 
 DEFAULT_CHUNK_TOKENS = 1024
 
@@ -58,21 +59,12 @@ def tiled_token_losses(
     return torch.cat(pieces, dim=1)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The innermost Hugging Face model (through DDP/FSDP `.module` and PEFT wrappers)."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
-
-
 @contextlib.contextmanager
 def token_loss_head(
     model: nn.Module, targets: torch.Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
 ) -> Iterator[None]:
     """Within the block, `model(...).logits` holds per-token losses for `targets` (already shifted)."""
-    hf_model = _unwrap(model)
+    hf_model = unwrap_model(model)
     head = hf_model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         raise TypeError(f"tiled loss needs a Linear output head, found {type(head).__name__}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from .reduce import IGNORE_INDEX
 
 
 def padded_length(length: int, unit: int) -> int:
