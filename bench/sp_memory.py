@@ -49,26 +49,45 @@ def _step(rank, world, sp_size, mode, length, hidden, layers, repeats):
     from ulysses_pro.models.attention import apply_sequence_parallel
     from ulysses_pro.models.memory import token_loss_head
     from ulysses_pro.models.tiny import build_tiny_model
-    from ulysses_pro.parallel import init_sequence_parallel, pad_for_sequence_parallel, split_for_sequence_parallel
+    from ulysses_pro.parallel import (
+        init_sequence_parallel,
+        pad_for_sequence_parallel,
+        split_for_sequence_parallel,
+    )
 
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
     model = build_tiny_model(
-        "llama", hidden_size=hidden, num_layers=layers, num_heads=HEADS, num_kv_heads=KV_HEADS, max_position_embeddings=2 * length
+        "llama",
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=HEADS,
+        num_kv_heads=KV_HEADS,
+        max_position_embeddings=2 * length,
     ).to(device)
     generator = torch.Generator().manual_seed(rank // sp_size)  # DP groups get different sequences
     ids = torch.randint(3, 1000, (1, length), generator=generator)
-    batch = {"input_ids": ids, "shift_labels": torch.roll(ids, -1, 1), "position_ids": torch.arange(length)[None]}
+    batch = {
+        "input_ids": ids,
+        "shift_labels": torch.roll(ids, -1, 1),
+        "position_ids": torch.arange(length)[None],
+    }
     if sp_size > 1:
         degree = 2 if mode == "hybrid" else None
-        layout = init_sequence_parallel(sp_size, mode, num_heads=HEADS, num_kv_heads=KV_HEADS, ulysses_degree=degree)
+        layout = init_sequence_parallel(
+            sp_size, mode, num_heads=HEADS, num_kv_heads=KV_HEADS, ulysses_degree=degree
+        )
         apply_sequence_parallel(model, layout)
         batch = pad_for_sequence_parallel(batch, layout.split_unit, 0)
-        batch = split_for_sequence_parallel(batch, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank)
+        batch = split_for_sequence_parallel(
+            batch, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank
+        )
     batch = {k: v.to(device) for k, v in batch.items()}
 
     def step():
         with token_loss_head(model, batch["shift_labels"]):
-            losses = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+            losses = model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+            ).logits
         losses.sum().backward()
 
     step()  # warm-up: allocates gradients, so the baseline below includes them
@@ -99,26 +118,44 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tables", default="memory,dp", help="which tables: memory, dp (comma-separated)")
     args = parser.parse_args()
-    configs = [(1, "none"), (2, "ulysses"), (2, "zigzag-ring"), (4, "ulysses"), (4, "zigzag-ring"), (4, "hybrid")]
-    print(f"# one step (forward + backward), tiny llama hidden {args.hidden}, {args.layers} layers, {HEADS} heads / {KV_HEADS} KV")
-    print(f"# memory: {'CUDA max allocated' if torch.cuda.is_available() else 'CPU RSS high-water above the post-warm-up baseline'} (MiB, worst rank)")
+    tables = set(args.tables.split(","))
+    configs = [
+        (1, "none"),
+        (2, "ulysses"),
+        (2, "zigzag-ring"),
+        (4, "ulysses"),
+        (4, "zigzag-ring"),
+        (4, "hybrid"),
+    ]
+    print(
+        f"# one step (forward + backward), tiny llama hidden {args.hidden}, {args.layers} layers, {HEADS} heads / {KV_HEADS} KV"
+    )
+    print(
+        f"# memory: {'CUDA max allocated' if torch.cuda.is_available() else 'CPU RSS high-water above the post-warm-up baseline'} (MiB, worst rank)"
+    )
     print("| L | SP | mode | peak MiB/rank | vs SP=1 | tokens/s |")
     print("|---|---|---|---|---|---|")
-    for length in args.lengths:
+    for length in args.lengths if "memory" in tables else []:
         base = None
         for sp_size, mode in configs:
             peak, throughput = measure(sp_size, sp_size, mode if sp_size > 1 else "ulysses", length, args)
             base = peak if sp_size == 1 else base
-            print(f"| {length} | {sp_size} | {mode} | {peak:.1f} | {peak / base:.2f} | {throughput:.0f} |", flush=True)
+            print(
+                f"| {length} | {sp_size} | {mode} | {peak:.1f} | {peak / base:.2f} | {throughput:.0f} |",
+                flush=True,
+            )
     print("\n# SP=2 against DP=2 on the same two processes")
     print("| L | DP=2 tokens/s | SP=2 ulysses tokens/s | ratio | SP=2 ring tokens/s | ratio |")
     print("|---|---|---|---|---|---|")
-    for length in args.lengths:
+    for length in args.lengths if "dp" in tables else []:
         _, dp = measure(2, 1, "ulysses", length, args)
         _, uly = measure(2, 2, "ulysses", length, args)
         _, ring = measure(2, 2, "zigzag-ring", length, args)
-        print(f"| {length} | {dp:.0f} | {uly:.0f} | {uly / dp:.2f} | {ring:.0f} | {ring / dp:.2f} |", flush=True)
+        print(
+            f"| {length} | {dp:.0f} | {uly:.0f} | {uly / dp:.2f} | {ring:.0f} | {ring / dp:.2f} |", flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ def test_sequence_parallel_matches_single_process(tmp_path, world, keys):
     compare(reference, candidate)
 
 
+def test_pretraining_stage_under_sequence_parallelism(tmp_path):
+    """pt: packed text blocks, LoRA, SP=2 zigzag ring against SP=1."""
+    shared = {"stage": "pt", "dataset": "demo_text", "finetuning_type": "lora", "cutoff_len": 64}
+    reference = run_training(**case_keys(tmp_path, "ref", **shared))
+    keys = case_keys(tmp_path, "sp", sequence_parallel_size=2, sequence_parallel_mode="zigzag-ring", **shared)
+    compare(reference, run_ranks(_train, 2, keys)[0])
+
+
 ARCHES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"]
 MODES = ["ulysses", "zigzag-ring", "hybrid"]
 
