@@ -103,7 +103,11 @@ def load_model(
         )
     # Packed rows rely on position-id restarts, which transformers honours only without a KV cache.
     model.config.use_cache = False
-    model = _apply_finetuning(model, model_args, finetuning_args, is_trainable)
+    # Adapter weights (LoRA A) are drawn from the RNG: seed them, so every process and every run
+    # with the same seed starts from the same adapter (SP=N vs SP=1 comparisons depend on it).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _apply_finetuning(model, model_args, finetuning_args, is_trainable)
     if is_trainable:
         # Optimizer state and updates of trainable weights stay in fp32 (LLaMA-Factory's upcast).
         for param in model.parameters():
