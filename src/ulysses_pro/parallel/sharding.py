@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .mesh import SequenceParallelLayout
 from .reduce import IGNORE_INDEX
 
 
@@ -88,16 +89,14 @@ class SequenceParallelCollator:
     padding is causal-invisible to real tokens and forms its own segment).
     """
 
-    def __init__(
-        self, collate, pad_token_id: int, ulysses_size: int, ring_size: int, ulysses_rank: int, ring_rank: int
-    ):
-        self.collate, self.pad_token_id = collate, pad_token_id
-        self.sizes = (ulysses_size, ring_size)
-        self.ranks = (ulysses_rank, ring_rank)
-        self.unit = ulysses_size * (2 * ring_size if ring_size > 1 else 1)
+    def __init__(self, collate, pad_token_id: int, layout: SequenceParallelLayout):
+        self.collate, self.pad_token_id, self.layout = collate, pad_token_id, layout
 
     def __call__(self, rows) -> dict[str, torch.Tensor]:
         batch = self.collate(rows)
         batch.pop("attention_mask", None)
-        batch = pad_for_sequence_parallel(batch, self.unit, self.pad_token_id)
-        return split_for_sequence_parallel(batch, *self.sizes, *self.ranks)
+        layout = self.layout
+        batch = pad_for_sequence_parallel(batch, layout.split_unit, self.pad_token_id)
+        return split_for_sequence_parallel(
+            batch, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank
+        )

@@ -39,14 +39,7 @@ class UlyssesTrainer(Trainer):
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         collate = self.data_collator
         if layout is not None and layout.sp_size > 1:
-            collate = SequenceParallelCollator(
-                collate,
-                collate.pad_token_id,
-                layout.ulysses_size,
-                layout.ring_size,
-                layout.ulysses_rank,
-                layout.ring_rank,
-            )
+            collate = SequenceParallelCollator(collate, collate.pad_token_id, layout)
         return DataLoader(
             dataset,
             batch_size=batch_size,
