@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .comm import all_gather_sequence
 from .mesh import SequenceParallelLayout
-from .ring import RingPeers, ring_attention
+from .ring import RingPeers, allowed_mask, ring_attention
 from .sharding import segment_ids, shard_indices
 from .ulysses import ulysses_attention
 
@@ -68,8 +68,8 @@ def local_attention(q, k, v, index: torch.Tensor, segments: torch.Tensor, scale:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if ordered and seg.shape[0] * seg.shape[1] ** 2 > MASK_ELEMENTS_LIMIT:
         return _per_document_attention(q, k, v, seg, scale)
-    allowed = (seg[:, :, None] == seg[:, None, :]) & (index[None, None, :] <= index[None, :, None])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), scale=scale)
+    allowed = allowed_mask(index, seg, index, seg)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
 def sequence_parallel_attention(
@@ -99,9 +99,8 @@ def sequence_parallel_attention(
             receive_from=layout.ring_global_rank(layout.ring_rank - 1),
             group=layout.ring_group,
         )
-        out = ring_attention(
+        return ring_attention(
             q_heads, k_heads, v_heads, scale=scale, peers=peers, index_of=ring_local_index, segments=segments
         )
-        return out
 
     return ulysses_attention(q, k, v, layout.ulysses_group, layout.ulysses_size, attend)

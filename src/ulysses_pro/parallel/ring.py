@@ -32,7 +32,7 @@ class RingPeers:
     group: dist.ProcessGroup | None
 
 
-def _allowed(q_index, q_segments, k_index, k_segments) -> torch.Tensor:
+def allowed_mask(q_index, q_segments, k_index, k_segments) -> torch.Tensor:
     """(b, 1, sq, sk) boolean mask: same document and causal in global token order."""
     same_document = q_segments[:, :, None] == k_segments[:, None, :]
     causal = k_index[None, None, :] <= q_index[None, :, None]
@@ -87,7 +87,7 @@ def _tiles(length: int):
 def _block_forward(q, k, v, q_index, q_segments, k_index, k_segments, scale, out, lse):
     """Merge one key block into (out, lse), tile by tile; returns the updated pair."""
     for rows in _tiles(q.shape[2]):
-        allowed = _allowed(q_index[rows], q_segments[:, rows], k_index, k_segments)
+        allowed = allowed_mask(q_index[rows], q_segments[:, rows], k_index, k_segments)
         if allowed.any():
             partial = block_attention(q[:, :, rows], k, v, allowed, scale)
             out[:, :, rows], lse[:, :, rows] = merge(out[:, :, rows], lse[:, :, rows], *partial)
@@ -100,7 +100,7 @@ def _block_backward(q, k, v, grad_out, delta, lse, q_index, q_segments, k_index,
     grad_k = torch.zeros_like(k)
     grad_v = torch.zeros_like(v)
     for rows in _tiles(q.shape[2]):
-        allowed = _allowed(q_index[rows], q_segments[:, rows], k_index, k_segments)
+        allowed = allowed_mask(q_index[rows], q_segments[:, rows], k_index, k_segments)
         if not allowed.any():
             continue
         q_rows, grad_rows = q[:, :, rows], grad_out[:, :, rows]
