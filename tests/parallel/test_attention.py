@@ -57,11 +57,13 @@ def make_inputs(length, kv_heads, packed, seed=0):
     return q, k, v, weight, positions
 
 
-def _check(rank, world, mode, kv_heads, packed, real_length):
-    from ulysses_pro.parallel import ring
+def _check(rank, world, mode, kv_heads, packed, real_length, backend="native"):
+    from ulysses_pro.parallel import kernels
 
     torch.set_default_dtype(torch.float64)
-    ring.QUERY_TILE = 5  # several query tiles per block, uneven last tile
+    kernels.QUERY_TILE = 5  # several query tiles per masked block, uneven last tile
+    if backend == "math":
+        kernels._backend = lambda q, mask: "math"
     # Hybrid with ulysses 2 x ring 2 (the default degree would pick pure ulysses for 4 heads).
     degree = 2 if mode == "hybrid" else None
     layout = init_sequence_parallel(
@@ -111,6 +113,16 @@ CASES = [
 @pytest.mark.parametrize(("world", "mode", "kv_heads", "packed", "length"), CASES)
 def test_sequence_parallel_attention_matches_full_attention(world, mode, kv_heads, packed, length):
     for rank, errors in enumerate(run_ranks(_check, world, mode, kv_heads, packed, length)):
+        assert max(errors.values()) < 1e-10, (rank, errors)
+
+
+@pytest.mark.parametrize(
+    ("world", "mode", "kv_heads", "packed", "length"),
+    [(2, "zigzag-ring", 1, True, 21), (4, "hybrid", 2, False, 32)],
+)
+def test_ring_math_kernels_match_full_attention(world, mode, kv_heads, packed, length):
+    """The pure-torch block kernels (used on devices without a fused kernel) are exact too."""
+    for rank, errors in enumerate(run_ranks(_check, world, mode, kv_heads, packed, length, "math")):
         assert max(errors.values()) < 1e-10, (rank, errors)
 
 

@@ -22,7 +22,7 @@ class CaptureGradients(TrainerCallback):
 
 
 def run_training(**keys) -> dict:
-    """Run `run_token_stage` on the given config keys; return {'losses': [...], 'grads': [...]}."""
+    """Run `run_token_stage` on the given config keys; return per-step losses, gradients and eval losses."""
     base = {
         "model_name_or_path": "tiny:llama",
         "stage": "sft",
@@ -40,8 +40,12 @@ def run_training(**keys) -> dict:
     config = load_config({**base, **keys})
     capture = CaptureGradients()
     trainer = run_token_stage(config, callbacks=[capture])
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {"losses": losses, "grads": capture.steps}
+    history = trainer.state.log_history
+    return {
+        "losses": [entry["loss"] for entry in history if "loss" in entry],
+        "grads": capture.steps,
+        "eval_losses": [entry["eval_loss"] for entry in history if "eval_loss" in entry],
+    }
 
 
 def relative_error(a: dict, b: dict) -> float:

@@ -41,13 +41,27 @@ def compare(reference, candidate):
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
     assert max(loss_errors) <= 1e-5, loss_errors
     assert max(grad_errors) <= 1e-4, grad_errors
+    assert len(reference["eval_losses"]) == len(candidate["eval_losses"])
+    for a, b in zip(reference["eval_losses"], candidate["eval_losses"]):
+        assert abs(a - b) / abs(a) <= 1e-5, (a, b)
     return max(loss_errors), max(grad_errors)
 
 
 CASES = [
     # (world, keys)
     (2, {"sequence_parallel_size": 2, "sequence_parallel_mode": "ulysses"}),
-    (2, {"sequence_parallel_size": 2, "sequence_parallel_mode": "zigzag-ring", "neat_packing": True}),
+    (
+        2,
+        {
+            "sequence_parallel_size": 2,
+            "sequence_parallel_mode": "zigzag-ring",
+            "neat_packing": True,
+            # evaluation under SP: the same eval loss as SP=1
+            "do_eval": True,
+            "eval_dataset": "demo_messages",
+            "per_device_eval_batch_size": 3,
+        },
+    ),
     (
         4,
         {
@@ -83,6 +97,7 @@ def test_sequence_parallel_matches_single_process(tmp_path, world, keys):
     )
     candidate = run_ranks(_train, world, case_keys(tmp_path, "sp", **keys))[0]
     compare(reference, candidate)
+    assert bool(reference["eval_losses"]) == bool(keys.get("do_eval"))
 
 
 def test_pretraining_stage_under_sequence_parallelism(tmp_path):

@@ -9,18 +9,43 @@ ids every shard carries, so the model's own mask construction is never needed.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 from torch import nn
 
-from ..parallel.hybrid import sequence_parallel_attention
+from ..parallel.hybrid import full_sequence_metadata, sequence_parallel_attention
 from ..parallel.mesh import SequenceParallelLayout
 from .wrappers import unwrap_model
 
 ATTENTION_NAME = "ulysses_pro_sp"
 
 
+class _SegmentCache:
+    """Document ids of the full sequence, all-gathered once per forward rather than once per layer.
+
+    Every layer of one forward (and its checkpointed recomputation) receives the same position-id
+    tensor object; a weak reference to it is the key, so a new batch can never hit a stale entry
+    even if its tensor reuses the old one's memory. All ranks of an SP group run the same layers
+    on the same call pattern, so they hit and miss (and so all-gather) together.
+    """
+
+    def __init__(self, layout: SequenceParallelLayout):
+        self.layout = layout
+        self.key: weakref.ref | None = None
+        self.segments = None
+
+    def __call__(self, position_ids):
+        if self.key is not None and self.key() is position_ids:
+            return self.segments
+        segments = full_sequence_metadata(position_ids, self.layout)
+        self.key, self.segments = weakref.ref(position_ids), segments
+        return segments
+
+
 def _attention_function(layout: SequenceParallelLayout):
+    segments_of = _SegmentCache(layout)
+
     def attention(
         module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
     ):
@@ -43,8 +68,8 @@ def _attention_function(layout: SequenceParallelLayout):
                 "sequence parallelism; use a model without sliding windows or shorter sequences"
             )
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        position_ids = position_ids.expand(query.shape[0], -1)
-        out = sequence_parallel_attention(query, key, value, position_ids, layout, scale)
+        segments = segments_of(position_ids).expand(query.shape[0], -1)
+        out = sequence_parallel_attention(query, key, value, None, layout, scale, segments=segments)
         return out.transpose(1, 2).contiguous(), None
 
     return attention

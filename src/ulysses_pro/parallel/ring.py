@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .comm import ring_shift
+from .kernels import CAUSAL, FULL, BlockMask, accumulation_dtype, block_backward, block_forward
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,43 @@ def _fold(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, h // groups, groups, s, d).sum(dim=2)
 
 
-def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp32 for half types and fp32 (the contract), fp64 kept when given (strict tests)."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+def contiguous_runs(index: torch.Tensor) -> list[slice]:
+    """Positions of `index` split where the token indices stop stepping by one (zigzag: two runs)."""
+    breaks = (torch.nonzero(index[1:] - index[:-1] != 1).flatten() + 1).tolist()
+    edges = [0, *breaks, index.numel()]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def block_attention(q, k, v, allowed, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 (output, log-sum-exp) of q over one key block; rows with no allowed key get lse=-inf."""
-    acc = accumulation_dtype(q)
-    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)
-    probs = torch.exp(scores - lse.unsqueeze(-1)).nan_to_num(0.0)
-    return torch.matmul(probs, v.to(acc)), lse
+def plan_block(q_index, q_segments, k_index, k_segments) -> list[tuple[slice, slice, BlockMask]]:
+    """The (query run, key run, mask) pieces of one ring block that hold any allowed pair.
+
+    Contiguous runs within one document need no explicit mask: keys wholly before the queries are
+    fully visible, the same run is plain causal. Everything else (several documents, padding)
+    gets a mask built tile by tile from the token metadata.
+    """
+    pieces = []
+    for q_run in contiguous_runs(q_index):
+        q_first, q_last = int(q_index[q_run.start]), int(q_index[q_run.stop - 1])
+        q_seg = q_segments[:, q_run]
+        for k_run in contiguous_runs(k_index):
+            k_first, k_last = int(k_index[k_run.start]), int(k_index[k_run.stop - 1])
+            if k_first > q_last:
+                continue  # every key comes after every query
+            k_seg = k_segments[:, k_run]
+            document = q_seg[:, :1]
+            one_document = bool((q_seg == document).all()) and bool((k_seg == document).all())
+            if one_document and k_last < q_first:
+                pieces.append((q_run, k_run, FULL))
+            elif one_document and (q_first, q_last) == (k_first, k_last):
+                pieces.append((q_run, k_run, CAUSAL))
+            else:
+
+                def allowed(rows, q_run=q_run, k_run=k_run, q_seg=q_seg, k_seg=k_seg):
+                    q_at = q_index[q_run][rows]
+                    return allowed_mask(q_at, q_seg[:, rows], k_index[k_run], k_seg)
+
+                pieces.append((q_run, k_run, BlockMask("custom", allowed)))
+    return pieces
 
 
 def merge(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,45 +99,6 @@ def merge(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Tensor]:
     return out * old_weight + block_out * new_weight, new_lse
 
 
-# Query rows per tile: block scores are materialised one (tile x block) slab at a time, so a
-# block's temporaries stay O(tile x block) instead of O(block^2).
-QUERY_TILE = 256
-
-
-def _tiles(length: int):
-    for start in range(0, length, QUERY_TILE):
-        yield slice(start, min(start + QUERY_TILE, length))
-
-
-def _block_forward(q, k, v, q_index, q_segments, k_index, k_segments, scale, out, lse):
-    """Merge one key block into (out, lse), tile by tile; returns the updated pair."""
-    for rows in _tiles(q.shape[2]):
-        allowed = allowed_mask(q_index[rows], q_segments[:, rows], k_index, k_segments)
-        if allowed.any():
-            partial = block_attention(q[:, :, rows], k, v, allowed, scale)
-            out[:, :, rows], lse[:, :, rows] = merge(out[:, :, rows], lse[:, :, rows], *partial)
-    return out, lse
-
-
-def _block_backward(q, k, v, grad_out, delta, lse, q_index, q_segments, k_index, k_segments, scale):
-    """(dq, dk, dv) of one key block for all local queries, tile by tile (k, v already expanded)."""
-    grad_q = torch.zeros_like(q)
-    grad_k = torch.zeros_like(k)
-    grad_v = torch.zeros_like(v)
-    for rows in _tiles(q.shape[2]):
-        allowed = allowed_mask(q_index[rows], q_segments[:, rows], k_index, k_segments)
-        if not allowed.any():
-            continue
-        q_rows, grad_rows = q[:, :, rows], grad_out[:, :, rows]
-        scores = torch.matmul(q_rows, k.transpose(-1, -2)) * scale
-        probs = torch.exp(scores - lse[:, :, rows].unsqueeze(-1)).masked_fill(~allowed, 0.0).nan_to_num(0.0)
-        grad_v += torch.matmul(probs.transpose(-1, -2), grad_rows)
-        grad_scores = probs * (torch.matmul(grad_rows, v.transpose(-1, -2)) - delta[:, :, rows])
-        grad_q[:, :, rows] = torch.matmul(grad_scores, k) * scale
-        grad_k += torch.matmul(grad_scores.transpose(-1, -2), q_rows) * scale
-    return grad_q, grad_k, grad_v
-
-
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, peers, index_of, q_index, segments):
@@ -121,61 +107,54 @@ class _RingAttention(torch.autograd.Function):
         out = torch.zeros(q.shape, dtype=acc, device=q.device)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
         q_segments = segments[:, q_index]
+        plans = []
         block_k, block_v = k, v
         for step in range(peers.size):
             k_index = index_of((peers.rank - step) % peers.size)
-            out, lse = _block_forward(
-                q.to(acc),
-                _expand(block_k, groups).to(acc),
-                _expand(block_v, groups).to(acc),
-                q_index,
-                q_segments,
-                k_index,
-                segments[:, k_index],
-                scale,
-                out,
-                lse,
-            )
+            plan = plan_block(q_index, q_segments, k_index, segments[:, k_index])
+            plans.append(plan)
+            wide_k, wide_v = _expand(block_k, groups), _expand(block_v, groups)
+            for q_run, k_run, mask in plan:
+                partial = block_forward(q[:, :, q_run], wide_k[:, :, k_run], wide_v[:, :, k_run], scale, mask)
+                out[:, :, q_run], lse[:, :, q_run] = merge(out[:, :, q_run], lse[:, :, q_run], *partial)
             if step < peers.size - 1:
                 block_k, block_v = ring_shift(
                     [block_k, block_v], peers.send_to, peers.receive_from, peers.group
                 )
-        ctx.save_for_backward(q, k, v, out, lse, q_index, segments)
-        ctx.scale, ctx.peers, ctx.index_of = scale, peers, index_of
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.peers, ctx.plans = scale, peers, plans
         return out.to(q.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse, q_index, segments = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors
         peers, scale = ctx.peers, ctx.scale
         groups = q.shape[1] // k.shape[1]
         acc = accumulation_dtype(q)
-        grad_out = grad_out.to(acc)
-        qf = q.to(acc)
-        delta = (grad_out * out).sum(dim=-1, keepdim=True)
-        q_segments = segments[:, q_index]
-        grad_q = torch.zeros_like(qf)
+        grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
         block_k, block_v = k, v
         grad_k = torch.zeros(k.shape, dtype=acc, device=k.device)
         grad_v = torch.zeros_like(grad_k)
         for step in range(peers.size):
-            k_index = ctx.index_of((peers.rank - step) % peers.size)
-            dq, dk, dv = _block_backward(
-                qf,
-                _expand(block_k, groups).to(acc),
-                _expand(block_v, groups).to(acc),
-                grad_out,
-                delta,
-                lse,
-                q_index,
-                q_segments,
-                k_index,
-                segments[:, k_index],
-                scale,
-            )
-            grad_q += dq
-            grad_k = grad_k + _fold(dk, groups)
-            grad_v = grad_v + _fold(dv, groups)
+            wide_k, wide_v = _expand(block_k, groups), _expand(block_v, groups)
+            wide_grad_k = torch.zeros(wide_k.shape, dtype=acc, device=k.device)
+            wide_grad_v = torch.zeros_like(wide_grad_k)
+            for q_run, k_run, mask in ctx.plans[step]:
+                dq, dk, dv = block_backward(
+                    grad_out[:, :, q_run],
+                    q[:, :, q_run],
+                    wide_k[:, :, k_run],
+                    wide_v[:, :, k_run],
+                    out[:, :, q_run],
+                    lse[:, :, q_run],
+                    scale,
+                    mask,
+                )
+                grad_q[:, :, q_run] += dq
+                wide_grad_k[:, :, k_run] += dk
+                wide_grad_v[:, :, k_run] += dv
+            grad_k = grad_k + _fold(wide_grad_k, groups)
+            grad_v = grad_v + _fold(wide_grad_v, groups)
             if peers.size > 1:
                 # The gradient accumulators travel with their blocks; after `size` shifts they are home.
                 moving = [grad_k, grad_v] if step == peers.size - 1 else [block_k, block_v, grad_k, grad_v]
