@@ -1,6 +1,6 @@
 """Configuration: LLaMA-Factory keys from YAML/JSON plus command-line overrides."""
 
-from .args import DataArguments, FinetuningArguments, ModelArguments, ParallelArguments
+from .args import DataArguments, FinetuningArguments, ModelArguments, ParallelArguments, ProArguments
 from .loader import RunConfig, known_keys, load_config
 from .parsing import ConfigError, parse_cli_tokens
 
@@ -10,6 +10,7 @@ __all__ = [
     "FinetuningArguments",
     "ModelArguments",
     "ParallelArguments",
+    "ProArguments",
     "RunConfig",
     "known_keys",
     "load_config",

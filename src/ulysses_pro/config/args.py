@@ -105,11 +105,51 @@ class FinetuningArguments:
 
 @dataclass
 class ParallelArguments:
-    """Sequence parallelism (reserved; the SP core implements it)."""
+    """Sequence parallelism: group size, mode and (hybrid) ulysses degree."""
 
     sequence_parallel_size: int = 1
     sequence_parallel_mode: str = "ulysses"
     ulysses_degree: int | None = None
 
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, FinetuningArguments, ParallelArguments)
+GUARD_STRATEGIES = ("noise", "small_grad_scaling", "lr_boost", "centralization", "clipping")
+
+
+@dataclass
+class ProArguments:
+    """The Pro switches: `--debug`, `--adjust-lr [F]` and the gradient guard's strategies and thresholds."""
+
+    debug: bool = field(
+        default=False, metadata={"help": "Verbose per-rank logs; turns the gradient guard on."}
+    )
+    adjust_lr: float | None = field(
+        default=None, metadata={"help": "Multiply learning_rate by this factor (`--adjust-lr` alone: 1.0)."}
+    )
+    gradient_guard: bool = False
+    gradient_guard_strategies: str = field(
+        default=",".join(GUARD_STRATEGIES),
+        metadata={"help": "Comma-separated subset of " + ", ".join(GUARD_STRATEGIES)},
+    )
+    gradient_guard_vanishing_threshold: float = field(
+        default=1e-3, metadata={"help": "Mean |g| below this: add noise and boost the learning rate."}
+    )
+    gradient_guard_noise_std: float = 5e-3
+    gradient_guard_small_grad_threshold: float = field(
+        default=1e-4, metadata={"help": "Gradient elements with |g| below this are scaled."}
+    )
+    gradient_guard_small_grad_scale: float = 1.5
+    gradient_guard_lr_boost: float = 1.2
+    gradient_guard_clip_threshold: float = field(
+        default=5.0, metadata={"help": "Mean |g| above this: rescale gradients so mean |g| equals it."}
+    )
+    gradient_guard_seed: int | None = field(default=None, metadata={"help": "Noise seed (default: seed)."})
+
+    def guard_strategies(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.gradient_guard_strategies.split(",") if s.strip())
+
+    @property
+    def guard_enabled(self) -> bool:
+        return self.gradient_guard or self.debug
+
+
+ARGUMENT_GROUPS = (ModelArguments, DataArguments, FinetuningArguments, ParallelArguments, ProArguments)

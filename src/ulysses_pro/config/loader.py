@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import typing
 from dataclasses import dataclass
@@ -17,9 +18,12 @@ from .args import (
     FinetuningArguments,
     ModelArguments,
     ParallelArguments,
+    ProArguments,
 )
-from .parsing import ConfigError, Setting, coerce, parse_cli_tokens, read_config_file
+from .parsing import ConfigError, Setting, coerce, parse_cli_tokens, parse_scalar, read_config_file
 from .validation import validate
+
+logger = logging.getLogger(__name__)
 
 # Keys that LLaMA-Factory configs still carry although transformers 5 renamed or dropped them.
 LEGACY_RENAMES = {"evaluation_strategy": "eval_strategy", "no_cuda": "use_cpu"}
@@ -65,11 +69,12 @@ class RunConfig:
     training: Any  # transformers.Seq2SeqTrainingArguments
     overwrite_output_dir: bool = False
     config_file: str | None = None
+    pro: ProArguments = dataclasses.field(default_factory=ProArguments)
 
     def to_dict(self) -> dict[str, Any]:
-        """Flat dict of every non-default key (for logs and `get_status`)."""
+        """Flat dict of every key of our argument groups (for logs and `get_status`)."""
         flat: dict[str, Any] = {}
-        for group in (self.model, self.data, self.finetuning, self.parallel):
+        for group in (self.model, self.data, self.finetuning, self.parallel, self.pro):
             flat.update(dataclasses.asdict(group))
         return flat
 
@@ -135,6 +140,41 @@ def _apply_legacy(settings: dict[str, Setting]) -> tuple[dict[str, Setting], boo
     return out, overwrite
 
 
+_BOOLEAN_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", ""}
+
+
+def _apply_pro_switches(settings: dict[str, Setting]) -> None:
+    """`--debug` / ULYSSES_DEBUG and `--adjust-lr [F]` / ULYSSES_ADJUST_LR (explicit keys win over env)."""
+    if "debug" not in settings and os.environ.get("ULYSSES_DEBUG"):
+        settings["debug"] = Setting(parse_scalar(os.environ["ULYSSES_DEBUG"]), "environment (ULYSSES_DEBUG)")
+    debug = settings.get("debug")
+    if (
+        debug is not None
+        and isinstance(debug.value, str)
+        and debug.value.strip().lower() not in _BOOLEAN_WORDS
+    ):
+        # transformers' own `debug` option (e.g. underflow_overflow) keeps working under its name.
+        settings["hf_debug"] = settings.pop("debug")
+    if "adjust_lr" not in settings and "ULYSSES_ADJUST_LR" in os.environ:
+        raw = os.environ["ULYSSES_ADJUST_LR"]
+        settings["adjust_lr"] = Setting(
+            parse_scalar(raw) if raw.strip() else True, "environment (ULYSSES_ADJUST_LR)"
+        )
+    adjust = settings.get("adjust_lr")
+    if adjust is not None and isinstance(adjust.value, bool):
+        # A bare `--adjust-lr` means a factor of 1.0 (the configured rate, logged as such).
+        settings["adjust_lr"] = Setting(1.0 if adjust.value else None, adjust.origin)
+
+
+def _adjust_learning_rate(pro: ProArguments, training_kwargs: dict[str, Any], default: float) -> None:
+    if pro.adjust_lr is None:
+        return
+    configured = float(training_kwargs.get("learning_rate", default))
+    adjusted = configured * pro.adjust_lr
+    training_kwargs["learning_rate"] = adjusted
+    logger.info("learning rate adjusted from %g to %g (--adjust-lr %g)", configured, adjusted, pro.adjust_lr)
+
+
 def _sequence_parallel_from_deepspeed(settings: dict[str, Setting]) -> None:
     """`sequence_parallel_size` may live in the DeepSpeed JSON; the YAML/CLI value must agree with it."""
     ds = settings.get("deepspeed")
@@ -187,6 +227,7 @@ def load_config(
         settings.update(read_config_file(source))
     settings.update(cli_overrides)
     settings, overwrite = _apply_legacy(settings)
+    _apply_pro_switches(settings)
     _sequence_parallel_from_deepspeed(settings)
 
     groups: dict[type, dict[str, Any]] = {cls: {} for cls in ARGUMENT_GROUPS}
@@ -198,14 +239,17 @@ def load_config(
         owner = next((cls for cls in ARGUMENT_GROUPS if key in types_by_group[cls]), None)
         if owner is not None:
             groups[owner][key] = coerce(key, setting, types_by_group[owner][key])
+        elif key == "hf_debug":
+            training_kwargs["debug"] = coerce("debug", setting, training_types["debug"])
         elif key in training_types:
             training_kwargs[key] = coerce(key, setting, training_types[key])
         else:
             raise _unknown_key_error(key, setting)
 
-    model, data, finetuning, parallel = (cls(**groups[cls]) for cls in ARGUMENT_GROUPS)
+    model, data, finetuning, parallel, pro = (cls(**groups[cls]) for cls in ARGUMENT_GROUPS)
     origins = {key: setting.origin for key, setting in settings.items()}
-    validate(model, data, finetuning, parallel, training_kwargs, origins)
+    validate(model, data, finetuning, parallel, training_kwargs, origins, pro)
+    _adjust_learning_rate(pro, training_kwargs, _default_learning_rate(training_cls))
     training_kwargs.setdefault("output_dir", "saves/ulysses-pro")
     training_kwargs.setdefault("report_to", "none")
     # The trainer computes its own loss from pre-shifted labels; keep every collated column.
@@ -219,7 +263,11 @@ def load_config(
         training = training_cls(**training_kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid training arguments: {err}") from None
-    return RunConfig(model, data, finetuning, parallel, training, overwrite, config_file)
+    return RunConfig(model, data, finetuning, parallel, training, overwrite, config_file, pro)
+
+
+def _default_learning_rate(training_cls) -> float:
+    return next(f.default for f in dataclasses.fields(training_cls) if f.name == "learning_rate")
 
 
 def _cuda_available() -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 from .args import (
     FINETUNING_TYPES,
     FLASH_ATTN_CHOICES,
+    GUARD_STRATEGIES,
     IMPLEMENTED_STAGES,
     MIX_STRATEGIES,
     SEQUENCE_PARALLEL_MODES,
@@ -15,6 +16,7 @@ from .args import (
     FinetuningArguments,
     ModelArguments,
     ParallelArguments,
+    ProArguments,
 )
 from .parsing import ConfigError
 
@@ -26,6 +28,7 @@ def validate(
     parallel: ParallelArguments,
     training: dict[str, Any],
     origins: dict[str, str],
+    pro: ProArguments | None = None,
 ) -> None:
     """Raise ConfigError naming the key at fault and the fix."""
 
@@ -48,6 +51,8 @@ def validate(
     choose("flash_attn", model.flash_attn, FLASH_ATTN_CHOICES)
     choose("sequence_parallel_mode", parallel.sequence_parallel_mode, SEQUENCE_PARALLEL_MODES)
     choose("mix_strategy", data.mix_strategy, MIX_STRATEGIES)
+    if pro is not None:
+        _validate_pro(pro, fail)
 
     do_train = training.get("do_train", False)
     if do_train and not model.model_name_or_path:
@@ -105,3 +110,25 @@ def validate(
             fail(key, f"must be >= 1, got {training[key]}")
     if training.get("learning_rate", 1.0) < 0:
         fail("learning_rate", f"must be >= 0, got {training['learning_rate']}")
+
+
+def _validate_pro(pro: ProArguments, fail) -> None:
+    if pro.adjust_lr is not None and not pro.adjust_lr > 0:
+        fail("adjust_lr", f"{pro.adjust_lr} must be a positive factor")
+    unknown = sorted(set(pro.guard_strategies()) - set(GUARD_STRATEGIES))
+    if unknown:
+        fail(
+            "gradient_guard_strategies",
+            f"unknown strategy {', '.join(unknown)}; choose from {', '.join(GUARD_STRATEGIES)}",
+        )
+    for key in (
+        "gradient_guard_vanishing_threshold",
+        "gradient_guard_small_grad_threshold",
+        "gradient_guard_small_grad_scale",
+        "gradient_guard_lr_boost",
+        "gradient_guard_clip_threshold",
+    ):
+        if not getattr(pro, key) > 0:
+            fail(key, f"{getattr(pro, key)} must be positive")
+    if pro.gradient_guard_noise_std < 0:
+        fail("gradient_guard_noise_std", "must be >= 0")

@@ -19,8 +19,19 @@ from ..parallel.sharding import SequenceParallelCollator
 class UlyssesTrainer(Trainer):
     """transformers.Trainer whose token losses keep DESIGN contract 6 across GA and ranks."""
 
-    def __init__(self, *args: Any, sp_layout: SequenceParallelLayout | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        sp_layout: SequenceParallelLayout | None = None,
+        metric_sources: list | None = None,
+        batch_observers: list | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.sp_layout = sp_layout
+        # Objects with `metrics() -> dict` whose values join every training log line.
+        self.metric_sources = list(metric_sources or [])
+        # Callables that see each training batch as this rank computes it (debug logging).
+        self.batch_observers = list(batch_observers or [])
         super().__init__(*args, **kwargs)
         # compute_loss already divides by the step's global target count, so the base class must not
         # divide by the number of accumulation steps again.
@@ -70,6 +81,9 @@ class UlyssesTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         inputs = dict(inputs)
+        if model.training:
+            for observe in self.batch_observers:
+                observe(inputs)
         targets = inputs.pop("shift_labels")
         with token_loss_head(model, targets):
             outputs = model(**inputs, use_cache=False)
@@ -78,6 +92,12 @@ class UlyssesTrainer(Trainer):
             num_items_in_batch = global_sum(count_targets(targets))
         loss = normalized_token_loss(token_losses.sum(), num_items_in_batch, self.gradient_average_world)
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # training logs only, not evaluation ones
+            for source in self.metric_sources:
+                logs = {**logs, **source.metrics()}
+        super().log(logs, start_time)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -15,6 +15,8 @@ from ..data.pipeline import build_datasets
 from ..models.attention import apply_sequence_parallel, attention_heads, unsharded_attention
 from ..models.loader import load_model, load_tokenizer
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
+from ..pro.debug import DebugCallback, enable_debug_logging
+from ..pro.gradient_guard import GradientGuard
 from .generation import sample_answers
 from .plotting import plot_loss
 from .trainer import UlyssesTrainer
@@ -73,9 +75,26 @@ def setup_sequence_parallel(config: RunConfig, model) -> tuple[SequenceParallelL
     return layout, apply_sequence_parallel(model, layout)
 
 
+def pro_features(config: RunConfig, layout: SequenceParallelLayout | None) -> dict:
+    """Trainer keyword arguments for the opt-in Pro features (debug logging, gradient guard)."""
+    callbacks, sources, observers = [], [], []
+    if config.pro.debug:
+        debug = DebugCallback(layout)
+        callbacks.append(debug)
+        observers.append(debug.observe_batch)
+    if config.pro.guard_enabled:
+        guard = GradientGuard(config.pro, seed=config.training.seed)
+        callbacks.append(guard)
+        sources.append(guard)
+        logger.info("gradient guard on: %s", ", ".join(sorted(guard.strategies)))
+    return {"callbacks": callbacks, "metric_sources": sources, "batch_observers": observers}
+
+
 def run_token_stage(config: RunConfig, callbacks: list | None = None) -> UlyssesTrainer:
     """Train (and optionally evaluate) a pt or sft stage; returns the finished trainer."""
     args = config.training
+    if config.pro.debug:
+        enable_debug_logging()
     stage = config.finetuning.stage
     tokenizer = load_tokenizer(config.model)
     started = time.perf_counter()
@@ -83,6 +102,7 @@ def run_token_stage(config: RunConfig, callbacks: list | None = None) -> Ulysses
     logger.info("data ready in %.1fs", time.perf_counter() - started)
     model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
     layout, plain_attention = setup_sequence_parallel(config, model)
+    pro = pro_features(config, layout)
     trainer = UlyssesTrainer(
         model=model,
         sp_layout=layout,
@@ -91,7 +111,10 @@ def run_token_stage(config: RunConfig, callbacks: list | None = None) -> Ulysses
         eval_dataset=bundle.eval,
         data_collator=PaddingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        # The guard first: later callbacks (and the optimizer) see the gradients it leaves.
+        callbacks=[*pro["callbacks"], *(callbacks or [])],
+        metric_sources=pro["metric_sources"],
+        batch_observers=pro["batch_observers"],
     )
     show_samples = trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train
     if show_samples:
