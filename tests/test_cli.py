@@ -111,6 +111,20 @@ def test_resume_from_last_checkpoint_unless_overwrite(tmp_path):
     assert "resuming from" in resumed.stdout and "checkpoint-2" in resumed.stdout
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
+
+    # A checkpoint that pickles a class outside the allow-list is refused, not loaded.
+    import argparse
+
+    import torch
+
+    checkpoint = max((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    rng_file = checkpoint / "rng_state.pth"
+    torch.save({**torch.load(rng_file, weights_only=False), "extra": argparse.Namespace(a=1)}, rng_file)
+    refused = run_cli(["-m", "ulysses_pro", "train", str(config), "max_steps=5"])
+    assert refused.returncode == 2
+    assert "argparse.Namespace" in refused.stderr and str(checkpoint) in refused.stderr
+    assert "Traceback" not in refused.stderr
+
     fresh = run_cli(["-m", "ulysses_pro", "train", str(config), "max_steps=1", "overwrite_output_dir=true"])
     assert "resuming from" not in fresh.stdout
 

@@ -77,6 +77,7 @@ def train(arguments: list[str]) -> int:
     _setup_logging()
     from .config import ConfigError, load_config
     from .data.errors import DataError
+    from .pro.torch_compat import CheckpointError
 
     try:
         config = load_config(None, arguments)
@@ -87,7 +88,7 @@ def train(arguments: list[str]) -> int:
 
     try:
         run_stage(config)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, CheckpointError) as err:
         print(f"{type(err).__name__}: {err}", file=sys.stderr)
         return 2
     finally:

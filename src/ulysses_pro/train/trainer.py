@@ -14,6 +14,7 @@ from ..parallel.mesh import SequenceParallelLayout
 from ..parallel.reduce import count_targets, global_sum, normalized_token_loss
 from ..parallel.sampler import SequenceParallelSampler
 from ..parallel.sharding import SequenceParallelCollator
+from ..pro.torch_compat import safe_checkpoint_loading
 
 
 class UlyssesTrainer(Trainer):
@@ -92,6 +93,31 @@ class UlyssesTrainer(Trainer):
             num_items_in_batch = global_sum(count_targets(targets))
         loss = normalized_token_loss(token_losses.sum(), num_items_in_batch, self.gradient_average_world)
         return (loss, outputs) if return_outputs else loss
+
+    # -- resuming: every checkpoint read runs under the weights_only allow-list --------------------
+
+    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint and self.is_deepspeed_enabled:
+            # DeepSpeed's engine loads its states from inside the training loop.
+            with safe_checkpoint_loading(resume_from_checkpoint):
+                return super().train(resume_from_checkpoint, *args, **kwargs)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        with safe_checkpoint_loading(resume_from_checkpoint):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_rng_state(self, checkpoint):
+        with safe_checkpoint_loading(checkpoint):
+            return super()._load_rng_state(checkpoint)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        with safe_checkpoint_loading(checkpoint):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+
+    def _load_scaler(self, checkpoint):
+        with safe_checkpoint_loading(checkpoint):
+            return super()._load_scaler(checkpoint)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # training logs only, not evaluation ones
