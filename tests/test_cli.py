@@ -103,6 +103,30 @@ def test_legacy_script_pt_lora_with_dash_overrides(tmp_path):
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def test_legacy_script_debug_and_adjust_lr(tmp_path):
+    config = write_config(tmp_path, max_steps=2, save_steps=2, neat_packing=False, plot_loss=False)
+    result = run_cli(
+        [
+            "train_with_ulysses_pro.py",
+            "--debug",
+            "--adjust-lr",
+            "2.0",
+            "--config_file",
+            str(config),
+            "pref_beta=0.15",
+        ]
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "learning rate adjusted from 0.003 to 0.006" in result.stdout
+    assert "[ulysses-pro rank 0]" in result.stdout  # every line tagged with its rank
+    assert "world size 1, process 0: no sequence parallelism" in result.stdout
+    assert "gradient guard on: centralization, clipping, lr_boost, noise, small_grad_scaling" in result.stdout
+    assert "batch: input_ids (2, " in result.stdout and "target tokens" in result.stdout
+    assert "step 2 took" in result.stdout
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert any("guard/grad_mean_abs" in entry for entry in state["log_history"])
+
+
 def test_resume_from_last_checkpoint_unless_overwrite(tmp_path):
     config = write_config(tmp_path, max_steps=2, save_steps=2, neat_packing=False)
     assert run_cli(["-m", "ulysses_pro", "train", str(config)]).returncode == 0

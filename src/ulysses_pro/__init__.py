@@ -12,6 +12,7 @@ _LAZY = {
     "split_for_sequence_parallel": "ulysses_pro.parallel",
     "reduce_sequence_parallel_loss": "ulysses_pro.parallel",
     "load_config": "ulysses_pro.config",
+    "UlyssesTrainingManager": "ulysses_pro.manager",
 }
 
 

@@ -167,3 +167,52 @@ def test_cli_token_parsing():
         parse_cli_tokens(["a.yaml", "b.yaml"])
     with pytest.raises(ConfigError, match="cannot read command-line argument 'stray'"):
         parse_cli_tokens(["stray"])
+
+
+@pytest.mark.parametrize(
+    ("tokens", "env", "factor"),
+    [
+        (["--adjust-lr", "3.0"], {}, 3.0),
+        (["--adjust-lr"], {}, 1.0),  # no value: the configured rate, logged as adjusted by 1.0
+        (["--adjust-lr", "--debug"], {}, 1.0),
+        (["adjust_lr=0.5"], {}, 0.5),
+        ([], {"ULYSSES_ADJUST_LR": "4"}, 4.0),
+        ([], {"ULYSSES_ADJUST_LR": ""}, 1.0),
+        (["--adjust-lr", "2"], {"ULYSSES_ADJUST_LR": "4"}, 2.0),  # the command line wins
+        ([], {}, None),
+    ],
+)
+def test_adjust_lr_multiplies_the_configured_rate(config_file, monkeypatch, caplog, tokens, env, factor):
+    monkeypatch.delenv("ULYSSES_ADJUST_LR", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with caplog.at_level("INFO", logger="ulysses_pro.config.loader"):
+        config = load_config(config_file, [*tokens, "learning_rate=2e-4"])
+    assert config.pro.adjust_lr == factor
+    assert config.training.learning_rate == pytest.approx(2e-4 * (factor or 1.0))
+    if factor is not None:
+        assert f"learning rate adjusted from 0.0002 to {2e-4 * factor:g}" in caplog.text
+    else:
+        assert "adjusted" not in caplog.text
+
+
+def test_debug_switch_and_its_environment_variable(config_file, monkeypatch):
+    monkeypatch.delenv("ULYSSES_DEBUG", raising=False)
+    assert not load_config(config_file).pro.debug
+    config = load_config(config_file, ["--debug", "--adjust-lr", "2.0", "--pref_beta", "0.15"])
+    assert config.pro.debug and config.pro.guard_enabled and config.finetuning.pref_beta == 0.15
+    assert config.training.debug == []  # transformers' own `debug` option untouched
+    monkeypatch.setenv("ULYSSES_DEBUG", "1")
+    assert load_config(config_file).pro.debug
+    assert not load_config(config_file, ["debug=false"]).pro.debug
+    # transformers' debug values still reach TrainingArguments
+    assert load_config(config_file, ["debug=underflow_overflow"]).training.debug == ["underflow_overflow"]
+
+
+def test_gradient_guard_keys_are_validated(config_file):
+    config = load_config(config_file, ["gradient_guard=true", "gradient_guard_lr_boost=1.5"])
+    assert config.pro.guard_enabled and config.pro.gradient_guard_lr_boost == 1.5
+    with pytest.raises(ConfigError, match="unknown strategy nois"):
+        load_config(config_file, ["gradient_guard_strategies=nois,clipping"])
+    with pytest.raises(ConfigError, match="adjust_lr: -1.0 must be a positive factor"):
+        load_config(config_file, ["adjust_lr=-1"])

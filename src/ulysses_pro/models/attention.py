@@ -86,6 +86,13 @@ def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) ->
     return previous
 
 
+def unregister_sequence_parallel() -> None:
+    """Take our function out of transformers' global attention registry."""
+    from transformers import AttentionInterface
+
+    AttentionInterface._global_mapping.pop(ATTENTION_NAME, None)
+
+
 def remove_sequence_parallel(model: nn.Module, implementation: str) -> None:
     """Put back the attention implementation `apply_sequence_parallel` replaced."""
     unwrap_model(model).set_attn_implementation(implementation)
@@ -113,4 +120,10 @@ def attention_heads(model: nn.Module) -> tuple[int, int]:
     return heads, getattr(config, "num_key_value_heads", None) or heads
 
 
-__all__ = ["apply_sequence_parallel", "attention_heads", "remove_sequence_parallel", "unsharded_attention"]
+__all__ = [
+    "apply_sequence_parallel",
+    "attention_heads",
+    "remove_sequence_parallel",
+    "unregister_sequence_parallel",
+    "unsharded_attention",
+]

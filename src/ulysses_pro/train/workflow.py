@@ -116,6 +116,8 @@ def run_token_stage(config: RunConfig, callbacks: list | None = None) -> Ulysses
         metric_sources=pro["metric_sources"],
         batch_observers=pro["batch_observers"],
     )
+    # What SP replaced, so an owner (UlyssesTrainingManager.cleanup) can put it back.
+    trainer.replaced_attention = plain_attention
     show_samples = trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train
     if show_samples:
         with unsharded_attention(model, plain_attention):

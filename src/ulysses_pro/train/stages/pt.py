@@ -6,6 +6,6 @@ from ...config import RunConfig
 from ..workflow import run_token_stage
 
 
-def run_pt(config: RunConfig):
+def run_pt(config: RunConfig, callbacks: list | None = None):
     """Continue pretraining on `{"text": ...}` rows."""
-    return run_token_stage(config)
+    return run_token_stage(config, callbacks)

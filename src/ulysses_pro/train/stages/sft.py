@@ -6,6 +6,6 @@ from ...config import RunConfig
 from ..workflow import run_token_stage
 
 
-def run_sft(config: RunConfig):
+def run_sft(config: RunConfig, callbacks: list | None = None):
     """Fine-tune on alpaca / sharegpt conversations."""
-    return run_token_stage(config)
+    return run_token_stage(config, callbacks)
