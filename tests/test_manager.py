@@ -97,3 +97,22 @@ def test_context_manager_with_sequence_parallelism_cleans_up(tmp_path):
         assert result["attention_after"] != "ulysses_pro_sp"
         assert result["sp_group_alive_during_run"] and not result["sp_group_alive"]
         assert result["default_group_alive"]  # the launcher's group, not the manager's to destroy
+
+
+def test_readme_example_runs(tmp_path):
+    """The README's Python API example, as written, with fewer steps and a temporary output folder."""
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    example = re.search(r"### Python API\s+```python\n(.*?)```", readme, re.DOTALL).group(1)
+    assert "max_steps=100" in example
+    example = example.replace("max_steps=100", f"max_steps=3, output_dir={str(tmp_path)!r}")
+    result = subprocess.run(
+        [sys.executable, "-c", example], cwd=repo, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'state': 'finished'" in result.stdout and "'step': 3" in result.stdout
+    assert (tmp_path / "model.safetensors").is_file()
