@@ -49,3 +49,30 @@ def reduce_sequence_parallel_loss(
     """
     count = torch.as_tensor(local_token_count, device=local_loss_sum.device)
     return normalized_token_loss(local_loss_sum, global_sum(count, group), gradient_average_world)
+
+
+class _SumOverGroup(torch.autograd.Function):
+    """All-reduce SUM forward, identity backward (DESIGN contract 7)."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, group):
+        total = value.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def sum_over_sequence_parallel(value: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """Per-sequence quantities (log-prob sums, token counts, rewards) summed over the SP group.
+
+    Every rank gets the whole-sequence value, so any nonlinearity applied afterwards (a DPO
+    sigmoid, say) is the same on every rank; the backward is the identity, so each rank's
+    gradient is that of its own tokens' contribution. With the engine averaging over all W ranks,
+    each rank back-propagates `W * loss` (contract 7).
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
+        return value
+    return _SumOverGroup.apply(value, group)
