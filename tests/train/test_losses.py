@@ -23,7 +23,9 @@ def _batch(seed=0, n=6, reference=True):
     rejected = -(torch.rand(n, generator=g, dtype=torch.float64) * 3 + 0.01) * lengths_r
     ref_c = chosen + torch.randn(n, generator=g, dtype=torch.float64)
     ref_r = rejected + torch.randn(n, generator=g, dtype=torch.float64)
-    return L.PreferenceBatch(chosen, rejected, lengths_c, lengths_r, ref_c if reference else None, ref_r if reference else None)
+    return L.PreferenceBatch(
+        chosen, rejected, lengths_c, lengths_r, ref_c if reference else None, ref_r if reference else None
+    )
 
 
 def _rows(batch):
@@ -68,14 +70,20 @@ def test_preference_losses_match_the_published_formulas(loss_type, beta):
 def test_label_smoothing_for_sigmoid():
     batch = _batch(seed=1)
     got = L.preference_loss(batch, "sigmoid", 0.2, label_smoothing=0.1).losses
-    torch.testing.assert_close(got, reference_loss("sigmoid", batch, 0.2, smoothing=0.1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        got, reference_loss("sigmoid", batch, 0.2, smoothing=0.1), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_policy_equal_to_reference_gives_log_two():
     batch = _batch()
     same = L.PreferenceBatch(
-        batch.chosen_logps, batch.rejected_logps, batch.chosen_lengths, batch.rejected_lengths,
-        batch.chosen_logps.clone(), batch.rejected_logps.clone(),
+        batch.chosen_logps,
+        batch.rejected_logps,
+        batch.chosen_lengths,
+        batch.rejected_lengths,
+        batch.chosen_logps.clone(),
+        batch.rejected_logps.clone(),
     )
     losses = L.preference_loss(same, "sigmoid", 0.1).losses
     assert torch.allclose(losses, torch.full_like(losses, math.log(2)), atol=1e-6, rtol=0)
@@ -85,10 +93,12 @@ def test_bco_mixing_and_sft_term():
     batch, beta = _batch(seed=2), 0.3
     got = L.preference_loss(batch, "sigmoid", beta, bco_weight=0.5, ftx=0.25).losses
     rows = list(_rows(batch))
-    rewards = [beta * (pc - rc) for pc, _, _, _, rc, _ in rows] + [beta * (pr - rr) for _, pr, _, _, _, rr in rows]
+    rewards = [beta * (pc - rc) for pc, _, _, _, rc, _ in rows] + [
+        beta * (pr - rr) for _, pr, _, _, _, rr in rows
+    ]
     delta = sum(rewards) / len(rewards)
     expected = []
-    for sigmoid, (pc, pr, lc, lr, rc, rr) in zip(reference_loss("sigmoid", batch, beta), rows):
+    for sigmoid, (pc, pr, lc, _, rc, rr) in zip(reference_loss("sigmoid", batch, beta), rows):
         bco = -log_sigmoid(beta * (pc - rc) - delta) - log_sigmoid(-(beta * (pr - rr) - delta))
         expected.append(float(sigmoid) + 0.5 * bco + 0.25 * (-pc / lc))
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
@@ -115,9 +125,13 @@ def test_kto_with_clamped_detached_kl():
         expected = []
         for p, r, d in zip(policy.detach().tolist(), reference.tolist(), desirable.tolist()):
             ratio = p - r
-            value = 1 / (1 + math.exp(-beta * (ratio - z0))) if d else 1 / (1 + math.exp(-beta * (z0 - ratio)))
+            value = (
+                1 / (1 + math.exp(-beta * (ratio - z0))) if d else 1 / (1 + math.exp(-beta * (z0 - ratio)))
+            )
             expected.append((wd if d else wu) * (1 - value))
-        torch.testing.assert_close(got.detach(), torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            got.detach(), torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-12
+        )
         got.sum().backward()
         assert policy.grad is not None
         assert policy_kl.grad is None  # the reference point is detached
@@ -126,5 +140,7 @@ def test_kto_with_clamped_detached_kl():
 def test_pairwise_reward_loss():
     chosen = torch.tensor([1.0, -0.5, 3.0], dtype=torch.float64)
     rejected = torch.tensor([0.0, 0.5, 3.0], dtype=torch.float64)
-    expected = torch.tensor([-log_sigmoid(c - r) for c, r in zip(chosen.tolist(), rejected.tolist())], dtype=torch.float64)
+    expected = torch.tensor(
+        [-log_sigmoid(c - r) for c, r in zip(chosen.tolist(), rejected.tolist())], dtype=torch.float64
+    )
     torch.testing.assert_close(L.pairwise_reward_loss(chosen, rejected), expected, rtol=1e-12, atol=1e-12)

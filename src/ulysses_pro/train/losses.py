@@ -159,7 +159,9 @@ def kto_loss(
     """
     kl = (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
     log_ratio = policy_logps - reference_logps
-    value = torch.where(desirable, torch.sigmoid(beta * (log_ratio - kl)), torch.sigmoid(beta * (kl - log_ratio)))
+    value = torch.where(
+        desirable, torch.sigmoid(beta * (log_ratio - kl)), torch.sigmoid(beta * (kl - log_ratio))
+    )
     weight = torch.where(
         desirable,
         torch.as_tensor(desirable_weight, dtype=value.dtype, device=value.device),
