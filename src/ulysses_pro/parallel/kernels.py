@@ -187,6 +187,19 @@ def _flash_functions():
     return _flash_attn_forward, _flash_attn_backward
 
 
+def _flash_options(scale: float, mask: BlockMask) -> dict:
+    """The keyword arguments flash-attn's forward and backward share: no dropout, window or softcap."""
+    return {
+        "dropout_p": 0.0,
+        "softmax_scale": scale,
+        "causal": mask.kind == "causal",
+        "window_size_left": -1,
+        "window_size_right": -1,
+        "softcap": 0.0,
+        "alibi_slopes": None,
+    }
+
+
 def _flash_forward(q, k, v, scale, mask: BlockMask):
     forward, _ = _flash_functions()
     # flash-attn works on (b, s, h, d)
@@ -194,13 +207,7 @@ def _flash_forward(q, k, v, scale, mask: BlockMask):
         q.transpose(1, 2).contiguous(),
         k.transpose(1, 2).contiguous(),
         v.transpose(1, 2).contiguous(),
-        dropout_p=0.0,
-        softmax_scale=scale,
-        causal=mask.kind == "causal",
-        window_size_left=-1,
-        window_size_right=-1,
-        softcap=0.0,
-        alibi_slopes=None,
+        **_flash_options(scale, mask),
         return_softmax=False,
     )
     return out.transpose(1, 2).float(), lse.float()
@@ -220,13 +227,7 @@ def _flash_backward(grad_out, q, k, v, out, lse, scale, mask: BlockMask):
         grad_q,
         grad_k,
         grad_v,
-        dropout_p=0.0,
-        softmax_scale=scale,
-        causal=mask.kind == "causal",
-        window_size_left=-1,
-        window_size_right=-1,
-        softcap=0.0,
-        alibi_slopes=None,
+        **_flash_options(scale, mask),
         deterministic=True,
         rng_state=None,
     )

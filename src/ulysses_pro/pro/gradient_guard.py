@@ -120,13 +120,14 @@ class GradientGuard(TrainerCallback):
             self.settings.gradient_guard_small_grad_threshold,
             self.settings.gradient_guard_small_grad_scale,
         )
-        scaled = 0
+        scaled = []
         for grad in grads:
             local = _local(grad)
             small = (local.abs() < threshold) & (local != 0)
-            scaled += int(small.sum())
+            scaled.append(small.sum())
             local.copy_(torch.where(small, local * factor, local))
-        self.counts["small_grad_elements"] += scaled
+        # One host sync for the count, not one per parameter.
+        self.counts["small_grad_elements"] += int(torch.stack(scaled).sum())
 
     def _add_noise(self, grads, step: int) -> None:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
