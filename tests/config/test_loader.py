@@ -97,7 +97,12 @@ def test_unknown_key_names_line_and_closest(config_file):
     ("override", "pattern"),
     [
         (["lora_rank=abc"], r"lora_rank='abc' is not valid; expected a integer|lora_rank='abc' is not valid"),
-        (["stage=dpo"], r"stage: stage 'dpo' is not available yet"),
+        (["stage=ppo"], r"stage: stage 'ppo' is not available yet"),
+        (["stage=dpo", "pref_loss=kto_pair"], r"pref_loss: 'kto_pair' is not one of sigmoid, hinge"),
+        (["stage=dpo", "pref_beta=0"], r"pref_beta: must be positive"),
+        (["stage=dpo", "dpo_label_smoothing=0.7"], r"dpo_label_smoothing: must be in \[0, 0.5\]"),
+        (["stage=kto", "kto_rejected_weight=0"], r"kto_rejected_weight: must be positive"),
+        (["stage=rm", "neat_packing=true"], r"neat_packing: stage rm scores whole sequences"),
         (["stage=banana"], r"stage: 'banana' is not one of pt, sft, rm, dpo, kto, ppo"),
         (["finetuning_type=qlora"], r"finetuning_type: 'qlora' is not one of full, freeze, lora"),
         (["bf16=true", "fp16=true"], r"fp16: bf16 and fp16 are both true"),

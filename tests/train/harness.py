@@ -6,7 +6,7 @@ from __future__ import annotations
 from transformers import TrainerCallback
 
 from ulysses_pro.config import load_config
-from ulysses_pro.train.workflow import run_token_stage
+from ulysses_pro.train.stages import run_stage
 
 
 class CaptureGradients(TrainerCallback):
@@ -22,7 +22,7 @@ class CaptureGradients(TrainerCallback):
 
 
 def run_training(**keys) -> dict:
-    """Run `run_token_stage` on the given config keys; return per-step losses, gradients and eval losses."""
+    """Run `run_stage` on the given config keys; return per-step losses, gradients and eval losses."""
     base = {
         "model_name_or_path": "tiny:llama",
         "stage": "sft",
@@ -39,12 +39,14 @@ def run_training(**keys) -> dict:
     }
     config = load_config({**base, **keys})
     capture = CaptureGradients()
-    trainer = run_token_stage(config, callbacks=[capture])
+    trainer = run_stage(config, callbacks=[capture])
     history = trainer.state.log_history
     return {
         "losses": [entry["loss"] for entry in history if "loss" in entry],
         "grads": capture.steps,
         "eval_losses": [entry["eval_loss"] for entry in history if "eval_loss" in entry],
+        # the last training log line's extra metrics (rewards/*, logps/*, guard/*)
+        "metrics": {k: v for k, v in history[-2 if len(history) > 1 else -1].items() if "/" in k},
     }
 
 

@@ -120,7 +120,9 @@ def test_kto_with_clamped_detached_kl():
     beta, wd, wu = 0.2, 1.5, 0.7
     for shift in (2.0, -2.0):  # a positive KL estimate, and a negative one that clamps to 0
         reference_kl = policy_kl.detach() - shift
-        got, _ = L.kto_loss(policy, reference, desirable, policy_kl, reference_kl, beta, wd, wu)
+        got, _ = L.kto_loss(
+            policy, reference, desirable, L.kto_reference_point(policy_kl, reference_kl), beta, wd, wu
+        )
         z0 = max(0.0, shift)
         expected = []
         for p, r, d in zip(policy.detach().tolist(), reference.tolist(), desirable.tolist()):

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
-IMPLEMENTED_STAGES = ("pt", "sft")
+IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto")
+PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
 SEQUENCE_PARALLEL_MODES = ("ulysses", "zigzag-ring", "hybrid")
 FLASH_ATTN_CHOICES = ("auto", "disabled", "sdpa", "fa2", "eager")
@@ -90,7 +91,7 @@ class FinetuningArguments:
     freeze_trainable_modules: str = "all"
     freeze_extra_modules: str | None = None
     plot_loss: bool = False
-    # Preference keys are parsed now so LLaMA-Factory configs load; their stages arrive later.
+    # dpo / kto / rm (LLaMA-Factory's keys and defaults).
     pref_beta: float = 0.1
     pref_ftx: float = 0.0
     pref_loss: str = "sigmoid"

@@ -10,6 +10,7 @@ from .args import (
     GUARD_STRATEGIES,
     IMPLEMENTED_STAGES,
     MIX_STRATEGIES,
+    PREFERENCE_LOSSES,
     SEQUENCE_PARALLEL_MODES,
     STAGES,
     DataArguments,
@@ -53,6 +54,7 @@ def validate(
     choose("mix_strategy", data.mix_strategy, MIX_STRATEGIES)
     if pro is not None:
         _validate_pro(pro, fail)
+    _validate_preference(finetuning, data, fail)
 
     do_train = training.get("do_train", False)
     if do_train and not model.model_name_or_path:
@@ -110,6 +112,32 @@ def validate(
             fail(key, f"must be >= 1, got {training[key]}")
     if training.get("learning_rate", 1.0) < 0:
         fail("learning_rate", f"must be >= 0, got {training['learning_rate']}")
+
+
+def _validate_preference(finetuning: FinetuningArguments, data: DataArguments, fail) -> None:
+    stage = finetuning.stage
+    if stage not in ("dpo", "kto", "rm"):
+        return
+    if data.packing or data.neat_packing:
+        fail(
+            "packing" if data.packing else "neat_packing",
+            f"stage {stage} scores whole sequences one per row; remove packing / neat_packing",
+        )
+    if stage == "rm":
+        return
+    if stage == "dpo":
+        if finetuning.pref_loss not in PREFERENCE_LOSSES:
+            fail("pref_loss", f"{finetuning.pref_loss!r} is not one of {', '.join(PREFERENCE_LOSSES)}")
+        if not 0 <= finetuning.dpo_label_smoothing <= 0.5:
+            fail("dpo_label_smoothing", f"must be in [0, 0.5], got {finetuning.dpo_label_smoothing}")
+        for key in ("pref_ftx", "pref_bco_weight"):
+            if getattr(finetuning, key) < 0:
+                fail(key, f"must be >= 0, got {getattr(finetuning, key)}")
+    if not finetuning.pref_beta > 0:
+        fail("pref_beta", f"must be positive, got {finetuning.pref_beta}")
+    for key in ("kto_chosen_weight", "kto_rejected_weight"):
+        if stage == "kto" and not getattr(finetuning, key) > 0:
+            fail(key, f"must be positive, got {getattr(finetuning, key)}")
 
 
 def _validate_pro(pro: ProArguments, fail) -> None:

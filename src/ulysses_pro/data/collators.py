@@ -45,3 +45,45 @@ class PaddingCollator:
         if not packed:
             batch["attention_mask"] = torch.tensor(mask, dtype=torch.long)
         return batch
+
+
+def _documents(rows: list[dict], prefix: str) -> list[dict[str, list[int]]]:
+    return [
+        {"input_ids": row[f"{prefix}input_ids"], "shift_labels": row[f"{prefix}shift_labels"]} for row in rows
+    ]
+
+
+def _last_token_mask(batch: dict[str, torch.Tensor], rows: list[dict[str, list[int]]]) -> torch.Tensor:
+    """1 at each row's last real token (where a reward model reads its score), 0 elsewhere."""
+    mask = torch.zeros_like(batch["input_ids"])
+    for index, row in enumerate(rows):
+        mask[index, len(row["input_ids"]) - 1] = 1
+    return mask
+
+
+@dataclass
+class PairwiseCollator:
+    """Preference pairs -> one batch of 2b rows: the b chosen answers, then the b rejected ones.
+
+    One forward then scores both sides (and, under SP, both are split the same way).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        documents = _documents(rows, "chosen_") + _documents(rows, "rejected_")
+        batch = PaddingCollator(self.pad_token_id)(documents)
+        batch["last_token_mask"] = _last_token_mask(batch, documents)
+        return batch
+
+
+@dataclass
+class KtoCollator:
+    """KTO rows -> 2b rows (the b labelled answers, then the b mismatched KL answers) and b labels."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = PaddingCollator(self.pad_token_id)(_documents(rows, "") + _documents(rows, "kl_"))
+        batch["kto_labels"] = torch.tensor([row["kto_label"] for row in rows], dtype=torch.bool)
+        return batch

@@ -25,13 +25,13 @@ class Conversation:
     tools: str | None = None
 
 
-def _require_mapping(row: Any, ref: RowRef) -> dict:
+def require_mapping(row: Any, ref: RowRef) -> dict:
     if not isinstance(row, dict):
         raise DataError.at(ref, f"expected a JSON object, got {type(row).__name__}")
     return row
 
 
-def _text_field(row: dict, column: str | None, ref: RowRef, *, required: bool, what: str) -> str:
+def text_field(row: dict, column: str | None, ref: RowRef, *, required: bool, what: str) -> str:
     if column is None:
         return ""
     if column not in row or row[column] is None:
@@ -44,7 +44,7 @@ def _text_field(row: dict, column: str | None, ref: RowRef, *, required: bool, w
     return value
 
 
-def _nonempty_answer(text: str, ref: RowRef, where: str) -> str:
+def nonempty_answer(text: str, ref: RowRef, where: str) -> str:
     if not text.strip():
         raise DataError.at(
             ref, f"{where}: empty assistant turn; every assistant answer needs text to learn from"
@@ -52,13 +52,12 @@ def _nonempty_answer(text: str, ref: RowRef, where: str) -> str:
     return text
 
 
-def alpaca_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
-    """instruction (+ input), output, optional system and history [[q, a], ...]."""
-    row = _require_mapping(row, ref)
-    instruction = _text_field(row, spec.column("prompt"), ref, required=True, what="instruction")
-    query = _text_field(row, spec.column("query"), ref, required=False, what="input")
-    response = _text_field(row, spec.column("response"), ref, required=True, what="output")
-    system = _text_field(row, spec.column("system"), ref, required=False, what="system")
+def alpaca_prompt(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str, str]]:
+    """The messages before the answer: optional system, history [[q, a], ...], instruction (+ input)."""
+    row = require_mapping(row, ref)
+    instruction = text_field(row, spec.column("prompt"), ref, required=True, what="instruction")
+    query = text_field(row, spec.column("query"), ref, required=False, what="input")
+    system = text_field(row, spec.column("system"), ref, required=False, what="system")
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     history_column = spec.column("history")
     history = row.get(history_column) if history_column else None
@@ -74,20 +73,35 @@ def alpaca_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversa
                 )
             messages.append({"role": "user", "content": pair[0]})
             messages.append(
-                {"role": "assistant", "content": _nonempty_answer(pair[1], ref, f"history[{turn}]")}
+                {"role": "assistant", "content": nonempty_answer(pair[1], ref, f"history[{turn}]")}
             )
     prompt = "\n".join(part for part in (instruction, query) if part)
     if not prompt.strip():
         raise DataError.at(ref, "empty instruction and input; the user turn needs text")
     messages.append({"role": "user", "content": prompt})
-    messages.append({"role": "assistant", "content": _nonempty_answer(response, ref, "output")})
-    tools = _text_field(row, spec.column("tools"), ref, required=False, what="tools") or None
-    return Conversation(messages, ref, tools)
+    return messages
 
 
-def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
+def row_tools(row: dict, spec: DatasetSpec, ref: RowRef) -> str | None:
+    """The `tools` column as a JSON string, if the dataset maps one."""
+    column = spec.column("tools")
+    tools = row.get(column) if column else None
+    if tools is not None and not isinstance(tools, str):
+        tools = str(tools)
+    return tools or None
+
+
+def alpaca_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
+    """instruction (+ input), output, optional system and history [[q, a], ...]."""
+    messages = alpaca_prompt(row, spec, ref)
+    response = text_field(row, spec.column("response"), ref, required=True, what="output")
+    messages.append({"role": "assistant", "content": nonempty_answer(response, ref, "output")})
+    return Conversation(messages, ref, row_tools(row, spec, ref))
+
+
+def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str, str]]:
     """from/value (or role/content via tags) messages in strict user/assistant alternation."""
-    row = _require_mapping(row, ref)
+    row = require_mapping(row, ref)
     column = spec.column("messages") or "conversations"
     raw = row.get(column)
     if not isinstance(raw, list) or not raw:
@@ -103,11 +117,11 @@ def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conver
         tags["system_tag"]: "system",
     }
     messages: list[dict[str, str]] = []
-    system = _text_field(row, spec.column("system"), ref, required=False, what="system")
+    system = text_field(row, spec.column("system"), ref, required=False, what="system")
     start = 0
     first = raw[0]
     if isinstance(first, dict) and first.get(tags["role_tag"]) == tags["system_tag"]:
-        system = system or _message_content(first, tags, ref, 0)
+        system = system or message_content(first, tags, ref, 0)
         start = 1
     if system:
         messages.append({"role": "system", "content": system})
@@ -132,21 +146,25 @@ def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conver
             raise DataError.at(
                 ref, f"{column}[{position}]: wrong role order: expected {expected} here, got {tag!r}"
             )
-        content = _message_content(message, tags, ref, position)
+        content = message_content(message, tags, ref, position)
         if role == "assistant":
-            _nonempty_answer(content, ref, f"{column}[{position}]")
+            nonempty_answer(content, ref, f"{column}[{position}]")
         messages.append({"role": role, "content": content})
+    return messages
+
+
+def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
+    """A sharegpt chat that ends with an assistant answer."""
+    messages = sharegpt_messages(row, spec, ref)
     if messages[-1]["role"] != "assistant":
+        column = spec.column("messages") or "conversations"
         raise DataError.at(
-            ref, f"{column}: the last message must be an assistant turn ({tags['assistant_tag']!r})"
+            ref, f"{column}: the last message must be an assistant turn ({spec.tags['assistant_tag']!r})"
         )
-    tools = row.get(spec.column("tools")) if spec.column("tools") else None
-    if tools is not None and not isinstance(tools, str):
-        tools = str(tools)
-    return Conversation(messages, ref, tools or None)
+    return Conversation(messages, ref, row_tools(row, spec, ref))
 
 
-def _message_content(message: dict, tags: dict[str, str], ref: RowRef, position: int) -> str:
+def message_content(message: dict, tags: dict[str, str], ref: RowRef, position: int) -> str:
     content = message.get(tags["content_tag"])
     if not isinstance(content, str):
         raise DataError.at(
@@ -164,11 +182,11 @@ def to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
 
 def to_text(row: Any, spec: DatasetSpec, ref: RowRef) -> str:
     """Pretraining text: the `prompt` column (LLaMA-Factory maps it to `text`), else `text`."""
-    row = _require_mapping(row, ref)
+    row = require_mapping(row, ref)
     column = spec.column("prompt")
     if column not in row and "text" in row:
         column = "text"
-    text = _text_field(row, column, ref, required=True, what="pretraining text")
+    text = text_field(row, column, ref, required=True, what="pretraining text")
     if not text.strip():
         raise DataError.at(ref, f"column {column!r} is empty; pretraining rows need text")
     return text

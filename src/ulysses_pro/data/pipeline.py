@@ -14,6 +14,14 @@ from .errors import DataError
 from .files import read_rows
 from .formats import Conversation, to_conversation, to_text
 from .packing import Document, chunk_stream, pack_documents, shifted
+from .preference import (
+    KtoExample,
+    PreferencePair,
+    encode_kto,
+    encode_pair,
+    to_kto_example,
+    to_preference_pair,
+)
 from .registry import load_dataset_specs
 from .templates import IGNORE_INDEX, encode_conversation, resolve_chat_template
 
@@ -42,21 +50,55 @@ class DatasetBundle:
     sample_prompts: list[Conversation]
 
 
+PAIRWISE_STAGES = ("dpo", "rm")
+
+
+def _check_layout(spec, stage: str) -> None:
+    pairwise = stage in PAIRWISE_STAGES
+    if spec.ranking and not pairwise:
+        raise DataError(
+            f"dataset {spec.name!r} is a preference dataset (ranking: true); stage {stage} needs "
+            f"{'KTO rows with a kto_tag column' if stage == 'kto' else 'SFT rows'}"
+        )
+    if pairwise and not spec.ranking:
+        raise DataError(
+            f"dataset {spec.name!r} has no ranking: true; stage {stage} needs preference rows with "
+            "chosen and rejected answers (set ranking: true and map the chosen/rejected columns)"
+        )
+
+
+def _convert(row, spec, ref, stage: str):
+    if stage == "pt":
+        return to_text(row, spec, ref)
+    if stage in PAIRWISE_STAGES:
+        return to_preference_pair(row, spec, ref)
+    if stage == "kto":
+        return to_kto_example(row, spec, ref)
+    return to_conversation(row, spec, ref)
+
+
+def _prompt_messages(item) -> list[dict[str, str]]:
+    if isinstance(item, PreferencePair):
+        return item.prompt
+    if isinstance(item, KtoExample):
+        return item.conversation.messages
+    return item.messages
+
+
 def _load_raw(names: str, data_args, stage: str) -> list[tuple[Any, Any]]:
-    """Read and normalise every row (Conversation for chat stages, str for pt)."""
+    """Read and normalise every row: str for pt, PreferencePair for dpo/rm, KtoExample for kto,
+    Conversation for sft."""
     items = []
     for spec in load_dataset_specs(names, data_args.dataset_dir):
-        if spec.ranking:
-            raise DataError(
-                f"dataset {spec.name!r} is a preference dataset (ranking: true); stage {stage} needs SFT rows"
-            )
+        _check_layout(spec, stage)
         count = 0
         for ref, row in read_rows(spec.path):
             if data_args.max_samples is not None and count >= data_args.max_samples:
                 break
-            item = to_text(row, spec, ref) if stage == "pt" else to_conversation(row, spec, ref)
-            if stage != "pt" and data_args.default_system and item.messages[0]["role"] != "system":
-                item.messages.insert(0, {"role": "system", "content": data_args.default_system})
+            item = _convert(row, spec, ref, stage)
+            messages = None if stage == "pt" else _prompt_messages(item)
+            if messages is not None and data_args.default_system and messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": data_args.default_system})
             items.append((ref, item))
             count += 1
         if count == 0:
@@ -117,6 +159,21 @@ def _tokenize_text(items, tokenizer, data_args, packing: bool, desc: str) -> lis
     return documents
 
 
+def _tokenize_preference(items, tokenizer, template: str, data_args, stage: str, desc: str) -> list[dict]:
+    if stage == "kto":
+        examples = [example for _, example in items]
+        rows = encode_kto(tokenizer, template, examples, data_args.cutoff_len)
+        desirable = sum(example.desirable for example in examples)
+        logger.info("%d KTO rows: %d desirable, %d undesirable", len(rows), desirable, len(rows) - desirable)
+        return rows
+    rows = [
+        encode_pair(tokenizer, template, pair, data_args.cutoff_len)
+        for _, pair in tqdm(items, desc=desc, disable=len(items) < 2000, leave=False)
+    ]
+    logger.info("%d preference pairs", len(rows))
+    return rows
+
+
 def _finish(documents: list[Document], data_args, packing: bool, stage: str) -> TokenizedDataset:
     if packing and (stage != "pt" or data_args.neat_packing):
         documents = pack_documents(documents, data_args.cutoff_len, isolate=data_args.neat_packing)
@@ -124,6 +181,14 @@ def _finish(documents: list[Document], data_args, packing: bool, stage: str) -> 
     tokens = sum(len(d["input_ids"]) for d in documents)
     logger.info("%d rows, %d tokens, %d trained tokens", len(documents), tokens, trained)
     return TokenizedDataset(documents)
+
+
+def _sample_conversation(item) -> Conversation:
+    if isinstance(item, PreferencePair):
+        return item.conversation(item.chosen)
+    if isinstance(item, KtoExample):
+        return item.conversation
+    return item
 
 
 def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetBundle:
@@ -143,11 +208,15 @@ def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetB
             return None
         if stage == "pt":
             docs = _tokenize_text(items, tokenizer, data_args, packing, desc)
+        elif stage in (*PAIRWISE_STAGES, "kto"):
+            return TokenizedDataset(_tokenize_preference(items, tokenizer, template, data_args, stage, desc))
         else:
             docs = _tokenize_chat(items, tokenizer, template, data_args, desc)
         return _finish(docs, data_args, packing, stage)
 
-    samples = [item for _, item in (eval_items or train_items)[:3]] if stage != "pt" else []
+    samples = (
+        [_sample_conversation(item) for _, item in (eval_items or train_items)[:3]] if stage != "pt" else []
+    )
     return DatasetBundle(
         tokenize(train_items, "tokenizing train"), tokenize(eval_items, "tokenizing eval"), samples
     )

@@ -103,7 +103,7 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) if text else []
 
 
-def _fit(prompt_len: int, answer_len: int, budget: int) -> tuple[int, int]:
+def fit_lengths(prompt_len: int, answer_len: int, budget: int) -> tuple[int, int]:
     """How much of a prompt and an answer to keep within `budget` tokens.
 
     A short side is kept whole; otherwise the budget is shared in proportion to the lengths. The
@@ -141,7 +141,7 @@ def encode_conversation(
     for index, turn in enumerate(turns):
         if budget <= 1:
             break
-        prompt_keep, answer_keep = _fit(len(turn.prompt), len(turn.answer), budget)
+        prompt_keep, answer_keep = fit_lengths(len(turn.prompt), len(turn.answer), budget)
         prompt, answer = turn.prompt[:prompt_keep], turn.answer[:answer_keep]
         budget -= len(prompt) + len(answer)
         trains_answer = not mask_history or index == last
@@ -163,7 +163,7 @@ def _encode_last_turn_first(
     turns: list[EncodedTurn], cutoff_len: int, train_on_prompt: bool
 ) -> tuple[list[int], list[int]]:
     last = turns[-1]
-    prompt_keep, answer_keep = _fit(len(last.prompt), len(last.answer), cutoff_len)
+    prompt_keep, answer_keep = fit_lengths(len(last.prompt), len(last.answer), cutoff_len)
     input_ids = last.prompt[:prompt_keep] + last.answer[:answer_keep]
     labels = (last.prompt[:prompt_keep] if train_on_prompt else [IGNORE_INDEX] * prompt_keep) + last.answer[
         :answer_keep

@@ -49,17 +49,17 @@ def pad_for_sequence_parallel(
     extra = padded_length(length, unit) - length
     if extra == 0:
         return dict(batch)
-    fill = {"input_ids": pad_token_id, "shift_labels": IGNORE_INDEX, "attention_mask": 0}
+    fill = {"input_ids": pad_token_id, "shift_labels": IGNORE_INDEX}  # any other per-token tensor: 0
     out = {}
     for key, tensor in batch.items():
-        if key == "position_ids":
+        if tensor.dim() < 2 or tensor.shape[1] != length:
+            out[key] = tensor  # per-row values (labels of whole sequences) are not split
+        elif key == "position_ids":
             tail = torch.arange(extra, dtype=tensor.dtype).expand(tensor.shape[0], extra)
             out[key] = torch.cat([tensor, tail], dim=1)
-        elif key in fill:
-            tail = torch.full((tensor.shape[0], extra), fill[key], dtype=tensor.dtype)
-            out[key] = torch.cat([tensor, tail], dim=1)
         else:
-            out[key] = tensor
+            tail = torch.full((tensor.shape[0], extra), fill.get(key, 0), dtype=tensor.dtype)
+            out[key] = torch.cat([tensor, tail], dim=1)
     return out
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
+from ..config.args import PREFERENCE_LOSSES
+
 REFERENCE_FREE_LOSSES = ("simpo", "orpo")
 
 
@@ -142,22 +143,23 @@ def preference_loss(
     return PreferenceLoss(losses, result.chosen_rewards, result.rejected_rewards)
 
 
+def kto_reference_point(policy_kl_logps: torch.Tensor, reference_kl_logps: torch.Tensor) -> torch.Tensor:
+    """KTO's z0: the mean log-ratio of mismatched (prompt, completion) pairs, clamped at 0, detached."""
+    return (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
+
+
 def kto_loss(
     policy_logps: torch.Tensor,
     reference_logps: torch.Tensor,
     desirable: torch.Tensor,
-    policy_kl_logps: torch.Tensor,
-    reference_kl_logps: torch.Tensor,
+    reference_point: torch.Tensor,
     beta: float = 0.1,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example KTO losses and rewards.
-
-    `*_kl_logps` are log-probs of mismatched (prompt, completion) pairs; their mean log-ratio is the
-    reference point z0, clamped at 0 and detached (it only shifts the value function).
-    """
-    kl = (policy_kl_logps - reference_kl_logps).mean().clamp(min=0).detach()
+    """Per-example KTO losses and rewards, given the reference point z0 (see `kto_reference_point`;
+    the trainer averages it over every rank's mismatched pairs)."""
+    kl = reference_point.detach()
     log_ratio = policy_logps - reference_logps
     value = torch.where(
         desirable, torch.sigmoid(beta * (log_ratio - kl)), torch.sigmoid(beta * (kl - log_ratio))

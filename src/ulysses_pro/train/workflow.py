@@ -1,16 +1,18 @@
-"""The shared run for token-loss stages (pt, sft): data, model, trainer, outputs."""
+"""The shared run of every stage: data, model, SP, trainer, outputs; stages differ in trainer and collator."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from ..config import ConfigError, RunConfig
-from ..data.collators import PaddingCollator
+from ..data.collators import KtoCollator, PaddingCollator, PairwiseCollator
 from ..data.pipeline import build_datasets
 from ..models.attention import apply_sequence_parallel, attention_heads, unsharded_attention
 from ..models.loader import load_model, load_tokenizer
@@ -19,6 +21,7 @@ from ..pro.debug import DebugCallback, enable_debug_logging
 from ..pro.gradient_guard import GradientGuard
 from .generation import sample_answers
 from .plotting import plot_loss
+from .reference import ReferenceModel
 from .trainer import UlyssesTrainer
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,53 @@ def pro_features(config: RunConfig, layout: SequenceParallelLayout | None) -> di
 
 def run_token_stage(config: RunConfig, callbacks: list | None = None) -> UlyssesTrainer:
     """Train (and optionally evaluate) a pt or sft stage; returns the finished trainer."""
+    return run_workflow(config, callbacks, UlyssesTrainer, PaddingCollator)
+
+
+def run_sequence_stage(
+    config: RunConfig,
+    callbacks: list | None,
+    trainer_class: type[UlyssesTrainer],
+    *,
+    needs_reference: bool = False,
+    prepare_model: Callable | None = None,
+    trainer_kwargs: dict | None = None,
+) -> UlyssesTrainer:
+    """Train a whole-sequence-loss stage (dpo, kto, rm) with its trainer and, if needed, a reference."""
+    collator = KtoCollator if config.finetuning.stage == "kto" else PairwiseCollator
+    return run_workflow(
+        config,
+        callbacks,
+        trainer_class,
+        collator,
+        needs_reference=needs_reference,
+        prepare_model=prepare_model,
+        trainer_kwargs=trainer_kwargs,
+    )
+
+
+def load_reference(config: RunConfig, policy, tokenizer) -> ReferenceModel:
+    """The reference of DPO-family and KTO losses (see train/reference.py)."""
+    loaded = None
+    if config.finetuning.ref_model:
+        ref_args = dataclasses.replace(
+            config.model, model_name_or_path=config.finetuning.ref_model, adapter_name_or_path=None
+        )
+        loaded = load_model(ref_args, config.finetuning, tokenizer, config.training, is_trainable=False)
+    return ReferenceModel.build(policy, loaded)
+
+
+def run_workflow(
+    config: RunConfig,
+    callbacks: list | None,
+    trainer_class: type[UlyssesTrainer],
+    collator_class: type,
+    *,
+    needs_reference: bool = False,
+    prepare_model: Callable | None = None,
+    trainer_kwargs: dict | None = None,
+) -> UlyssesTrainer:
+    """Build data, model, SP groups and trainer; train, save, evaluate; return the finished trainer."""
     args = config.training
     if config.pro.debug:
         enable_debug_logging()
@@ -101,24 +151,34 @@ def run_token_stage(config: RunConfig, callbacks: list | None = None) -> Ulysses
     bundle = build_datasets(config.data, tokenizer, stage, seed=args.seed)
     logger.info("data ready in %.1fs", time.perf_counter() - started)
     model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
+    if prepare_model is not None:
+        model = prepare_model(model, config)
     layout, plain_attention = setup_sequence_parallel(config, model)
+    extra = dict(trainer_kwargs or {})
+    if needs_reference:
+        # After SP is wired: the reference runs the policy's (sequence-parallel) attention.
+        extra["reference"] = load_reference(config, model, tokenizer)
     pro = pro_features(config, layout)
-    trainer = UlyssesTrainer(
+    trainer = trainer_class(
         model=model,
         sp_layout=layout,
         args=args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval,
-        data_collator=PaddingCollator(tokenizer.pad_token_id),
+        data_collator=collator_class(tokenizer.pad_token_id),
         processing_class=tokenizer,
         # The guard first: later callbacks (and the optimizer) see the gradients it leaves.
         callbacks=[*pro["callbacks"], *(callbacks or [])],
         metric_sources=pro["metric_sources"],
         batch_observers=pro["batch_observers"],
+        **extra,
     )
     # What SP replaced, so an owner (UlyssesTrainingManager.cleanup) can put it back.
     trainer.replaced_attention = plain_attention
-    show_samples = trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train
+    # A reward model scores answers; it does not write them.
+    show_samples = (
+        trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train and stage != "rm"
+    )
     if show_samples:
         with unsharded_attention(model, plain_attention):
             sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "before training")

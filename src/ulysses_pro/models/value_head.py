@@ -1,0 +1,86 @@
+"""The scalar value head of a reward model: one Linear(hidden, 1) on the decoder's last hidden states.
+
+The head is registered on the Hugging Face model as `v_head`, so the optimizer, DDP and
+`save_pretrained` see it; it is also written on its own to `value_head.safetensors` (LLaMA-Factory's
+file and key names), because a LoRA checkpoint holds adapter weights only. While `value_head_output`
+is active the model's output projection returns one score per token instead of logits, so the
+full-vocabulary projection is never computed and every engine hook still sees a normal forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .wrappers import unwrap_model
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+_WEIGHT, _BIAS = "v_head.summary.weight", "v_head.summary.bias"
+
+
+def attach_value_head(model: nn.Module, seed: int) -> nn.Linear:
+    """Create the value head (seeded: every rank and every run starts from the same head)."""
+    hf_model = unwrap_model(model)
+    config = (
+        hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = nn.Linear(config.hidden_size, 1)
+        nn.init.normal_(head.weight, std=1.0 / (config.hidden_size + 1) ** 0.5)
+        nn.init.zeros_(head.bias)
+    device = next(hf_model.parameters()).device
+    hf_model.v_head = head.to(device)
+    # The vocabulary projection plays no part in a reward model; an untied one would get no gradient
+    # (and DDP would wait for it), so it stops training. A tied one is the input embedding: keep it.
+    lm_head = hf_model.get_output_embeddings()
+    if lm_head is not None and lm_head.weight is not hf_model.get_input_embeddings().weight:
+        lm_head.requires_grad_(False)
+    return hf_model.v_head
+
+
+@contextlib.contextmanager
+def value_head_output(model: nn.Module) -> Iterator[None]:
+    """Within the block, `model(...).logits` holds one scalar score per token (batch x seq)."""
+    hf_model = unwrap_model(model)
+    head, value_head = hf_model.get_output_embeddings(), hf_model.v_head
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        return value_head(hidden.to(value_head.weight.dtype)).squeeze(-1)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def save_value_head(model: nn.Module, output_dir: str | Path) -> Path:
+    """Write the value head to `output_dir/value_head.safetensors`."""
+    from safetensors.torch import save_file
+
+    head = unwrap_model(model).v_head
+    path = Path(output_dir) / VALUE_HEAD_FILE
+    save_file(
+        {_WEIGHT: head.weight.detach().cpu().contiguous(), _BIAS: head.bias.detach().cpu().contiguous()}, path
+    )
+    return path
+
+
+def load_value_head(model: nn.Module, folder: str | Path) -> bool:
+    """Load `folder/value_head.safetensors` into the model's value head if the file exists."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / VALUE_HEAD_FILE
+    if not path.is_file():
+        return False
+    state = load_file(path)
+    head = unwrap_model(model).v_head
+    with torch.no_grad():
+        head.weight.copy_(state[_WEIGHT])
+        head.bias.copy_(state[_BIAS])
+    return True

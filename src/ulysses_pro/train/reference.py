@@ -1,0 +1,71 @@
+"""The frozen reference policy of DPO-family and KTO losses.
+
+Three sources, cheapest first:
+- LoRA: the policy itself with its adapters disabled (no second copy of the weights);
+- `ref_model`: a separately loaded model, frozen;
+- full / freeze fine-tuning: a frozen copy of the policy taken before training starts.
+The reference always runs the same attention implementation as the policy, so under SP it is
+split and gathered exactly like the policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator
+
+from torch import nn
+
+from ..models.wrappers import unwrap_model
+
+logger = logging.getLogger(__name__)
+
+
+def _peft_model(model: nn.Module) -> nn.Module | None:
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else None
+
+
+class ReferenceModel:
+    """Gives the module that scores the reference log-probs (always under no_grad, in eval mode)."""
+
+    def __init__(self, frozen: nn.Module | None = None):
+        self.frozen = frozen
+        if frozen is not None:
+            frozen.requires_grad_(False)
+            frozen.eval()
+
+    @classmethod
+    def build(cls, policy: nn.Module, loaded: nn.Module | None = None) -> ReferenceModel:
+        """`loaded` (from `ref_model`) if given; else adapters-off for LoRA; else a frozen copy."""
+        if loaded is not None:
+            unwrap_model(loaded).set_attn_implementation(unwrap_model(policy).config._attn_implementation)
+            logger.info("reference model: ref_model")
+            return cls(loaded)
+        if _peft_model(policy) is not None:
+            logger.info("reference model: the policy with its LoRA adapters disabled")
+            return cls(None)
+        logger.info("reference model: a frozen copy of the initial policy")
+        return cls(copy.deepcopy(unwrap_model(policy)))
+
+    def to(self, device) -> ReferenceModel:
+        if self.frozen is not None:
+            self.frozen.to(device)
+        return self
+
+    @contextlib.contextmanager
+    def scoring(self, policy: nn.Module) -> Iterator[nn.Module]:
+        """The module to run for reference scores; for LoRA, the policy with adapters off."""
+        if self.frozen is not None:
+            yield self.frozen
+            return
+        peft = _peft_model(policy)
+        was_training = peft.training
+        peft.eval()  # no adapter dropout; the base model has none to begin with
+        try:
+            with peft.disable_adapter():
+                yield peft
+        finally:
+            peft.train(was_training)

@@ -1,0 +1,154 @@
+"""The Trainer of whole-sequence losses (dpo, kto, rm): DESIGN contract 7.
+
+Per-sequence sums (answer log-probs, answer lengths, rewards) are summed over the SP group before
+any nonlinearity, with an all-reduce whose backward is the identity. Every SP rank then holds the
+same per-sequence loss; it back-propagates `sum(losses) / N_sequences_global * W`, which gives each
+rank the gradient of its own tokens' share, and the engine's average over W ranks the exact
+gradient of the mean loss over the global batch (all micro-batches and DP ranks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..models.memory import token_loss_head
+from ..parallel.reduce import IGNORE_INDEX, global_sum, normalized_token_loss, sum_over_sequence_parallel
+from .trainer import UlyssesTrainer
+
+
+class SequenceMetrics:
+    """Means of per-sequence values (rewards, log-probs) since the last log line, over all ranks.
+
+    SP ranks hold identical values; their duplicates cancel in sum / count.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def record(self, name: str, values: torch.Tensor) -> None:
+        values = values.detach().double().reshape(-1)
+        self.sums[name] = self.sums.get(name, 0.0) + float(values.sum())
+        self.counts[name] = self.counts.get(name, 0.0) + values.numel()
+
+    def metrics(self) -> dict[str, float]:
+        names = sorted(self.sums)
+        totals = torch.tensor([[self.sums[n], self.counts[n]] for n in names], dtype=torch.float64).reshape(
+            -1, 2
+        )
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(totals)
+        self.sums, self.counts = {}, {}
+        means = {n: float(s / c) for n, (s, c) in zip(names, totals.tolist()) if c > 0}
+        if "rewards/chosen" in means and "rewards/rejected" in means and "rewards/margins" not in means:
+            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        return means
+
+
+class SequenceLossTrainer(UlyssesTrainer):
+    """UlyssesTrainer for losses defined per sequence rather than per token."""
+
+    def __init__(self, *args: Any, reference=None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference = reference.to(self.args.device) if reference is not None else None
+        self.train_metrics, self.eval_metrics = SequenceMetrics(), SequenceMetrics()
+        self.metric_sources.append(self.train_metrics)
+
+    # -- what subclasses provide -------------------------------------------------------------------
+
+    def num_sequences(self, batch: dict[str, torch.Tensor]) -> int:
+        """How many loss terms (pairs, examples) one micro-batch holds."""
+        raise NotImplementedError
+
+    def sequence_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-sequence losses of a micro-batch (same value on every SP rank); record metrics."""
+        raise NotImplementedError
+
+    # -- SP sums -----------------------------------------------------------------------------------
+
+    @property
+    def _sp_group(self):
+        layout = self.sp_layout
+        return layout.sp_group if layout is not None and layout.sp_size > 1 else None
+
+    @property
+    def loss_replicas(self) -> int:
+        """How many ranks hold each sequence's loss (the SP group size)."""
+        return self.sp_layout.sp_size if self.sp_layout is not None else 1
+
+    def sequence_sum(self, local: torch.Tensor) -> torch.Tensor:
+        """Per-sequence sum over the SP group; differentiable (identity backward, contract 7)."""
+        group = self._sp_group
+        return sum_over_sequence_parallel(local, group) if group is not None else local
+
+    def sequence_count(self, local: torch.Tensor) -> torch.Tensor:
+        """Per-sequence count over the SP group (no gradient)."""
+        group = self._sp_group
+        return global_sum(local, group) if group is not None else local
+
+    def sequence_logps(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of answer-token log-probs and number of answer tokens, per row, over the whole sequence.
+
+        The tiled head returns -log p per token (0 where there is no target), at most one chunk of
+        vocabulary logits at a time.
+        """
+        batch = dict(batch)
+        targets = batch.pop("shift_labels")
+        with token_loss_head(model, targets):
+            token_losses = model(**batch, use_cache=False).logits
+        logps = self.sequence_sum(-token_losses.sum(dim=-1))
+        return logps, self.sequence_count(targets.ne(IGNORE_INDEX).sum(dim=-1))
+
+    def metrics_for(self, model: nn.Module) -> SequenceMetrics:
+        """Where this forward's per-sequence values are recorded (training or evaluation)."""
+        return self.train_metrics if model.training else self.eval_metrics
+
+    def reference_logps(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sequence_logps` of the frozen reference, without gradient."""
+        with torch.no_grad(), self.reference.scoring(model) as reference:
+            return self.sequence_logps(reference, batch)
+
+    # -- normalisation -----------------------------------------------------------------------------
+
+    def _global_sequence_count(self, local: int, device: torch.device) -> torch.Tensor:
+        # Every SP rank of a DP group holds the same sequences: the world sum counts each P times.
+        return global_sum(torch.as_tensor(local, device=device)) // self.loss_replicas
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        if not batch_samples:
+            return None
+        return self._global_sequence_count(sum(self.num_sequences(b) for b in batch_samples), device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        if model.training:
+            for observe in self.batch_observers:
+                observe(inputs)
+        if num_items_in_batch is None:
+            num_items_in_batch = self._global_sequence_count(self.num_sequences(inputs), self.args.device)
+        losses = self.sequence_losses(model, inputs)
+        loss = normalized_token_loss(losses.sum(), num_items_in_batch, self.gradient_average_world)
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Gradients need W x loss on each of the P SP ranks, but the logged loss is the mean over all
+        # ranks: divide the reported value (not the back-propagated one) by P.
+        return super().training_step(*args, **kwargs) / self.loss_replicas
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        return loss / self.loss_replicas, None, None
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        output.metrics.update({f"{prefix}_{k}": v for k, v in self.eval_metrics.metrics().items()})
+        return output
