@@ -45,8 +45,8 @@ def run_training(**keys) -> dict:
         "losses": [entry["loss"] for entry in history if "loss" in entry],
         "grads": capture.steps,
         "eval_losses": [entry["eval_loss"] for entry in history if "eval_loss" in entry],
-        # the last training log line's extra metrics (rewards/*, logps/*, guard/*)
-        "metrics": {k: v for k, v in history[-2 if len(history) > 1 else -1].items() if "/" in k},
+        # the last per-step training log line (loss, learning rate, rewards/*, guard/*, ...)
+        "metrics": [entry for entry in history if "loss" in entry][-1],
     }
 
 
