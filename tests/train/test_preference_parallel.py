@@ -61,6 +61,7 @@ CASES = [
     (2, "rm", 2, "ulysses", {}),
     (4, "dpo", 4, "hybrid", {"pref_loss": "hinge"}),
     (4, "kto", 2, "ulysses", {}),  # DP 2 x SP 2: the KL reference point spans both DP ranks
+    (4, "dpo", 2, "zigzag-ring", {"pref_split_backward": True, "finetuning_type": "lora"}),  # DP 2 x SP 2
 ]
 
 

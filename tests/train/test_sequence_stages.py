@@ -175,3 +175,23 @@ def test_value_head_reads_every_token(tmp_path):
     hidden = model.model(input_ids=ids).last_hidden_state
     torch.testing.assert_close(scores, head(hidden).squeeze(-1))
     assert not model.get_output_embeddings().weight.requires_grad or model.config.tie_word_embeddings
+
+
+@pytest.mark.parametrize("pref_loss", ["sigmoid", "orpo"])
+def test_split_backward_gives_the_same_training(tmp_path, pref_loss):
+    """Chosen and rejected back-propagated one after the other: same losses and gradients, GA 2."""
+    from .harness import relative_error
+
+    common = keys(
+        tmp_path,
+        "dpo",
+        "demo_pairs",
+        max_steps=3,
+        gradient_accumulation_steps=2,
+        pref_loss=pref_loss,
+        pref_ftx=0.3,
+    )
+    joint = run_training(**common)
+    split = run_training(**{**common, "pref_split_backward": True})
+    assert split["losses"] == pytest.approx(joint["losses"], rel=1e-6)
+    assert max(relative_error(a, b) for a, b in zip(joint["grads"], split["grads"])) < 1e-5

@@ -98,6 +98,13 @@ class FinetuningArguments:
     pref_bco_weight: float = 0.0
     dpo_label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
+    pref_split_backward: bool = field(
+        default=False,
+        metadata={
+            "help": "DPO: back-propagate chosen and rejected answers one after the other (one extra forward, "
+            "half the activation memory)."
+        },
+    )
     kto_chosen_weight: float = 1.0
     kto_rejected_weight: float = 1.0
     ref_model: str | None = None

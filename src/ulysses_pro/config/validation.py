@@ -55,6 +55,11 @@ def validate(
     if pro is not None:
         _validate_pro(pro, fail)
     _validate_preference(finetuning, data, fail)
+    if finetuning.pref_split_backward and training.get("deepspeed"):
+        fail(
+            "pref_split_backward",
+            "needs two backward passes per micro-batch, which DeepSpeed's engine refuses; use FSDP or remove it",
+        )
 
     do_train = training.get("do_train", False)
     if do_train and not model.model_name_or_path:

@@ -1,10 +1,18 @@
-"""DPO family (sigmoid, hinge, ipo, simpo, orpo; BCO mixing; SFT term) on preference pairs."""
+"""DPO family (sigmoid, hinge, ipo, simpo, orpo; BCO mixing; SFT term) on preference pairs.
+
+With `pref_split_backward`, chosen and rejected answers are back-propagated one after the other:
+a forward without activations gives every sequence's log-prob, hence the loss L and the
+coefficients c_i = dL/dlogp_i; then each half runs forward + backward of sum_i c_i logp_i, whose
+gradient is exactly that of L (the chain rule through the per-sequence log-probs). One extra
+forward buys half the activation memory, so DPO trains at the sequence length SFT reaches.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from ...config import RunConfig
+from ...parallel.reduce import normalized_token_loss
 from ..losses import REFERENCE_FREE_LOSSES, PreferenceBatch, preference_loss
 from ..sequence_trainer import SequenceLossTrainer
 from ..workflow import run_sequence_stage
@@ -20,11 +28,10 @@ class PreferenceTrainer(SequenceLossTrainer):
     def num_sequences(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].shape[0] // 2
 
-    def sequence_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v for k, v in batch.items() if k != "last_token_mask"}
+    def _losses(self, model, batch, logps, lengths):
+        """Per-pair losses from per-sequence log-probs; records the logged rewards."""
         options = self.finetuning
         pairs = self.num_sequences(batch)
-        logps, lengths = self.sequence_logps(model, batch)
         reference = (None, None)
         if options.pref_loss not in REFERENCE_FREE_LOSSES:
             reference_logps, _ = self.reference_logps(model, batch)
@@ -43,9 +50,42 @@ class PreferenceTrainer(SequenceLossTrainer):
         metrics.record("rewards/rejected", result.rejected_rewards)
         metrics.record("rewards/accuracies", (result.chosen_rewards > result.rejected_rewards).float())
         metrics.record("rewards/margins", result.chosen_rewards - result.rejected_rewards)
-        metrics.record("logps/chosen", logps[:pairs])
-        metrics.record("logps/rejected", logps[pairs:])
+        metrics.record("logps/chosen", logps[:pairs].detach())
+        metrics.record("logps/rejected", logps[pairs:].detach())
         return result.losses
+
+    def sequence_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v for k, v in batch.items() if k != "last_token_mask"}
+        logps, lengths = self.sequence_logps(model, batch)
+        return self._losses(model, batch, logps, lengths)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (self.finetuning.pref_split_backward and model.training and torch.is_grad_enabled()):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        batch = {k: v for k, v in inputs.items() if k != "last_token_mask"}
+        for observe in self.batch_observers:
+            observe(batch)
+        if num_items_in_batch is None:
+            num_items_in_batch = self._global_sequence_count(self.num_sequences(batch), self.args.device)
+        with torch.no_grad():
+            logps, lengths = self.sequence_logps(model, batch)
+        logps.requires_grad_(True)
+        losses = self._losses(model, batch, logps, lengths)
+        loss = normalized_token_loss(losses.sum(), num_items_in_batch, self.gradient_average_world)
+        (coefficients,) = torch.autograd.grad(loss, logps)
+        pairs = self.num_sequences(batch)
+        # The chosen half now (without gradient sync); the rejected half through the Trainer's own
+        # backward, which syncs when the step ends. Its value is the loss, its gradient the surrogate's.
+        with self.accelerator.no_sync(model):
+            self.accelerator.backward(self._surrogate(model, batch, coefficients, slice(0, pairs)))
+        surrogate = self._surrogate(model, batch, coefficients, slice(pairs, 2 * pairs))
+        combined = surrogate - surrogate.detach() + loss.detach()
+        return (combined, None) if return_outputs else combined
+
+    def _surrogate(self, model, batch, coefficients, rows: slice) -> torch.Tensor:
+        """sum_i c_i logp_i over `rows`: its gradient is those rows' share of the loss gradient."""
+        half_logps, _ = self.sequence_logps(model, {k: v[rows] for k, v in batch.items()})
+        return (coefficients[rows] * half_logps).sum()
 
 
 def run_dpo(config: RunConfig, callbacks: list | None = None):
