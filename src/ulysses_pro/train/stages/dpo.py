@@ -34,8 +34,12 @@ class PreferenceTrainer(SequenceLossTrainer):
         pairs = self.num_sequences(batch)
         reference = (None, None)
         if options.pref_loss not in REFERENCE_FREE_LOSSES:
-            reference_logps, _ = self.reference_logps(model, batch)
-            reference = (reference_logps[:pairs], reference_logps[pairs:])
+            if self._split(model):
+                scored = [self.reference_logps(model, half)[0] for half in self._halves(batch)]
+                reference = tuple(scored)
+            else:
+                reference_logps, _ = self.reference_logps(model, batch)
+                reference = (reference_logps[:pairs], reference_logps[pairs:])
         result = preference_loss(
             PreferenceBatch(logps[:pairs], logps[pairs:], lengths[:pairs], lengths[pairs:], *reference),
             options.pref_loss,
@@ -59,33 +63,43 @@ class PreferenceTrainer(SequenceLossTrainer):
         logps, lengths = self.sequence_logps(model, batch)
         return self._losses(model, batch, logps, lengths)
 
+    def _split(self, model) -> bool:
+        return self.finetuning.pref_split_backward and model.training and torch.is_grad_enabled()
+
+    def _halves(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """The chosen rows and the rejected rows, as two batches."""
+        pairs = self.num_sequences(batch)
+        return [{k: v[rows] for k, v in batch.items()} for rows in (slice(0, pairs), slice(pairs, 2 * pairs))]
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if not (self.finetuning.pref_split_backward and model.training and torch.is_grad_enabled()):
+        if not self._split(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         batch = {k: v for k, v in inputs.items() if k != "last_token_mask"}
         for observe in self.batch_observers:
             observe(batch)
         if num_items_in_batch is None:
             num_items_in_batch = self._global_sequence_count(self.num_sequences(batch), self.args.device)
-        with torch.no_grad():
-            logps, lengths = self.sequence_logps(model, batch)
-        logps.requires_grad_(True)
+        with torch.no_grad():  # one half at a time: no forward ever holds both halves' temporaries
+            scored = [self.sequence_logps(model, half) for half in self._halves(batch)]
+        logps = torch.cat([s[0] for s in scored]).requires_grad_(True)
+        lengths = torch.cat([s[1] for s in scored])
         losses = self._losses(model, batch, logps, lengths)
         loss = normalized_token_loss(losses.sum(), num_items_in_batch, self.gradient_average_world)
         (coefficients,) = torch.autograd.grad(loss, logps)
+        chosen, rejected = self._halves(batch)
         pairs = self.num_sequences(batch)
         # The chosen half now (without gradient sync); the rejected half through the Trainer's own
         # backward, which syncs when the step ends. Its value is the loss, its gradient the surrogate's.
         with self.accelerator.no_sync(model):
-            self.accelerator.backward(self._surrogate(model, batch, coefficients, slice(0, pairs)))
-        surrogate = self._surrogate(model, batch, coefficients, slice(pairs, 2 * pairs))
+            self.accelerator.backward(self._surrogate(model, chosen, coefficients[:pairs]))
+        surrogate = self._surrogate(model, rejected, coefficients[pairs:])
         combined = surrogate - surrogate.detach() + loss.detach()
         return (combined, None) if return_outputs else combined
 
-    def _surrogate(self, model, batch, coefficients, rows: slice) -> torch.Tensor:
-        """sum_i c_i logp_i over `rows`: its gradient is those rows' share of the loss gradient."""
-        half_logps, _ = self.sequence_logps(model, {k: v[rows] for k, v in batch.items()})
-        return (coefficients[rows] * half_logps).sum()
+    def _surrogate(self, model, half: dict[str, torch.Tensor], coefficients: torch.Tensor) -> torch.Tensor:
+        """sum_i c_i logp_i over one half: its gradient is that half's share of the loss gradient."""
+        half_logps, _ = self.sequence_logps(model, half)
+        return (coefficients * half_logps).sum()
 
 
 def run_dpo(config: RunConfig, callbacks: list | None = None):
