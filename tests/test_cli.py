@@ -189,3 +189,28 @@ def test_make_tiny_model_loads_with_auto_classes(tmp_path):
 
     config = AutoConfig.from_pretrained(tmp_path / "m")
     assert config.model_type == "qwen2" and config.num_key_value_heads == 1
+
+
+@pytest.mark.parametrize(
+    ("example", "metric"),
+    [("dpo_lora", "rewards/accuracies"), ("kto_lora", "kl"), ("reward_model", "rewards/margins")],
+)
+def test_preference_examples_train(tmp_path, example, metric):
+    """The shipped dpo / kto / rm example configs run as written (2 steps) and log their metrics."""
+    out = tmp_path / example
+    result = run_cli(
+        [
+            "-m",
+            "ulysses_pro",
+            "train",
+            f"examples/{example}.yaml",
+            "max_steps=2",
+            "logging_steps=1",
+            f"output_dir={out}",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert metric in logs[0] and "loss" in logs[0]
+    if example == "reward_model":
+        assert (out / "value_head.safetensors").is_file()
