@@ -44,7 +44,9 @@ def _write_data(folder: Path, length: int) -> None:
     words = " ".join(str(i % 997) for i in range(length))
     other = " ".join(str((7 * i) % 991) for i in range(length))
     (folder / "sft.json").write_text(json.dumps([{"instruction": words, "output": other}]))
-    (folder / "pairs.json").write_text(json.dumps([{"instruction": words, "chosen": other, "rejected": words}]))
+    (folder / "pairs.json").write_text(
+        json.dumps([{"instruction": words, "chosen": other, "rejected": words}])
+    )
     info = {
         "sft": {"file_name": "sft.json"},
         "pairs": {"file_name": "pairs.json", "ranking": True, "columns": {"prompt": "instruction"}},
@@ -155,7 +157,10 @@ def main() -> None:
     }
 
     def log(variant, length, result):
-        print(f"  {variant:10s} L={length:6d} ({result['tokens']} tokens): peak {result['peak_mib']:.0f} MiB", flush=True)
+        print(
+            f"  {variant:10s} L={length:6d} ({result['tokens']} tokens): peak {result['peak_mib']:.0f} MiB",
+            flush=True,
+        )
 
     print(
         f"# cap {args.cap_mib:.0f} MiB per process; tiny Llama h{args.hidden} x {args.layers} layers, "
