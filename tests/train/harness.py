@@ -47,6 +47,7 @@ def run_training(**keys) -> dict:
         "eval_losses": [entry["eval_loss"] for entry in history if "eval_loss" in entry],
         # the last per-step training log line (loss, learning rate, rewards/*, guard/*, ...)
         "metrics": [entry for entry in history if "loss" in entry][-1],
+        "eval_metrics": next((entry for entry in reversed(history) if "eval_loss" in entry), {}),
     }
 
 

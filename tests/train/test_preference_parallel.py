@@ -54,7 +54,21 @@ def preference_case(tmp_path, world: int, stage: str, sp: int, mode: str, **keys
 
 CASES = [
     # (world, stage, sp, mode, keys)
-    (2, "dpo", 2, "ulysses", {"pref_loss": "sigmoid", "dpo_label_smoothing": 0.1, "pref_ftx": 0.5}),
+    (
+        2,
+        "dpo",
+        2,
+        "ulysses",
+        {
+            "pref_loss": "sigmoid",
+            "dpo_label_smoothing": 0.1,
+            "pref_ftx": 0.5,
+            # evaluation under SP: the same eval loss and rewards as SP=1
+            "do_eval": True,
+            "eval_dataset": "demo_chat_pairs",
+            "per_device_eval_batch_size": 3,
+        },
+    ),
     (2, "dpo", 2, "zigzag-ring", {"pref_loss": "ipo", "pref_bco_weight": 0.5}),
     (2, "dpo", 2, "hybrid", {"pref_loss": "orpo", "finetuning_type": "lora"}),
     (2, "kto", 2, "zigzag-ring", {"finetuning_type": "lora", "kto_rejected_weight": 1.5}),
@@ -69,6 +83,13 @@ CASES = [
 def test_sequence_stages_match_single_process(tmp_path, world, stage, sp, mode, keys):
     reference, candidate, _ = preference_case(tmp_path, world, stage, sp, mode, **keys)
     assert candidate["metrics"].keys() == reference["metrics"].keys()
+    for key in ("rewards/chosen", "rewards/margins", "logps/rejected", "eval_rewards/accuracies"):
+        if key in reference["metrics"] or key in reference["eval_metrics"]:
+            got = candidate["metrics"].get(key, candidate["eval_metrics"].get(key))
+            want = reference["metrics"].get(key, reference["eval_metrics"].get(key))
+            # Rewards are small differences of large log-prob sums (cancellation after a few Adam steps).
+            assert got == pytest.approx(want, rel=1e-3, abs=1e-3), key
+    assert ("eval_rewards/accuracies" in candidate["eval_metrics"]) == bool(keys.get("do_eval"))
 
 
 LOSSES = [("dpo", {"pref_loss": loss}) for loss in ("sigmoid", "hinge", "ipo", "simpo", "orpo")] + [
