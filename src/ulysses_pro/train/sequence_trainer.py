@@ -26,20 +26,28 @@ class SequenceMetrics:
     SP ranks hold identical values; their duplicates cancel in sum / count.
     """
 
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, float] = {}
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = device  # where the all-reduce runs (NCCL needs CUDA tensors)
+        self.sums: dict[str, torch.Tensor] = {}  # kept on device: recording never waits for the GPU
+        self.counts: dict[str, int] = {}
 
     def record(self, name: str, values: torch.Tensor) -> None:
         values = values.detach().double().reshape(-1)
-        self.sums[name] = self.sums.get(name, 0.0) + float(values.sum())
-        self.counts[name] = self.counts.get(name, 0.0) + values.numel()
+        self.sums[name] = self.sums.get(name, 0.0) + values.sum()
+        self.counts[name] = self.counts.get(name, 0) + values.numel()
 
     def metrics(self) -> dict[str, float]:
         names = sorted(self.sums)
-        totals = torch.tensor([[self.sums[n], self.counts[n]] for n in names], dtype=torch.float64).reshape(
-            -1, 2
-        )
+        rows = [
+            torch.stack(
+                [
+                    torch.as_tensor(self.sums[n], dtype=torch.float64).to(self.device).reshape(()),
+                    torch.tensor(float(self.counts[n]), dtype=torch.float64, device=self.device),
+                ]
+            )
+            for n in names
+        ]
+        totals = torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64, device=self.device)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(totals)
         self.sums, self.counts = {}, {}
@@ -55,7 +63,8 @@ class SequenceLossTrainer(UlyssesTrainer):
     def __init__(self, *args: Any, reference=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reference = reference.to(self.args.device) if reference is not None else None
-        self.train_metrics, self.eval_metrics = SequenceMetrics(), SequenceMetrics()
+        self.train_metrics = SequenceMetrics(self.args.device)
+        self.eval_metrics = SequenceMetrics(self.args.device)
         self.metric_sources.append(self.train_metrics)
 
     # -- what subclasses provide -------------------------------------------------------------------
