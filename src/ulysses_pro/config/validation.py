@@ -88,8 +88,6 @@ def validate(
         fail("neat_packing", "neat_packing needs packing; remove packing: false or set neat_packing: false")
     if data.mask_history and data.train_on_prompt:
         fail("mask_history", "mask_history and train_on_prompt contradict each other; choose one")
-    if data.mix_strategy != "concat":
-        fail("mix_strategy", f"{data.mix_strategy!r} is not available yet; use concat")
     if data.tokenized_path:
         fail("tokenized_path", "cached tokenization is not available yet; remove tokenized_path")
     if training.get("train_sampling_strategy", "random") != "random":

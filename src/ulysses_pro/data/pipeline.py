@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .errors import DataError
 from .files import read_rows
 from .formats import Conversation, to_conversation, to_text
+from .mixing import mix, parse_probabilities
 from .packing import Document, chunk_stream, pack_documents, shifted
 from .preference import (
     KtoExample,
@@ -85,12 +86,13 @@ def _prompt_messages(item) -> list[dict[str, str]]:
     return item.messages
 
 
-def _load_raw(names: str, data_args, stage: str) -> list[tuple[Any, Any]]:
-    """Read and normalise every row: str for pt, PreferencePair for dpo/rm, KtoExample for kto,
-    Conversation for sft."""
-    items = []
+def _load_raw(names: str, data_args, stage: str, seed: int = 42) -> list[tuple[Any, Any]]:
+    """Read and normalise every row (str for pt, PreferencePair for dpo/rm, KtoExample for kto,
+    Conversation for sft), then mix the datasets by `mix_strategy`."""
+    sources = []
     for spec in load_dataset_specs(names, data_args.dataset_dir):
         _check_layout(spec, stage)
+        items = []
         count = 0
         for ref, row in read_rows(spec.path):
             if data_args.max_samples is not None and count >= data_args.max_samples:
@@ -103,7 +105,20 @@ def _load_raw(names: str, data_args, stage: str) -> list[tuple[Any, Any]]:
             count += 1
         if count == 0:
             raise DataError(f"{spec.path}: dataset {spec.name!r} has no rows")
-    return items
+        sources.append(items)
+    try:
+        probabilities = parse_probabilities(data_args.interleave_probs, len(sources))
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    mixed = mix(sources, data_args.mix_strategy, probabilities, seed)
+    if len(sources) > 1:
+        logger.info(
+            "%s of %s rows -> %d rows",
+            data_args.mix_strategy,
+            "+".join(str(len(x)) for x in sources),
+            len(mixed),
+        )
+    return mixed
 
 
 def _split(items: list, val_size: float, seed: int) -> tuple[list, list]:
@@ -196,8 +211,8 @@ def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetB
     packing = data_args.packing if data_args.packing is not None else stage == "pt"
     packing = packing or data_args.neat_packing
     template = None if stage == "pt" else resolve_chat_template(tokenizer, data_args.template)
-    train_items = _load_raw(data_args.dataset, data_args, stage) if data_args.dataset else []
-    eval_items = _load_raw(data_args.eval_dataset, data_args, stage) if data_args.eval_dataset else []
+    train_items = _load_raw(data_args.dataset, data_args, stage, seed) if data_args.dataset else []
+    eval_items = _load_raw(data_args.eval_dataset, data_args, stage, seed) if data_args.eval_dataset else []
     if data_args.val_size:
         if eval_items:
             raise DataError("val_size and eval_dataset are both set; keep one")
