@@ -107,8 +107,8 @@ def test_lora_reference_is_the_base_model(tmp_path):
     batch = next(iter(trainer.get_train_dataloader()))
     batch.pop("last_token_mask")
     model = trainer.model
-    policy, _ = trainer.sequence_logps(model, batch)
-    reference, _ = trainer.reference_logps(model, batch)
+    policy = trainer.sequence_logps(model, batch)
+    reference = trainer.reference_logps(model, batch)
     base_config = load_config(
         {
             "model_name_or_path": "tiny:llama",
@@ -127,7 +127,7 @@ def test_lora_reference_is_the_base_model(tmp_path):
         base_config.training,
         is_trainable=False,
     )
-    expected, _ = trainer.sequence_logps(base, batch)
+    expected = trainer.sequence_logps(base, batch)
     torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-4)
     assert not torch.allclose(policy, reference)  # training moved the adapters
 
@@ -162,8 +162,6 @@ def test_reward_model_saves_and_reloads_its_value_head(tmp_path):
 
 
 def test_value_head_reads_every_token(tmp_path):
-    from transformers import AutoTokenizer  # noqa: F401  (the tiny builder needs transformers anyway)
-
     from ulysses_pro.models.tiny import build_tiny_model
 
     model = build_tiny_model("llama")

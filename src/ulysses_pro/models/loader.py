@@ -117,9 +117,14 @@ def load_model(
     return model
 
 
+def adapter_paths(model_args) -> list[str]:
+    """The comma-separated `adapter_name_or_path` folders, in loading order."""
+    return [a.strip() for a in (model_args.adapter_name_or_path or "").split(",") if a.strip()]
+
+
 def _apply_finetuning(model, model_args, finetuning_args, is_trainable: bool):
     kind = finetuning_args.finetuning_type
-    adapters = [a.strip() for a in (model_args.adapter_name_or_path or "").split(",") if a.strip()]
+    adapters = adapter_paths(model_args)
     if adapters and kind != "lora":
         raise ValueError(f"adapter_name_or_path needs finetuning_type: lora, got {kind}")
     if not is_trainable:

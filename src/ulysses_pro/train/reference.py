@@ -17,14 +17,13 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from ..models.wrappers import unwrap_model
+from ..models.wrappers import unwrap_engine, unwrap_model
 
 logger = logging.getLogger(__name__)
 
 
 def _peft_model(model: nn.Module) -> nn.Module | None:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
+    model = unwrap_engine(model)
     return model if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else None
 
 

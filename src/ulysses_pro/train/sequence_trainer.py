@@ -99,10 +99,8 @@ class SequenceLossTrainer(UlyssesTrainer):
         group = self._sp_group
         return global_sum(local, group) if group is not None else local
 
-    def sequence_logps(
-        self, model: nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of answer-token log-probs and number of answer tokens, per row, over the whole sequence.
+    def sequence_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of answer-token log-probs per row, over the whole (SP-split) sequence.
 
         The tiled head returns -log p per token (0 where there is no target), at most one chunk of
         vocabulary logits at a time.
@@ -111,16 +109,17 @@ class SequenceLossTrainer(UlyssesTrainer):
         targets = batch.pop("shift_labels")
         with token_loss_head(model, targets):
             token_losses = model(**batch, use_cache=False).logits
-        logps = self.sequence_sum(-token_losses.sum(dim=-1))
-        return logps, self.sequence_count(targets.ne(IGNORE_INDEX).sum(dim=-1))
+        return self.sequence_sum(-token_losses.sum(dim=-1))
+
+    def answer_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Number of answer (target) tokens per row, over the whole sequence."""
+        return self.sequence_count(batch["shift_labels"].ne(IGNORE_INDEX).sum(dim=-1))
 
     def metrics_for(self, model: nn.Module) -> SequenceMetrics:
         """Where this forward's per-sequence values are recorded (training or evaluation)."""
         return self.train_metrics if model.training else self.eval_metrics
 
-    def reference_logps(
-        self, model: nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """`sequence_logps` of the frozen reference, without gradient."""
         with torch.no_grad(), self.reference.scoring(model) as reference:
             return self.sequence_logps(reference, batch)

@@ -28,17 +28,17 @@ class PreferenceTrainer(SequenceLossTrainer):
     def num_sequences(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].shape[0] // 2
 
-    def _losses(self, model, batch, logps, lengths):
+    def _losses(self, model, batch, logps):
         """Per-pair losses from per-sequence log-probs; records the logged rewards."""
         options = self.finetuning
         pairs = self.num_sequences(batch)
+        lengths = self.answer_lengths(batch)
         reference = (None, None)
         if options.pref_loss not in REFERENCE_FREE_LOSSES:
             if self._split(model):
-                scored = [self.reference_logps(model, half)[0] for half in self._halves(batch)]
-                reference = tuple(scored)
+                reference = tuple(self.reference_logps(model, half) for half in self._halves(batch))
             else:
-                reference_logps, _ = self.reference_logps(model, batch)
+                reference_logps = self.reference_logps(model, batch)
                 reference = (reference_logps[:pairs], reference_logps[pairs:])
         result = preference_loss(
             PreferenceBatch(logps[:pairs], logps[pairs:], lengths[:pairs], lengths[pairs:], *reference),
@@ -60,8 +60,7 @@ class PreferenceTrainer(SequenceLossTrainer):
 
     def sequence_losses(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = {k: v for k, v in batch.items() if k != "last_token_mask"}
-        logps, lengths = self.sequence_logps(model, batch)
-        return self._losses(model, batch, logps, lengths)
+        return self._losses(model, batch, self.sequence_logps(model, batch))
 
     def _split(self, model) -> bool:
         return self.finetuning.pref_split_backward and model.training and torch.is_grad_enabled()
@@ -80,10 +79,9 @@ class PreferenceTrainer(SequenceLossTrainer):
         if num_items_in_batch is None:
             num_items_in_batch = self._global_sequence_count(self.num_sequences(batch), self.args.device)
         with torch.no_grad():  # one half at a time: no forward ever holds both halves' temporaries
-            scored = [self.sequence_logps(model, half) for half in self._halves(batch)]
-        logps = torch.cat([s[0] for s in scored]).requires_grad_(True)
-        lengths = torch.cat([s[1] for s in scored])
-        losses = self._losses(model, batch, logps, lengths)
+            logps = torch.cat([self.sequence_logps(model, half) for half in self._halves(batch)])
+        logps.requires_grad_(True)
+        losses = self._losses(model, batch, logps)
         loss = normalized_token_loss(losses.sum(), num_items_in_batch, self.gradient_average_world)
         (coefficients,) = torch.autograd.grad(loss, logps)
         chosen, rejected = self._halves(batch)
@@ -98,8 +96,7 @@ class PreferenceTrainer(SequenceLossTrainer):
 
     def _surrogate(self, model, half: dict[str, torch.Tensor], coefficients: torch.Tensor) -> torch.Tensor:
         """sum_i c_i logp_i over one half: its gradient is that half's share of the loss gradient."""
-        half_logps, _ = self.sequence_logps(model, half)
-        return (coefficients * half_logps).sum()
+        return (coefficients * self.sequence_logps(model, half)).sum()
 
 
 def run_dpo(config: RunConfig, callbacks: list | None = None):

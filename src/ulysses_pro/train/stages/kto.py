@@ -24,8 +24,8 @@ class KtoTrainer(SequenceLossTrainer):
     def _reference_point(self, model, kl_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """z0: mean log-ratio of the mismatched pairs over the whole global micro-batch, clamped at 0."""
         with torch.no_grad():
-            policy, _ = self.sequence_logps(model, kl_batch)
-        reference, _ = self.reference_logps(model, kl_batch)
+            policy = self.sequence_logps(model, kl_batch)
+        reference = self.reference_logps(model, kl_batch)
         totals = torch.stack(
             [
                 (policy - reference).sum().double(),
@@ -44,8 +44,8 @@ class KtoTrainer(SequenceLossTrainer):
         matched = {k: v[:count] for k, v in batch.items()}
         mismatched = {k: v[count:] for k, v in batch.items()}
         reference_point = self._reference_point(model, mismatched)
-        logps, _ = self.sequence_logps(model, matched)
-        reference_logps, _ = self.reference_logps(model, matched)
+        logps = self.sequence_logps(model, matched)
+        reference_logps = self.reference_logps(model, matched)
         options = self.finetuning
         losses, rewards = kto_loss(
             logps,

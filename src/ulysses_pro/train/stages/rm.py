@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...config import RunConfig
+from ...models.loader import adapter_paths
 from ...models.value_head import attach_value_head, load_value_head, save_value_head, value_head_output
 from ..losses import pairwise_reward_loss
 from ..sequence_trainer import SequenceLossTrainer
@@ -48,7 +49,7 @@ class RewardTrainer(SequenceLossTrainer):
 
 def _prepare_reward_model(model, config: RunConfig):
     attach_value_head(model, seed=config.training.seed)
-    adapters = [a.strip() for a in (config.model.adapter_name_or_path or "").split(",") if a.strip()]
+    adapters = adapter_paths(config.model)
     if adapters:
         load_value_head(model, adapters[-1])  # continue training a saved reward model
     return model
