@@ -78,9 +78,11 @@ def test_legacy_keys(config_file):
     assert config.training.warmup_steps == pytest.approx(0.1)
     assert config.overwrite_output_dir is True
     assert config.training.train_sampling_strategy == "random"
-    # group_by_length maps onto transformers 5's sampler key, which is not built yet here: refused.
-    with pytest.raises(ConfigError, match="train_sampling_strategy: only random sampling is available yet"):
-        load_config(config_file, ["group_by_length=true"])
+    # group_by_length maps onto transformers 5's sampler key.
+    grouped = load_config(config_file, ["group_by_length=true"])
+    assert grouped.training.train_sampling_strategy == "group_by_length"
+    with pytest.raises(ConfigError, match="train_sampling_strategy: 'batch_rebalance' is not one of random"):
+        load_config(config_file, ["train_sampling_strategy=batch_rebalance"])
 
 
 def test_unknown_key_names_line_and_closest(config_file):

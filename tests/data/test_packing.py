@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ulysses_pro.data.collators import PaddingCollator
-from ulysses_pro.data.packing import best_fit_decreasing, chunk_stream, pack_documents, shifted
+from ulysses_pro.data.packing import best_fit_decreasing, next_fit, pack_documents, report, shifted, windows
 from ulysses_pro.data.templates import IGNORE_INDEX
 
 
@@ -38,10 +38,42 @@ def test_pack_documents_restarts_positions_and_keeps_labels():
     assert running["position_ids"] == [0, 1, 2, 3, 4]
 
 
-def test_chunk_stream_blocks():
-    rows = chunk_stream(list(range(10)), 4)
-    assert [r["input_ids"] for r in rows] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert rows[0]["shift_labels"] == [1, 2, 3, IGNORE_INDEX]
+def test_windows_overlap_by_one_token_so_every_target_is_kept():
+    assert windows(list(range(10)), 4) == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
+    assert windows(list(range(11)), 4) == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9], [9, 10]]
+    assert windows([1, 2], 4) == [[1, 2]]
+    ids = list(range(100))
+    targets = [(a, b) for w in windows(ids, 7) for a, b in zip(w, w[1:])]
+    assert targets == list(zip(ids, ids[1:]))
+
+
+def skewed_lengths(count: int, capacity: int, seed: int = 0) -> list[int]:
+    """Long-tailed document lengths: many short documents, a few close to the capacity."""
+    rng = random.Random(seed)
+    return [max(2, min(int(rng.lognormvariate(4.0, 1.0)), capacity)) for _ in range(count)]
+
+
+def test_best_fit_uses_fewer_rows_than_greedy_concatenation_on_skewed_lengths():
+    capacity = 512
+    lengths = skewed_lengths(2000, capacity)
+    best, greedy = best_fit_decreasing(lengths, capacity), next_fit(lengths, capacity)
+    for bins in (best, greedy):
+        assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+        assert max(sum(lengths[i] for i in b) for b in bins) <= capacity
+    lower_bound = -(-sum(lengths) // capacity)
+    assert len(best) < len(greedy)
+    assert len(best) <= 1.02 * lower_bound + 1, (len(best), lower_bound)
+
+
+def test_packing_report_counts_padding_and_cut_documents():
+    docs = [shifted([1] * n, [1] * n) for n in (6, 3, 3, 2)]
+    rows = pack_documents(docs, 8, isolate=True)
+    assert [r["document_lengths"] for r in rows] == [[6, 2], [3, 3]]
+    assert all(len(r["input_ids"]) <= 8 for r in rows)
+    summary = report(rows, 8, documents=3, cut_documents=1)
+    assert summary.padding_rate == 1 - 14 / 16
+    assert summary.truncation_rate == 1 / 3
+    assert "12.5%" in summary.describe() and "33.3%" in summary.describe()
 
 
 def test_collator_pads_and_masks():

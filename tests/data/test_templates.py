@@ -75,3 +75,57 @@ def test_builtin_chatml_for_tokenizers_without_a_template(tokenizer):
     assert "<|im_start|>" in resolve_chat_template(NoTemplate(), "qwen")
     with pytest.raises(ValueError, match="template: 'llama3' is not built in"):
         resolve_chat_template(NoTemplate(), "llama3")
+
+
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {% for tool in tools %}{{ tool['name'] }};{% endfor %}<|im_end|>\n"
+    "{% endif %}"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TOOL_CALL = '{"name": "weather", "arguments": {"city": "Oslo"}}'
+
+
+def tool_chat_dataset(write_dataset):
+    """A glaive-style sharegpt row: tools column, function_call turn, observation turn, answer."""
+    row = {
+        "conversations": [
+            {"from": "human", "value": "Weather in Oslo?"},
+            {"from": "function_call", "value": TOOL_CALL},
+            {"from": "observation", "value": '{"temp": "4C"}'},
+            {"from": "gpt", "value": "It is 4C in Oslo."},
+        ],
+        "tools": '[{"name": "weather", "description": "Current weather", "parameters": {}}]',
+    }
+    entry = {"formatting": "sharegpt", "columns": {"messages": "conversations", "tools": "tools"}}
+    return write_dataset("tools", [row], entry)
+
+
+def test_tool_calls_and_observations(write_dataset, tokenizer, caplog):
+    from ulysses_pro.config.args import DataArguments
+    from ulysses_pro.data.pipeline import build_datasets
+    from ulysses_pro.data.templates import renders_tools
+
+    folder = tool_chat_dataset(write_dataset)
+    own = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = TOOLS_TEMPLATE
+        assert renders_tools(tokenizer, TOOLS_TEMPLATE)
+        (row,) = build_datasets(
+            DataArguments(dataset="tools", dataset_dir=str(folder)), tokenizer, "sft"
+        ).train.rows
+    finally:
+        tokenizer.chat_template = own
+    text = tokenizer.decode(row["input_ids"])
+    assert text.startswith("<|im_start|>system\nTools: weather;")
+    assert "<|im_start|>tool\n" in text  # the observation is a tool turn
+    trained = tokenizer.decode([t for t in row["shift_labels"] if t != IGNORE_INDEX])
+    # The call and the final answer train; the tool list, the question and the observation do not.
+    assert TOOL_CALL in trained and "It is 4C in Oslo." in trained
+    assert "Tools" not in trained and "Weather in Oslo?" not in trained and "temp" not in trained
+    # A template that ignores tools is used, but the user is told the model will not see them.
+    with caplog.at_level("WARNING"):
+        build_datasets(
+            DataArguments(dataset="tools", dataset_dir=str(folder), template="chatml"), tokenizer, "sft"
+        )
+    assert "1 rows carry a tools column but the chat template does not render tools" in caplog.text

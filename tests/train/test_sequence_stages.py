@@ -193,3 +193,18 @@ def test_split_backward_gives_the_same_training(tmp_path, pref_loss):
     split = run_training(**{**common, "pref_split_backward": True})
     assert split["losses"] == pytest.approx(joint["losses"], rel=1e-6)
     assert max(relative_error(a, b) for a, b in zip(joint["grads"], split["grads"])) < 1e-5
+
+
+@pytest.mark.parametrize("stage, dataset", [("sft", "demo_tasks"), ("dpo", "demo_pairs")])
+def test_neftune_noises_training_forwards_only(tmp_path, stage, dataset):
+    """lr 0 keeps the weights, so only the noise can change a loss: training losses move, eval losses and
+    (for DPO) the reference do not."""
+    common = keys(tmp_path, stage, dataset, max_steps=1, learning_rate=0.0, do_eval=True, val_size=4)
+    plain = run_training(**common)
+    noisy = run_training(**common, neftune_noise_alpha=20.0)
+    assert abs(noisy["losses"][0] - plain["losses"][0]) > 1e-4
+    assert noisy["eval_losses"] == pytest.approx(plain["eval_losses"], rel=1e-6)
+    if stage == "dpo":
+        # Eval: policy == reference, loss log 2 exactly; training: only the policy was noised.
+        assert noisy["eval_losses"][0] == pytest.approx(math.log(2), abs=1e-6)
+        assert abs(noisy["metrics"]["rewards/margins"]) > 0

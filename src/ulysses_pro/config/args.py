@@ -70,6 +70,12 @@ class DataArguments:
     interleave_probs: str | None = None
     default_system: str | None = None
     ignore_pad_token_for_loss: bool = True
+    skip_invalid_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip malformed rows (counted and logged at the end) instead of stopping at the first."
+        },
+    )
 
 
 @dataclass

@@ -21,6 +21,10 @@ from .args import (
 )
 from .parsing import ConfigError
 
+# transformers' batch_rebalance spreads samples over DP ranks by cost, which would break the shared
+# order SP groups rely on.
+SAMPLING_STRATEGIES = ("random", "sequential", "group_by_length")
+
 
 def validate(
     model: ModelArguments,
@@ -88,16 +92,15 @@ def validate(
         fail("neat_packing", "neat_packing needs packing; remove packing: false or set neat_packing: false")
     if data.mask_history and data.train_on_prompt:
         fail("mask_history", "mask_history and train_on_prompt contradict each other; choose one")
-    if data.tokenized_path:
-        fail("tokenized_path", "cached tokenization is not available yet; remove tokenized_path")
-    if training.get("train_sampling_strategy", "random") != "random":
-        fail(
-            "train_sampling_strategy",
-            "only random sampling is available yet (group_by_length arrives with the data-at-scale work); "
-            "remove group_by_length / train_sampling_strategy",
-        )
+    if data.preprocessing_num_workers is not None and data.preprocessing_num_workers < 1:
+        fail("preprocessing_num_workers", f"must be a positive integer, got {data.preprocessing_num_workers}")
+    if data.preprocessing_batch_size < 1:
+        fail("preprocessing_batch_size", f"must be a positive integer, got {data.preprocessing_batch_size}")
+    sampling = training.get("train_sampling_strategy", "random")
+    if sampling not in SAMPLING_STRATEGIES:
+        fail("train_sampling_strategy", f"{sampling!r} is not one of {', '.join(SAMPLING_STRATEGIES)}")
     if data.streaming:
-        fail("streaming", "streaming datasets are not supported yet; set streaming: false")
+        _validate_streaming(data, training, fail)
     if training.get("bf16") and training.get("fp16"):
         fail("fp16", "bf16 and fp16 are both true; keep one")
     if training.get("deepspeed"):
@@ -163,3 +166,20 @@ def _validate_pro(pro: ProArguments, fail) -> None:
             fail(key, f"{getattr(pro, key)} must be positive")
     if pro.gradient_guard_noise_std < 0:
         fail("gradient_guard_noise_std", "must be >= 0")
+
+
+def _validate_streaming(data: DataArguments, training: dict[str, Any], fail) -> None:
+    if training.get("do_train") and training.get("max_steps", -1) <= 0:
+        fail("max_steps", "streaming: true needs max_steps > 0 (a stream has no length to count epochs by)")
+    if data.val_size and not float(data.val_size).is_integer():
+        fail(
+            "val_size", f"with streaming, give a number of rows to hold out, not a fraction ({data.val_size})"
+        )
+    if data.tokenized_path:
+        fail(
+            "tokenized_path", "a streamed dataset is tokenized on the fly; remove tokenized_path or streaming"
+        )
+    if data.buffer_size < 1:
+        fail("buffer_size", f"must be a positive number of rows, got {data.buffer_size}")
+    if training.get("train_sampling_strategy", "random") != "random":
+        fail("train_sampling_strategy", "a stream is shuffled by its buffer; remove group_by_length")

@@ -21,17 +21,22 @@ class PaddingCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int = 1
+    # Also emit `document_lengths`: per token, the length of its document (0 on padding), for NEFTune.
+    document_lengths: bool = False
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         longest = max(len(row["input_ids"]) for row in rows)
         width = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         packed = "position_ids" in rows[0]
-        input_ids, labels, positions, mask = [], [], [], []
+        input_ids, labels, positions, mask, lengths = [], [], [], [], []
         for row in rows:
             length = len(row["input_ids"])
             pad = width - length
             input_ids.append(row["input_ids"] + [self.pad_token_id] * pad)
             labels.append(row["shift_labels"] + [IGNORE_INDEX] * pad)
+            if self.document_lengths:
+                documents = row.get("document_lengths") or [length]
+                lengths.append([size for size in documents for _ in range(size)] + [0] * pad)
             if packed:
                 positions.append(row["position_ids"] + list(range(pad)))
             else:
@@ -44,6 +49,8 @@ class PaddingCollator:
         }
         if not packed:
             batch["attention_mask"] = torch.tensor(mask, dtype=torch.long)
+        if self.document_lengths:
+            batch["document_lengths"] = torch.tensor(lengths, dtype=torch.long)
         return batch
 
 
@@ -69,10 +76,11 @@ class PairwiseCollator:
     """
 
     pad_token_id: int
+    document_lengths: bool = False
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         documents = _documents(rows, "chosen_") + _documents(rows, "rejected_")
-        batch = PaddingCollator(self.pad_token_id)(documents)
+        batch = PaddingCollator(self.pad_token_id, document_lengths=self.document_lengths)(documents)
         batch["last_token_mask"] = _last_token_mask(batch, documents)
         return batch
 
@@ -82,8 +90,10 @@ class KtoCollator:
     """KTO rows -> 2b rows (the b labelled answers, then the b mismatched KL answers) and b labels."""
 
     pad_token_id: int
+    document_lengths: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = PaddingCollator(self.pad_token_id)(_documents(rows, "") + _documents(rows, "kl_"))
+        rows_and_kl = _documents(rows, "") + _documents(rows, "kl_")
+        batch = PaddingCollator(self.pad_token_id, document_lengths=self.document_lengths)(rows_and_kl)
         batch["kto_labels"] = torch.tensor([row["kto_label"] for row in rows], dtype=torch.bool)
         return batch

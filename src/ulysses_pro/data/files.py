@@ -12,7 +12,8 @@ from .errors import DataError, RowRef
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".txt")
 
 
-def _files_of(path: Path) -> list[Path]:
+def dataset_files(path: Path) -> list[Path]:
+    """The files a dataset path names: itself, or the supported files of a folder, sorted."""
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in SUPPORTED_SUFFIXES)
         if not files:
@@ -36,10 +37,12 @@ def _read_one(path: Path) -> Iterator[tuple[RowRef, Any]]:
     if path.suffix == ".txt":
         # One document per non-empty line, as LLaMA-Factory's text loader does.
         index = 0
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                yield RowRef(name, index), {"text": line}
-                index += 1
+        with path.open(encoding="utf-8") as handle:  # line by line: streaming never loads the file
+            for line in handle:
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield RowRef(name, index), {"text": line}
+                    index += 1
         return
     if path.suffix == ".jsonl":
         index = 0
@@ -73,5 +76,5 @@ def _read_one(path: Path) -> Iterator[tuple[RowRef, Any]]:
 
 def read_rows(path: str | Path) -> Iterator[tuple[RowRef, Any]]:
     """Yield every row of a dataset file (or folder of files) with its reference."""
-    for file in _files_of(Path(path)):
+    for file in dataset_files(Path(path)):
         yield from _read_one(file)

@@ -6,6 +6,7 @@ it is never skipped silently.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,8 +87,12 @@ def row_tools(row: dict, spec: DatasetSpec, ref: RowRef) -> str | None:
     """The `tools` column as a JSON string, if the dataset maps one."""
     column = spec.column("tools")
     tools = row.get(column) if column else None
-    if tools is not None and not isinstance(tools, str):
-        tools = str(tools)
+    if isinstance(tools, (list, dict)):
+        tools = json.dumps(tools, ensure_ascii=False)
+    elif tools is not None and not isinstance(tools, str):
+        raise DataError.at(
+            ref, f"column {column!r} (tools) must be a JSON string or list, got {type(tools).__name__}"
+        )
     return tools or None
 
 
@@ -121,7 +126,7 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
     start = 0
     first = raw[0]
     if isinstance(first, dict) and first.get(tags["role_tag"]) == tags["system_tag"]:
-        system = system or message_content(first, tags, ref, 0)
+        system = system or message_content(first, tags, ref, f"{column}[0]")
         start = 1
     if system:
         messages.append({"role": "system", "content": system})
@@ -146,7 +151,7 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
             raise DataError.at(
                 ref, f"{column}[{position}]: wrong role order: expected {expected} here, got {tag!r}"
             )
-        content = message_content(message, tags, ref, position)
+        content = message_content(message, tags, ref, f"{column}[{position}]")
         if role == "assistant":
             nonempty_answer(content, ref, f"{column}[{position}]")
         messages.append({"role": role, "content": content})
@@ -164,11 +169,12 @@ def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conver
     return Conversation(messages, ref, row_tools(row, spec, ref))
 
 
-def message_content(message: dict, tags: dict[str, str], ref: RowRef, position: int) -> str:
+def message_content(message: dict, tags: dict[str, str], ref: RowRef, where: str) -> str:
+    """The text of one message; `where` names it in errors (`conversations[3]`)."""
     content = message.get(tags["content_tag"])
     if not isinstance(content, str):
         raise DataError.at(
-            ref, f"message {position}: {tags['content_tag']!r} must be a string, got {type(content).__name__}"
+            ref, f"{where}: {tags['content_tag']!r} must be a string, got {type(content).__name__}"
         )
     return content
 

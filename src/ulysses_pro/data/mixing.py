@@ -11,7 +11,7 @@ These are the `first_exhausted` / `all_exhausted` rules of Hugging Face `interle
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 Row = TypeVar("Row")
@@ -37,26 +37,46 @@ def parse_probabilities(text: str | None, count: int) -> list[float]:
     return [w / total for w in weights]
 
 
-def mix(sources: Sequence[Sequence[Row]], strategy: str, probabilities: list[float], seed: int) -> list[Row]:
-    """Combine the datasets' rows according to `strategy` (see the module docstring)."""
+_END = object()
+
+
+def mix_stream(
+    sources: Sequence[Callable[[], Iterator[Row]]], strategy: str, probabilities: list[float], seed: int
+) -> Iterator[Row]:
+    """Lazily combine datasets given as factories of fresh iterators (see the module docstring).
+
+    Each source is read one row ahead, so an exhausted dataset is noticed as soon as its last row
+    has been drawn, exactly as when the lengths are known.
+    """
     if strategy == "concat" or len(sources) == 1:
-        return [row for source in sources for row in source]
+        for open_source in sources:
+            yield from open_source()
+        return
     oversample = strategy == "interleave_over"
     rng = random.Random(seed)
-    positions = [0] * len(sources)
-    exhausted = [len(source) == 0 for source in sources]
+    iterators = [open_source() for open_source in sources]
+    heads = [next(iterator, _END) for iterator in iterators]
+    exhausted = [head is _END for head in heads]
     order = range(len(sources))
-    mixed: list[Row] = []
     while True:
         (index,) = rng.choices(order, weights=probabilities)
-        source = sources[index]
-        if positions[index] == len(source):
-            if not oversample or not source:
-                return mixed
-            positions[index] = 0
-        mixed.append(source[positions[index]])
-        positions[index] += 1
-        if positions[index] == len(source):
+        if heads[index] is _END:
+            if not oversample:
+                return
+            iterators[index] = sources[index]()
+            heads[index] = next(iterators[index], _END)
+            if heads[index] is _END:  # an empty dataset cannot be oversampled
+                return
+        yield heads[index]
+        heads[index] = next(iterators[index], _END)
+        if heads[index] is _END:
             exhausted[index] = True
             if oversample and all(exhausted[i] or probabilities[i] == 0 for i in order):
-                return mixed
+                return
+
+
+def mix(sources: Sequence[Sequence[Row]], strategy: str, probabilities: list[float], seed: int) -> list[Row]:
+    """Combine the datasets' rows according to `strategy` (see the module docstring)."""
+    return list(
+        mix_stream([lambda source=source: iter(source) for source in sources], strategy, probabilities, seed)
+    )

@@ -3,37 +3,37 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from typing import Any
 
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from .errors import DataError
+from .cache import cache_exists, fingerprint, load_cache, save_cache
+from .encoding import EncodeSettings, documents_of, encode_all
+from .errors import DataError, RowRef
 from .files import read_rows
 from .formats import Conversation, to_conversation, to_text
-from .mixing import mix, parse_probabilities
-from .packing import Document, chunk_stream, pack_documents, shifted
-from .preference import (
-    KtoExample,
-    PreferencePair,
-    encode_kto,
-    encode_pair,
-    to_kto_example,
-    to_preference_pair,
-)
+from .mixing import mix, mix_stream, parse_probabilities
+from .packing import Document, PackingReport, pack_documents, report
+from .preference import KtoExample, PreferencePair, pair_kto, to_kto_example, to_preference_pair
 from .registry import load_dataset_specs
-from .templates import IGNORE_INDEX, encode_conversation, resolve_chat_template
+from .streaming import StreamingDataset, StreamSettings
+from .templates import renders_tools, resolve_chat_template
 
 logger = logging.getLogger(__name__)
 
 
 class TokenizedDataset(Dataset):
-    """An in-memory list of rows of token ids."""
+    """An in-memory list of rows of token ids (and, for token stages, what packing cost)."""
 
-    def __init__(self, rows: list[Document]):
+    def __init__(self, rows: list[Document], packing_report: PackingReport | None = None):
         self.rows = rows
+        self.packing_report = packing_report
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -46,9 +46,33 @@ class TokenizedDataset(Dataset):
 class DatasetBundle:
     """What a stage trains and evaluates on, plus a few prompts to show generations for."""
 
-    train: TokenizedDataset | None
+    train: TokenizedDataset | StreamingDataset | None
     eval: TokenizedDataset | None
     sample_prompts: list[Conversation]
+
+
+@dataclass
+class SkippedRows:
+    """Rows dropped under `skip_invalid_rows`: counted, the first few kept for the log."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    live: bool = False  # streaming has no end to log at: log each skip as it happens
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if self.live:
+            logger.warning("skip_invalid_rows: skipped %s (%d so far)", message, self.count)
+        if len(self.examples) < 5:
+            self.examples.append(message)
+
+    def log(self) -> None:
+        if self.count:
+            logger.warning(
+                "skip_invalid_rows: skipped %d invalid row(s); the first:\n  %s",
+                self.count,
+                "\n  ".join(self.examples),
+            )
 
 
 PAIRWISE_STAGES = ("dpo", "rm")
@@ -86,31 +110,50 @@ def _prompt_messages(item) -> list[dict[str, str]]:
     return item.messages
 
 
-def _load_raw(names: str, data_args, stage: str, seed: int = 42) -> list[tuple[Any, Any]]:
-    """Read and normalise every row (str for pt, PreferencePair for dpo/rm, KtoExample for kto,
-    Conversation for sft), then mix the datasets by `mix_strategy`."""
-    sources = []
-    for spec in load_dataset_specs(names, data_args.dataset_dir):
-        _check_layout(spec, stage)
-        items = []
-        count = 0
-        for ref, row in read_rows(spec.path):
-            if data_args.max_samples is not None and count >= data_args.max_samples:
-                break
+def _rows_of(spec, data_args, stage: str, skipped: SkippedRows) -> Iterator[tuple[RowRef, Any]]:
+    """One dataset's normalised rows, read lazily, at most `max_samples` of them."""
+    count = 0
+    for ref, row in read_rows(spec.path):
+        if data_args.max_samples is not None and count >= data_args.max_samples:
+            return
+        try:
             item = _convert(row, spec, ref, stage)
-            messages = None if stage == "pt" else _prompt_messages(item)
-            if messages is not None and data_args.default_system and messages[0]["role"] != "system":
-                messages.insert(0, {"role": "system", "content": data_args.default_system})
-            items.append((ref, item))
-            count += 1
-        if count == 0:
-            raise DataError(f"{spec.path}: dataset {spec.name!r} has no rows")
-        sources.append(items)
+        except DataError as err:
+            if not data_args.skip_invalid_rows:
+                raise
+            skipped.add(str(err))
+            continue
+        messages = None if stage == "pt" else _prompt_messages(item)
+        if messages is not None and data_args.default_system and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": data_args.default_system})
+        count += 1
+        yield ref, item
+    if count == 0:
+        raise DataError(f"{spec.path}: dataset {spec.name!r} has no {'valid ' if skipped.count else ''}rows")
+
+
+def _sources(names: str, data_args, stage: str, skipped: SkippedRows) -> list[Callable[[], Iterator]]:
+    """Per dataset, a factory of fresh row iterators (mixing may start a dataset over)."""
+    specs = load_dataset_specs(names, data_args.dataset_dir)
+    for spec in specs:
+        _check_layout(spec, stage)
+    return [partial(_rows_of, spec, data_args, stage, skipped) for spec in specs]
+
+
+def _probabilities(data_args, count: int) -> list[float]:
     try:
-        probabilities = parse_probabilities(data_args.interleave_probs, len(sources))
+        return parse_probabilities(data_args.interleave_probs, count)
     except ValueError as err:
         raise DataError(str(err)) from None
-    mixed = mix(sources, data_args.mix_strategy, probabilities, seed)
+
+
+def _load_raw(
+    names: str, data_args, stage: str, skipped: SkippedRows, seed: int = 42
+) -> list[tuple[Any, Any]]:
+    """Read and normalise every row (str for pt, PreferencePair for dpo/rm, KtoExample for kto,
+    Conversation for sft), then mix the datasets by `mix_strategy`."""
+    sources = [list(open_source()) for open_source in _sources(names, data_args, stage, skipped)]
+    mixed = mix(sources, data_args.mix_strategy, _probabilities(data_args, len(sources)), seed)
     if len(sources) > 1:
         logger.info(
             "%s of %s rows -> %d rows",
@@ -122,6 +165,7 @@ def _load_raw(names: str, data_args, stage: str, seed: int = 42) -> list[tuple[A
 
 
 def _split(items: list, val_size: float, seed: int) -> tuple[list, list]:
+    """Hold out `val_size` rows (a fraction in (0, 1), or a count >= 1) chosen by a seeded shuffle."""
     if not val_size:
         return items, []
     count = int(val_size) if val_size >= 1 else max(1, round(len(items) * val_size))
@@ -133,69 +177,53 @@ def _split(items: list, val_size: float, seed: int) -> tuple[list, list]:
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-def _tokenize_chat(items, tokenizer, template: str, data_args, desc: str) -> list[Document]:
-    documents = []
-    for _, conversation in tqdm(items, desc=desc, disable=len(items) < 2000, leave=False):
-        input_ids, labels = encode_conversation(
-            tokenizer,
-            template,
-            conversation,
-            data_args.cutoff_len,
-            train_on_prompt=data_args.train_on_prompt,
-            mask_history=data_args.mask_history,
+def _tokenize(
+    items: list[tuple[RowRef, Any]],
+    tokenizer,
+    settings: EncodeSettings,
+    data_args,
+    packing: bool,
+    skipped: SkippedRows,
+    desc: str,
+) -> TokenizedDataset | None:
+    if not items:
+        return None
+    encoded = encode_all(
+        [item for _, item in items],
+        tokenizer,
+        settings,
+        workers=data_args.preprocessing_num_workers,
+        batch_size=data_args.preprocessing_batch_size,
+        desc=desc,
+    )
+    kept = []
+    for (_, item), result in zip(items, encoded):
+        if result.error is not None:
+            skipped.add(result.error)
+        else:
+            kept.append((item, result))
+    if not kept:
+        raise DataError(
+            f"{desc}: every row was invalid and skipped ({skipped.count}); see the warnings above"
         )
-        documents.append(shifted(input_ids, labels))
-    return documents
-
-
-def _tokenize_text(items, tokenizer, data_args, packing: bool, desc: str) -> list[Document]:
-    eos = tokenizer.eos_token_id
-    texts = [text for _, text in items]
-    encoded = [
-        tokenizer.encode(text, add_special_tokens=True) + ([eos] if eos is not None else [])
-        for text in tqdm(texts, desc=desc, disable=len(texts) < 2000, leave=False)
-    ]
-    if packing and not data_args.neat_packing:
-        stream = [token for ids in encoded for token in ids]
-        rows = chunk_stream(stream, data_args.cutoff_len)
-        if not rows:
-            raise DataError(
-                f"pretraining data has {len(stream)} tokens, fewer than one cutoff_len={data_args.cutoff_len} "
-                "block; lower cutoff_len or add data"
-            )
-        return rows
-    documents = []
-    for ids in encoded:
-        # A document longer than a row becomes several windows so no text is dropped.
-        for start in range(0, len(ids), data_args.cutoff_len):
-            window = ids[start : start + data_args.cutoff_len]
-            if len(window) > 1:
-                documents.append(shifted(window, window))
-    return documents
-
-
-def _tokenize_preference(items, tokenizer, template: str, data_args, stage: str, desc: str) -> list[dict]:
+    stage = settings.stage
     if stage == "kto":
-        examples = [example for _, example in items]
-        rows = encode_kto(tokenizer, template, examples, data_args.cutoff_len)
-        desirable = sum(example.desirable for example in examples)
+        rows = pair_kto([item for item, _ in kept], [r.outputs[0] for _, r in kept], settings.cutoff_len)
+        desirable = sum(item.desirable for item, _ in kept)
         logger.info("%d KTO rows: %d desirable, %d undesirable", len(rows), desirable, len(rows) - desirable)
-        return rows
-    rows = [
-        encode_pair(tokenizer, template, pair, data_args.cutoff_len)
-        for _, pair in tqdm(items, desc=desc, disable=len(items) < 2000, leave=False)
-    ]
-    logger.info("%d preference pairs", len(rows))
-    return rows
-
-
-def _finish(documents: list[Document], data_args, packing: bool, stage: str) -> TokenizedDataset:
-    if packing and (stage != "pt" or data_args.neat_packing):
-        documents = pack_documents(documents, data_args.cutoff_len, isolate=data_args.neat_packing)
-    trained = sum(sum(1 for x in d["shift_labels"] if x != IGNORE_INDEX) for d in documents)
-    tokens = sum(len(d["input_ids"]) for d in documents)
-    logger.info("%d rows, %d tokens, %d trained tokens", len(documents), tokens, trained)
-    return TokenizedDataset(documents)
+        return TokenizedDataset(rows)
+    if stage in PAIRWISE_STAGES:
+        logger.info("%d preference pairs", len(kept))
+        return TokenizedDataset([r.outputs[0] for _, r in kept])
+    documents, cut = documents_of([r for _, r in kept])
+    rows = (
+        pack_documents(documents, settings.cutoff_len, isolate=data_args.neat_packing)
+        if packing
+        else documents
+    )
+    packing_report = report(rows, settings.cutoff_len, documents=len(kept), cut_documents=cut)
+    logger.info("%s: %s", desc, packing_report.describe())
+    return TokenizedDataset(rows, packing_report)
 
 
 def _sample_conversation(item) -> Conversation:
@@ -206,32 +234,110 @@ def _sample_conversation(item) -> Conversation:
     return item
 
 
+def _is_main_process() -> bool:
+    # Data is built before torch.distributed starts; torchrun's RANK says who writes shared files.
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _build_streaming(
+    data_args, tokenizer, settings: EncodeSettings, packing: bool, seed: int
+) -> DatasetBundle:
+    """Train rows as a `StreamingDataset`; the `val_size` rows at the head of the stream (or
+    `eval_dataset`) are held in memory for evaluation."""
+    stage = settings.stage
+    sources = _sources(data_args.dataset, data_args, stage, SkippedRows(live=True))
+    probabilities = _probabilities(data_args, len(sources))
+    held = int(data_args.val_size)
+    head = list(islice(mix_stream(sources, data_args.mix_strategy, probabilities, seed), max(held, 3)))
+    eval_items = head[:held]
+    if data_args.eval_dataset:
+        eval_items = _load_raw(data_args.eval_dataset, data_args, stage, SkippedRows(), seed)
+    skipped = SkippedRows()
+    evaluation = _tokenize(eval_items, tokenizer, settings, data_args, packing, skipped, "eval")
+    skipped.log()
+    stream = StreamSettings(
+        probabilities=probabilities,
+        strategy=data_args.mix_strategy,
+        seed=seed,
+        buffer_size=data_args.buffer_size,
+        skip=held,
+        packing=packing,
+        neat_packing=data_args.neat_packing,
+    )
+    logger.info(
+        "streaming %s: shuffle buffer %d rows, %d rows held out for evaluation",
+        data_args.dataset,
+        data_args.buffer_size,
+        held,
+    )
+    samples = [_sample_conversation(item) for _, item in (eval_items or head)[:3]] if stage != "pt" else []
+    return DatasetBundle(StreamingDataset(sources, tokenizer, settings, stream), evaluation, samples)
+
+
 def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetBundle:
-    """Load, normalise, tokenize, split and pack the configured datasets."""
+    """Load, normalise, tokenize, split and pack the configured datasets (or reload them from
+    `tokenized_path`)."""
     packing = data_args.packing if data_args.packing is not None else stage == "pt"
-    packing = packing or data_args.neat_packing
+    packing = (packing or data_args.neat_packing) and stage in ("pt", "sft")
     template = None if stage == "pt" else resolve_chat_template(tokenizer, data_args.template)
-    train_items = _load_raw(data_args.dataset, data_args, stage, seed) if data_args.dataset else []
-    eval_items = _load_raw(data_args.eval_dataset, data_args, stage, seed) if data_args.eval_dataset else []
+    settings = EncodeSettings(
+        stage=stage,
+        template=template,
+        cutoff_len=data_args.cutoff_len,
+        train_on_prompt=data_args.train_on_prompt,
+        mask_history=data_args.mask_history,
+        skip_invalid_rows=data_args.skip_invalid_rows,
+    )
+    if data_args.streaming:
+        return _build_streaming(data_args, tokenizer, settings, packing, seed)
+    cache = data_args.tokenized_path
+    built_from = fingerprint(data_args, tokenizer, stage, seed) if cache else None
+    if cache and cache_exists(cache) and not data_args.overwrite_cache:
+        splits, samples = load_cache(cache, built_from)
+        logger.info(
+            "tokenized data loaded from %s: %s",
+            cache,
+            ", ".join(f"{k} {len(v)} rows" for k, v in splits.items() if v),
+        )
+        return DatasetBundle(
+            *(TokenizedDataset(splits[name]) if splits[name] else None for name in ("train", "eval")),
+            [Conversation(s["messages"], RowRef(s["file"], s["row"]), s["tools"]) for s in samples],
+        )
+    skipped = SkippedRows()
+    train_items = _load_raw(data_args.dataset, data_args, stage, skipped, seed) if data_args.dataset else []
+    eval_items = (
+        _load_raw(data_args.eval_dataset, data_args, stage, skipped, seed) if data_args.eval_dataset else []
+    )
+    with_tools = sum(
+        1 for _, item in train_items + eval_items if getattr(_sample_conversation(item), "tools", None)
+    )
+    if with_tools and not renders_tools(tokenizer, template):
+        logger.warning(
+            "%d rows carry a tools column but the chat template does not render tools, so the model will not "
+            "see the tool definitions; use a template that renders `tools` (the model's own, e.g. qwen)",
+            with_tools,
+        )
     if data_args.val_size:
         if eval_items:
             raise DataError("val_size and eval_dataset are both set; keep one")
         train_items, eval_items = _split(train_items, data_args.val_size, seed)
-
-    def tokenize(items, desc):
-        if not items:
-            return None
-        if stage == "pt":
-            docs = _tokenize_text(items, tokenizer, data_args, packing, desc)
-        elif stage in (*PAIRWISE_STAGES, "kto"):
-            return TokenizedDataset(_tokenize_preference(items, tokenizer, template, data_args, stage, desc))
-        else:
-            docs = _tokenize_chat(items, tokenizer, template, data_args, desc)
-        return _finish(docs, data_args, packing, stage)
-
+    train, evaluation = (
+        _tokenize(items, tokenizer, settings, data_args, packing, skipped, desc)
+        for items, desc in ((train_items, "train"), (eval_items, "eval"))
+    )
+    skipped.log()
     samples = (
         [_sample_conversation(item) for _, item in (eval_items or train_items)[:3]] if stage != "pt" else []
     )
-    return DatasetBundle(
-        tokenize(train_items, "tokenizing train"), tokenize(eval_items, "tokenizing eval"), samples
-    )
+    if cache and _is_main_process():
+        save_cache(
+            cache,
+            {"train": train.rows if train else None, "eval": evaluation.rows if evaluation else None},
+            [
+                {"messages": c.messages, "tools": c.tools, "file": c.ref.file, "row": c.ref.index}
+                for c in samples
+            ],
+            built_from,
+        )
+        logger.info("tokenized data saved to %s", cache)
+    return DatasetBundle(train, evaluation, samples)

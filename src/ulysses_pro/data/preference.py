@@ -63,7 +63,7 @@ def _answer(row: dict, spec: DatasetSpec, ref: RowRef, key: str) -> str:
             raise DataError.at(
                 ref, f"column {column!r}: role {role!r} is not an assistant turn ({tags['assistant_tag']!r})"
             )
-        value = message_content(value, tags, ref, 0)
+        value = message_content(value, tags, ref, f"column {column!r}")
     if not isinstance(value, str):
         raise DataError.at(
             ref, f"column {column!r} ({key} answer) must be a string or a message, got {type(value).__name__}"
@@ -155,7 +155,15 @@ def encode_pair(tokenizer, template: str, pair: PreferencePair, cutoff_len: int)
 def encode_kto(tokenizer, template: str, examples: list[KtoExample], cutoff_len: int) -> list[dict]:
     """Each example's (prompt, answer) document plus a mismatched one, (its prompt, the next example's
     answer), whose log-ratio estimates KTO's reference point."""
-    pieces = [prompt_and_answer(tokenizer, template, e.conversation) for e in examples]
+    return pair_kto(
+        examples, [prompt_and_answer(tokenizer, template, e.conversation) for e in examples], cutoff_len
+    )
+
+
+def pair_kto(
+    examples: list[KtoExample], pieces: list[tuple[list[int], list[int]]], cutoff_len: int
+) -> list[dict]:
+    """KTO rows from each example's tokenized (prompt, answer); row i's mismatched answer is row i+1's."""
     rows = []
     for index, (example, (prompt, answer)) in enumerate(zip(examples, pieces)):
         other = pieces[(index + 1) % len(pieces)][1]

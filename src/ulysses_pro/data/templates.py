@@ -65,6 +65,22 @@ def _render(tokenizer, template: str, messages: list[dict], generation_prompt: b
     )
 
 
+def renders_tools(tokenizer, template: str) -> bool:
+    """Whether the template writes a `tools` list into the prompt (many templates ignore it)."""
+    # Both shapes at once: LLaMA-Factory rows list {name, ...}; OpenAI-style templates read function.name.
+    function = {
+        "name": "probe_tool_7f3a",
+        "description": "",
+        "parameters": {"type": "object", "properties": {}},
+    }
+    probe_tool = {"type": "function", "function": function, **function}
+    try:
+        text = _render(tokenizer, template, [{"role": "user", "content": "x"}], False, [probe_tool])
+    except Exception:  # a template that cannot render tools at all does not render them
+        return False
+    return "probe_tool_7f3a" in text
+
+
 def split_turns(tokenizer, template: str, conversation: Conversation) -> list[EncodedTurn]:
     """Tokenize a conversation into (prompt, answer) pieces whose concatenation is the full chat."""
     messages = conversation.messages
@@ -74,8 +90,10 @@ def split_turns(tokenizer, template: str, conversation: Conversation) -> list[En
 
         try:
             tools = json.loads(conversation.tools)
-        except json.JSONDecodeError:
-            raise DataError.at(conversation.ref, "column tools is not valid JSON") from None
+        except json.JSONDecodeError as err:
+            raise DataError.at(
+                conversation.ref, f"column tools: not valid JSON ({err.msg} at character {err.pos})"
+            ) from None
     turns: list[EncodedTurn] = []
     rendered = ""
     for index, message in enumerate(messages):
@@ -133,7 +151,29 @@ def encode_conversation(
     mask_history: bool = False,
 ) -> tuple[list[int], list[int]]:
     """Return (input_ids, labels) with labels IGNORE_INDEX outside trained answers (unshifted)."""
-    turns = split_turns(tokenizer, template, conversation)
+    return encode_turns(
+        split_turns(tokenizer, template, conversation),
+        cutoff_len,
+        conversation.ref,
+        train_on_prompt=train_on_prompt,
+        mask_history=mask_history,
+    )
+
+
+def turns_length(turns: list[EncodedTurn]) -> int:
+    """Tokens of the whole conversation before truncation."""
+    return sum(len(turn.prompt) + len(turn.answer) for turn in turns)
+
+
+def encode_turns(
+    turns: list[EncodedTurn],
+    cutoff_len: int,
+    ref,
+    *,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> tuple[list[int], list[int]]:
+    """`encode_conversation` for turns already tokenized; `ref` names the row in errors."""
     input_ids: list[int] = []
     labels: list[int] = []
     budget = cutoff_len
@@ -153,9 +193,7 @@ def encode_conversation(
         # The trained last turn was cut off entirely: keep it and as much recent history as fits.
         return _encode_last_turn_first(turns, cutoff_len, train_on_prompt)
     if not any(label != IGNORE_INDEX for label in labels[1:]):
-        raise DataError.at(
-            conversation.ref, f"no answer token survives cutoff_len={cutoff_len}; raise cutoff_len"
-        )
+        raise DataError.at(ref, f"no answer token survives cutoff_len={cutoff_len}; raise cutoff_len")
     return input_ids, labels
 
 

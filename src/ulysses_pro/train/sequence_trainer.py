@@ -107,7 +107,7 @@ class SequenceLossTrainer(UlyssesTrainer):
         """
         batch = dict(batch)
         targets = batch.pop("shift_labels")
-        with token_loss_head(model, targets):
+        with self.embedding_noise(model, batch), token_loss_head(model, targets):
             token_losses = model(**batch, use_cache=False).logits
         return self.sequence_sum(-token_losses.sum(dim=-1))
 
@@ -121,8 +121,10 @@ class SequenceLossTrainer(UlyssesTrainer):
 
     def reference_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """`sequence_logps` of the frozen reference, without gradient."""
+        # The reference scores clean embeddings: no NEFTune noise.
+        clean = {k: v for k, v in batch.items() if k != "document_lengths"}
         with torch.no_grad(), self.reference.scoring(model) as reference:
-            return self.sequence_logps(reference, batch)
+            return self.sequence_logps(reference, clean)
 
     # -- normalisation -----------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -9,12 +10,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from ..data.streaming import StreamingDataset
+from ..models.embedding_noise import noisy_embeddings
 from ..models.memory import token_loss_head
+from ..models.wrappers import unwrap_engine
 from ..parallel.mesh import SequenceParallelLayout
 from ..parallel.reduce import count_targets, global_sum, normalized_token_loss
 from ..parallel.sampler import SequenceParallelSampler
 from ..parallel.sharding import SequenceParallelCollator
 from ..pro.torch_compat import safe_checkpoint_loading
+
+
+def row_length(row: dict) -> int:
+    """Tokens a row adds to a batch: its input ids, or all of them for pair and KTO rows."""
+    return sum(len(value) for key, value in row.items() if key.endswith("input_ids"))
 
 
 class UlyssesTrainer(Trainer):
@@ -37,13 +46,37 @@ class UlyssesTrainer(Trainer):
         # compute_loss already divides by the step's global target count, so the base class must not
         # divide by the number of accumulation steps again.
         self.loss_is_scaled_for_ga = True
+        # NEFTune is applied per forward with per-document lengths (models/embedding_noise.py), not by
+        # the base class's hook, which scales by the padded (and, under SP, sharded) length.
+        self.embedding_noise_alpha = self.neftune_noise_alpha
+        self.neftune_noise_alpha = None
+        self._noise_generators: dict[torch.device, torch.Generator] = {}
+
+    def embedding_noise(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> AbstractContextManager:
+        """NEFTune for one training forward; pops `document_lengths` so the model never sees it."""
+        lengths = batch.pop("document_lengths", None)
+        if lengths is None or not self.embedding_noise_alpha or not model.training:
+            return nullcontext()
+        return noisy_embeddings(
+            unwrap_engine(model), lengths, self.embedding_noise_alpha, self.noise_generator(lengths.device)
+        )
+
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        """This rank's NEFTune random stream: seeded per rank, so SP ranks do not repeat each other's noise."""
+        if device not in self._noise_generators:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.args.seed * 1_000_003 + self.args.process_index + 1)
+            self._noise_generators[device] = generator
+        return self._noise_generators[device]
 
     @property
     def gradient_average_world(self) -> int:
         """How many ranks the engine averages gradients over (DDP, FSDP and DeepSpeed all average)."""
         return max(1, self.args.world_size)
 
-    def _sharded_loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _sharded_loader(
+        self, dataset, batch_size: int, shuffle: bool, group_by_length: bool = False
+    ) -> DataLoader:
         """Batches for this rank: DP ranks take disjoint samples, SP ranks of a group the same ones."""
         layout = self.sp_layout
         dp_size = layout.dp_size if layout else max(1, self.args.world_size)
@@ -52,17 +85,40 @@ class UlyssesTrainer(Trainer):
         collate = self.data_collator
         if layout is not None and layout.sp_size > 1:
             collate = SequenceParallelCollator(collate, collate.pad_token_id, layout)
+        if isinstance(dataset, StreamingDataset):
+            # The stream shards itself: every rank reads the same stream and keeps its DP share.
+            return DataLoader(
+                dataset.shard(dp_size, dp_rank),
+                batch_size=batch_size,
+                collate_fn=collate,
+                num_workers=self.args.dataloader_num_workers,
+            )
+        grouping = {}
+        if group_by_length:
+            # transformers' LengthGroupedSampler sorts groups of 50 global batches; so does this.
+            grouping = {
+                "lengths": [row_length(row) for row in dataset],
+                "group_size": 50 * batch_size * dp_size,
+            }
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=SequenceParallelSampler(len(dataset), dp_size, dp_rank, seed=seed, shuffle=shuffle),
+            sampler=SequenceParallelSampler(
+                len(dataset), dp_size, dp_rank, seed=seed, shuffle=shuffle, **grouping
+            ),
             collate_fn=collate,
             drop_last=self.args.dataloader_drop_last,
             num_workers=self.args.dataloader_num_workers,
         )
 
     def get_train_dataloader(self) -> DataLoader:
-        return self._sharded_loader(self.train_dataset, self.args.per_device_train_batch_size, shuffle=True)
+        strategy = self.args.train_sampling_strategy
+        return self._sharded_loader(
+            self.train_dataset,
+            self.args.per_device_train_batch_size,
+            shuffle=strategy != "sequential",
+            group_by_length=strategy == "group_by_length",
+        )
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
@@ -86,7 +142,7 @@ class UlyssesTrainer(Trainer):
             for observe in self.batch_observers:
                 observe(inputs)
         targets = inputs.pop("shift_labels")
-        with token_loss_head(model, targets):
+        with self.embedding_noise(model, inputs), token_loss_head(model, targets):
             outputs = model(**inputs, use_cache=False)
         token_losses = outputs.logits
         if num_items_in_batch is None:

@@ -165,7 +165,7 @@ def run_workflow(
         args=args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval,
-        data_collator=collator_class(tokenizer.pad_token_id),
+        data_collator=collator_class(tokenizer.pad_token_id, document_lengths=bool(args.neftune_noise_alpha)),
         processing_class=tokenizer,
         # The guard first: later callbacks (and the optimizer) see the gradients it leaves.
         callbacks=[*pro["callbacks"], *(callbacks or [])],

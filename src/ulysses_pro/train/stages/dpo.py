@@ -78,6 +78,8 @@ class PreferenceTrainer(SequenceLossTrainer):
             observe(batch)
         if num_items_in_batch is None:
             num_items_in_batch = self._global_sequence_count(self.num_sequences(batch), self.args.device)
+        # The surrogate forwards below must see the same NEFTune noise as these: replay its stream.
+        noise_state = self.noise_generator(self.args.device).get_state()
         with torch.no_grad():  # one half at a time: no forward ever holds both halves' temporaries
             logps = torch.cat([self.sequence_logps(model, half) for half in self._halves(batch)])
         logps.requires_grad_(True)
@@ -86,6 +88,7 @@ class PreferenceTrainer(SequenceLossTrainer):
         (coefficients,) = torch.autograd.grad(loss, logps)
         chosen, rejected = self._halves(batch)
         pairs = self.num_sequences(batch)
+        self.noise_generator(self.args.device).set_state(noise_state)
         # The chosen half now (without gradient sync); the rejected half through the Trainer's own
         # backward, which syncs when the step ends. Its value is the loss, its gradient the surrogate's.
         with self.accelerator.no_sync(model):

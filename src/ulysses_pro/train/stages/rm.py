@@ -23,7 +23,7 @@ class RewardTrainer(SequenceLossTrainer):
         batch = dict(batch)
         last_token = batch.pop("last_token_mask")
         batch.pop("shift_labels")
-        with value_head_output(model):
+        with self.embedding_noise(model, batch), value_head_output(model):
             scores = model(**batch, use_cache=False).logits
         return self.sequence_sum((scores * last_token.to(scores.dtype)).sum(dim=-1))
 

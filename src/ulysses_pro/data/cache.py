@@ -1,0 +1,157 @@
+"""`tokenized_path`: save the tokenized splits once, reload them on later runs.
+
+The cache is a folder: `meta.json` (the settings it was built from, row counts, sample prompts) and
+one safetensors file per split, each row field stored flat with offsets. It is written to a
+temporary folder and renamed into place, so an interrupted run never leaves a half cache that a
+later run would trust. A cache built from other settings is refused with the settings that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import DataError
+from .files import dataset_files
+from .registry import load_dataset_specs
+
+CACHE_FORMAT = 1
+# Data settings that change the tokenized rows; anything else may differ between runs.
+SETTING_KEYS = (
+    "dataset",
+    "eval_dataset",
+    "template",
+    "cutoff_len",
+    "max_samples",
+    "val_size",
+    "train_on_prompt",
+    "mask_history",
+    "packing",
+    "neat_packing",
+    "mix_strategy",
+    "interleave_probs",
+    "default_system",
+    "skip_invalid_rows",
+)
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(
+        json.dumps([tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id]).encode()
+    )
+    digest.update(str(getattr(tokenizer, "chat_template", "") or "").encode())
+    return digest.hexdigest()[:16]
+
+
+def _file_stats(names: str | None, dataset_dir: str) -> dict[str, list[int]]:
+    stats = {}
+    for spec in load_dataset_specs(names, dataset_dir) if names else []:
+        for file in dataset_files(spec.path):
+            info = file.stat()
+            stats[str(file)] = [info.st_size, info.st_mtime_ns]
+    return stats
+
+
+def fingerprint(data_args, tokenizer, stage: str, seed: int) -> dict[str, Any]:
+    """What the cached rows depend on: settings, data files (size, mtime), tokenizer, stage, seed."""
+    settings = {key: getattr(data_args, key) for key in SETTING_KEYS}
+    files = {
+        **_file_stats(data_args.dataset, data_args.dataset_dir),
+        **_file_stats(data_args.eval_dataset, data_args.dataset_dir),
+    }
+    return {
+        "format": CACHE_FORMAT,
+        "stage": stage,
+        "seed": seed,
+        "tokenizer": _tokenizer_digest(tokenizer),
+        "files": files,
+        **settings,
+    }
+
+
+def _to_tensors(rows: list[dict]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors, kinds = {}, {}
+    for key in rows[0]:
+        values = [row[key] for row in rows]
+        if isinstance(values[0], list):
+            lengths = torch.tensor([len(v) for v in values], dtype=torch.int64)
+            tensors[key] = torch.tensor([x for v in values for x in v], dtype=torch.int64)
+            tensors[f"{key}.offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
+            kinds[key] = "list"
+        else:
+            tensors[key] = torch.tensor(values, dtype=torch.int64)
+            kinds[key] = type(values[0]).__name__
+    return tensors, kinds
+
+
+def _from_tensors(tensors: dict[str, torch.Tensor], kinds: dict[str, str], count: int) -> list[dict]:
+    columns: dict[str, list] = {}
+    for key, kind in kinds.items():
+        values = tensors[key].tolist()
+        if kind == "list":
+            offsets = tensors[f"{key}.offsets"].tolist()
+            columns[key] = [values[offsets[i] : offsets[i + 1]] for i in range(count)]
+        else:
+            cast = bool if kind == "bool" else int
+            columns[key] = [cast(v) for v in values]
+    return [{key: columns[key][i] for key in kinds} for i in range(count)]
+
+
+def save_cache(
+    path: str | Path, splits: dict[str, list[dict] | None], samples: list[dict], built_from: dict[str, Any]
+) -> None:
+    """Write the splits (None = absent) atomically into `path`."""
+    target = Path(path)
+    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    meta: dict[str, Any] = {"fingerprint": built_from, "samples": samples, "splits": {}}
+    for name, rows in splits.items():
+        if not rows:
+            continue
+        tensors, kinds = _to_tensors(rows)
+        save_file(tensors, str(staging / f"{name}.safetensors"))
+        meta["splits"][name] = {"rows": len(rows), "fields": kinds}
+    (staging / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+
+
+def cache_exists(path: str | Path) -> bool:
+    return (Path(path) / "meta.json").is_file()
+
+
+def load_cache(path: str | Path, expected: dict[str, Any]) -> tuple[dict[str, list[dict] | None], list[dict]]:
+    """The cached splits and sample prompts; DataError when they were built from other settings."""
+    folder = Path(path)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    stored = meta["fingerprint"]
+    differing = sorted(key for key in set(stored) | set(expected) if stored.get(key) != expected.get(key))
+    if differing:
+        details = "; ".join(
+            f"{key}: cached {_short(stored.get(key))}, now {_short(expected.get(key))}" for key in differing
+        )
+        raise DataError(
+            f"{folder}: tokenized_path was built from other settings ({details}); "
+            "set overwrite_cache: true to rebuild it, or point tokenized_path elsewhere"
+        )
+    splits: dict[str, list[dict] | None] = {"train": None, "eval": None}
+    for name, info in meta["splits"].items():
+        tensors = load_file(str(folder / f"{name}.safetensors"))
+        splits[name] = _from_tensors(tensors, info["fields"], info["rows"])
+    return splits, meta["samples"]
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
