@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # tables only, no progress bars in the output
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from ulysses_pro.config.args import DataArguments  # noqa: E402

@@ -171,3 +171,18 @@ def test_skip_invalid_rows_counts_what_it_skips(write_dataset, tokenizer, caplog
         ).train
     assert len(train) == 8
     assert "skipped 2 invalid row(s)" in caplog.text and "row 5" in caplog.text
+
+
+def test_sft_packing_never_lets_documents_see_each_other(write_dataset, tokenizer):
+    folder = write_dataset("chat", chat_rows(20))
+    for keys in ({"packing": True}, {"neat_packing": True}):
+        args = DataArguments(dataset="chat", dataset_dir=str(folder), cutoff_len=128, **keys)
+        rows = build_datasets(args, tokenizer, "sft").train.rows
+        assert len(rows) < 20
+        for row in rows:
+            starts = [i for i, p in enumerate(row["position_ids"]) if p == 0]
+            # positions restart at every document: one segment per document, no cross-attention
+            assert len(starts) == len(row["document_lengths"])
+            assert [b - a for a, b in zip(starts, starts[1:] + [len(row["input_ids"])])] == row[
+                "document_lengths"
+            ]

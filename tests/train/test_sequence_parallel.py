@@ -78,6 +78,19 @@ CASES = [
             "sequence_parallel_mode": "ulysses",
             "per_device_train_batch_size": 2,
             "neat_packing": True,
+            # DP2 x SP2 with length grouping: the grouped order is shared like the plain one
+            "group_by_length": True,
+        },
+    ),
+    (
+        2,
+        {
+            "sequence_parallel_size": 2,
+            "sequence_parallel_mode": "zigzag-ring",
+            # a stream read, shuffled, tokenized and packed on the fly gives both SP ranks the same rows
+            "streaming": True,
+            "buffer_size": 8,
+            "neat_packing": True,
         },
     ),
 ]

@@ -217,13 +217,19 @@ def _tokenize(
         return TokenizedDataset([r.outputs[0] for _, r in kept])
     documents, cut = documents_of([r for _, r in kept])
     rows = (
-        pack_documents(documents, settings.cutoff_len, isolate=data_args.neat_packing)
+        pack_documents(documents, settings.cutoff_len, isolate=isolates_documents(data_args, settings.stage))
         if packing
         else documents
     )
     packing_report = report(rows, settings.cutoff_len, documents=len(kept), cut_documents=cut)
     logger.info("%s: %s", desc, packing_report.describe())
     return TokenizedDataset(rows, packing_report)
+
+
+def isolates_documents(data_args, stage: str) -> bool:
+    """Whether packed documents are kept from attending to each other: always for chat stages (an
+    answer must not depend on an unrelated conversation), with neat_packing for pretraining."""
+    return data_args.neat_packing or stage != "pt"
 
 
 def _sample_conversation(item) -> Conversation:
@@ -262,7 +268,7 @@ def _build_streaming(
         buffer_size=data_args.buffer_size,
         skip=held,
         packing=packing,
-        neat_packing=data_args.neat_packing,
+        isolate=isolates_documents(data_args, stage),
     )
     logger.info(
         "streaming %s: shuffle buffer %d rows, %d rows held out for evaluation",

@@ -53,7 +53,7 @@ class StreamSettings:
     buffer_size: int
     skip: int  # rows held out at the head of the stream (val_size)
     packing: bool
-    neat_packing: bool
+    isolate: bool  # packed documents do not attend to each other
     shards: int = 1
     shard: int = 0
 
@@ -127,7 +127,7 @@ class StreamingDataset(IterableDataset):
                 continue
             documents = [doc for _, outputs in chunk for doc in outputs]
             if self.stream.packing:
-                documents = pack_documents(documents, cutoff, isolate=self.stream.neat_packing)
+                documents = pack_documents(documents, cutoff, isolate=self.stream.isolate)
             yield from documents
 
     def __iter__(self) -> Iterator[Document]:
