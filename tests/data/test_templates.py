@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ulysses_pro.data.errors import RowRef
@@ -129,3 +131,30 @@ def test_tool_calls_and_observations(write_dataset, tokenizer, caplog):
             DataArguments(dataset="tools", dataset_dir=str(folder), template="chatml"), tokenizer, "sft"
         )
     assert "1 rows carry a tools column but the chat template does not render tools" in caplog.text
+
+
+def test_llamafactory_tool_calling_demo_renders_its_tools(tokenizer):
+    from ulysses_pro.config.args import DataArguments
+    from ulysses_pro.data.pipeline import build_datasets
+
+    from ..conftest import LF_DATA
+
+    if not LF_DATA.is_dir():
+        pytest.skip("LLaMA-Factory demo data not present")
+    own = tokenizer.chat_template
+    try:
+        tokenizer.chat_template = TOOLS_TEMPLATE
+        args = DataArguments(
+            dataset="glaive_toolcall_en_demo", dataset_dir=str(LF_DATA), max_samples=20, cutoff_len=4096
+        )
+        bundle = build_datasets(args, tokenizer, "sft")
+    finally:
+        tokenizer.chat_template = own
+    texts = [tokenizer.decode(row["input_ids"]) for row in bundle.train.rows]
+    raw = json.loads((LF_DATA / "glaive_toolcall_en_demo.json").read_text())[:20]
+    with_tools = [bool(json.loads(row["tools"] or "[]")) for row in raw]
+    assert sum(with_tools) >= 5
+    assert [text.startswith("<|im_start|>system\nTools: ") for text in texts] == with_tools
+    observations = [any(m["from"] == "observation" for m in row["conversations"]) for row in raw]
+    assert any(observations)
+    assert ["<|im_start|>tool\n" in text for text in texts] == observations  # observations are tool turns

@@ -101,6 +101,9 @@ def validate(
         fail("train_sampling_strategy", f"{sampling!r} is not one of {', '.join(SAMPLING_STRATEGIES)}")
     if data.streaming:
         _validate_streaming(data, training, fail)
+    alpha = training.get("neftune_noise_alpha")
+    if alpha is not None and not alpha > 0:
+        fail("neftune_noise_alpha", f"must be positive (NEFTune's paper uses 5 to 15), got {alpha}")
     if training.get("bf16") and training.get("fp16"):
         fail("fp16", "bf16 and fp16 are both true; keep one")
     if training.get("deepspeed"):
