@@ -162,3 +162,16 @@ def test_sweep_sp4(tmp_path, arch, mode, finetuning_type):
         case_keys(tmp_path, "sp", sequence_parallel_size=4, sequence_parallel_mode=mode, **degree, **shared),
     )[0]
     compare(reference, candidate)
+
+
+def test_neftune_under_sequence_parallelism(tmp_path):
+    """Each SP rank noises its own tokens with whole-document lengths; evaluation stays clean.
+
+    lr 0 keeps the weights, so the SP=2 eval loss must equal the noiseless SP=1 one while the
+    training loss moves."""
+    shared = {"learning_rate": 0.0, "max_steps": 2, "do_eval": True, "val_size": 4, "neat_packing": True}
+    reference = run_training(**case_keys(tmp_path, "ref", **shared))
+    keys = case_keys(tmp_path, "sp", sequence_parallel_size=2, neftune_noise_alpha=20.0, **shared)
+    noisy = run_ranks(_train, 2, keys)[0]
+    assert noisy["eval_losses"] == pytest.approx(reference["eval_losses"], rel=1e-5)
+    assert abs(noisy["losses"][0] - reference["losses"][0]) > 1e-4

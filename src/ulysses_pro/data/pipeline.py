@@ -280,6 +280,45 @@ def _build_streaming(
     return DatasetBundle(StreamingDataset(sources, tokenizer, settings, stream), evaluation, samples)
 
 
+def _warn_if_tools_are_dropped(items: list, tokenizer, template: str | None) -> None:
+    with_tools = sum(1 for _, item in items if getattr(_sample_conversation(item), "tools", None))
+    if with_tools and not renders_tools(tokenizer, template):
+        logger.warning(
+            "%d rows carry a tools column but the chat template does not render tools, so the model will not "
+            "see the tool definitions; use a template that renders `tools` (the model's own, e.g. qwen)",
+            with_tools,
+        )
+
+
+def _load_cached(cache: str, built_from: dict) -> DatasetBundle:
+    splits, samples = load_cache(cache, built_from)
+    logger.info(
+        "tokenized data loaded from %s: %s",
+        cache,
+        ", ".join(f"{k} {len(v)} rows" for k, v in splits.items() if v),
+    )
+    return DatasetBundle(
+        *(TokenizedDataset(splits[name]) if splits[name] else None for name in ("train", "eval")),
+        [Conversation(s["messages"], RowRef(s["file"], s["row"]), s["tools"]) for s in samples],
+    )
+
+
+def _save_cached(cache: str, bundle: DatasetBundle, built_from: dict) -> None:
+    save_cache(
+        cache,
+        {
+            name: split.rows if split else None
+            for name, split in (("train", bundle.train), ("eval", bundle.eval))
+        },
+        [
+            {"messages": c.messages, "tools": c.tools, "file": c.ref.file, "row": c.ref.index}
+            for c in bundle.sample_prompts
+        ],
+        built_from,
+    )
+    logger.info("tokenized data saved to %s", cache)
+
+
 def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetBundle:
     """Load, normalise, tokenize, split and pack the configured datasets (or reload them from
     `tokenized_path`)."""
@@ -299,30 +338,13 @@ def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetB
     cache = data_args.tokenized_path
     built_from = fingerprint(data_args, tokenizer, stage, seed) if cache else None
     if cache and cache_exists(cache) and not data_args.overwrite_cache:
-        splits, samples = load_cache(cache, built_from)
-        logger.info(
-            "tokenized data loaded from %s: %s",
-            cache,
-            ", ".join(f"{k} {len(v)} rows" for k, v in splits.items() if v),
-        )
-        return DatasetBundle(
-            *(TokenizedDataset(splits[name]) if splits[name] else None for name in ("train", "eval")),
-            [Conversation(s["messages"], RowRef(s["file"], s["row"]), s["tools"]) for s in samples],
-        )
+        return _load_cached(cache, built_from)
     skipped = SkippedRows()
     train_items = _load_raw(data_args.dataset, data_args, stage, skipped, seed) if data_args.dataset else []
     eval_items = (
         _load_raw(data_args.eval_dataset, data_args, stage, skipped, seed) if data_args.eval_dataset else []
     )
-    with_tools = sum(
-        1 for _, item in train_items + eval_items if getattr(_sample_conversation(item), "tools", None)
-    )
-    if with_tools and not renders_tools(tokenizer, template):
-        logger.warning(
-            "%d rows carry a tools column but the chat template does not render tools, so the model will not "
-            "see the tool definitions; use a template that renders `tools` (the model's own, e.g. qwen)",
-            with_tools,
-        )
+    _warn_if_tools_are_dropped(train_items + eval_items, tokenizer, template)
     if data_args.val_size:
         if eval_items:
             raise DataError("val_size and eval_dataset are both set; keep one")
@@ -335,15 +357,7 @@ def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetB
     samples = (
         [_sample_conversation(item) for _, item in (eval_items or train_items)[:3]] if stage != "pt" else []
     )
+    bundle = DatasetBundle(train, evaluation, samples)
     if cache and _is_main_process():
-        save_cache(
-            cache,
-            {"train": train.rows if train else None, "eval": evaluation.rows if evaluation else None},
-            [
-                {"messages": c.messages, "tools": c.tools, "file": c.ref.file, "row": c.ref.index}
-                for c in samples
-            ],
-            built_from,
-        )
-        logger.info("tokenized data saved to %s", cache)
-    return DatasetBundle(train, evaluation, samples)
+        _save_cached(cache, bundle, built_from)
+    return bundle
