@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # tables only, no progress bars in the output
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from ulysses_pro.config.args import DataArguments  # noqa: E402
@@ -109,6 +108,24 @@ def main() -> None:
                 same = "yes" if rows == reference else "NO"
                 print(f"| {stage} | {workers} | {seconds:.2f} | {args.rows / seconds:,.0f} | {same} |")
             unpacked[stage] = reference
+
+        print("\n## Memory of the tokenized sft rows\n")
+        dataset = build_datasets(
+            DataArguments(dataset="chat", dataset_dir=str(folder), cutoff_len=args.cutoff), tokenizer, "sft"
+        ).train
+        tracemalloc.start()
+        as_lists = dataset.rows
+        list_bytes = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        tokens = sum(len(row["input_ids"]) for row in as_lists)
+        del as_lists
+        print("| storage | MiB | bytes per token |")
+        print("|---|---|---|")
+        for name, size in (
+            ("Python lists", list_bytes),
+            ("columns (int32 + offsets)", dataset.store.nbytes()),
+        ):
+            print(f"| {name} | {size / 2**20:.1f} | {size / tokens:.1f} |")
 
         print(f"\n## Padding of sft batches (batch {args.batch}, padded to the longest row)\n")
         lengths = [len(row["input_ids"]) for row in unpacked["sft"]]

@@ -118,6 +118,7 @@ def test_unknown_key_names_line_and_closest(config_file):
         (["dataset=null"], r"dataset: required when do_train is true"),
         (["freeze_trainable_layers=0"], r"freeze_trainable_layers: 0 trains nothing"),
         (["neftune_noise_alpha=-1"], r"neftune_noise_alpha: must be positive"),
+        (["val_size=5", "eval_dataset=x"], r"val_size: val_size and eval_dataset are both set"),
         (["preprocessing_num_workers=0"], r"preprocessing_num_workers: must be a positive integer"),
         (["streaming=true", "max_steps=5", "tokenized_path=x"], r"tokenized_path: a streamed dataset"),
         (["streaming=true", "max_steps=5", "buffer_size=0"], r"buffer_size: must be a positive number"),

@@ -88,6 +88,10 @@ def validate(
         fail("max_samples", f"must be a positive integer, got {data.max_samples}")
     if data.val_size < 0 or (data.val_size >= 1 and not float(data.val_size).is_integer()):
         fail("val_size", f"give a fraction in [0, 1) or a whole number of rows, got {data.val_size}")
+    if data.val_size and data.eval_dataset:
+        fail(
+            "val_size", "val_size and eval_dataset are both set; keep one (val_size holds out training rows)"
+        )
     if data.neat_packing and data.packing is False:
         fail("neat_packing", "neat_packing needs packing; remove packing: false or set neat_packing: false")
     if data.mask_history and data.train_on_prompt:

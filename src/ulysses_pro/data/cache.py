@@ -15,14 +15,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
+from .columns import ColumnarRows
 from .errors import DataError
 from .files import dataset_files
 from .registry import load_dataset_specs
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: list fields stored as int32
 # Data settings that change the tokenized rows; anything else may differ between runs.
 SETTING_KEYS = (
     "dataset",
@@ -78,36 +78,8 @@ def fingerprint(data_args, tokenizer, stage: str, seed: int) -> dict[str, Any]:
     }
 
 
-def _to_tensors(rows: list[dict]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors, kinds = {}, {}
-    for key in rows[0]:
-        values = [row[key] for row in rows]
-        if isinstance(values[0], list):
-            lengths = torch.tensor([len(v) for v in values], dtype=torch.int64)
-            tensors[key] = torch.tensor([x for v in values for x in v], dtype=torch.int64)
-            tensors[f"{key}.offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
-            kinds[key] = "list"
-        else:
-            tensors[key] = torch.tensor(values, dtype=torch.int64)
-            kinds[key] = type(values[0]).__name__
-    return tensors, kinds
-
-
-def _from_tensors(tensors: dict[str, torch.Tensor], kinds: dict[str, str], count: int) -> list[dict]:
-    columns: dict[str, list] = {}
-    for key, kind in kinds.items():
-        values = tensors[key].tolist()
-        if kind == "list":
-            offsets = tensors[f"{key}.offsets"].tolist()
-            columns[key] = [values[offsets[i] : offsets[i + 1]] for i in range(count)]
-        else:
-            cast = bool if kind == "bool" else int
-            columns[key] = [cast(v) for v in values]
-    return [{key: columns[key][i] for key in kinds} for i in range(count)]
-
-
 def save_cache(
-    path: str | Path, splits: dict[str, list[dict] | None], samples: list[dict], built_from: dict[str, Any]
+    path: str | Path, splits: dict[str, ColumnarRows | None], samples: list[dict], built_from: dict[str, Any]
 ) -> None:
     """Write the splits (None = absent) atomically into `path`."""
     target = Path(path)
@@ -118,9 +90,8 @@ def save_cache(
     for name, rows in splits.items():
         if not rows:
             continue
-        tensors, kinds = _to_tensors(rows)
-        save_file(tensors, str(staging / f"{name}.safetensors"))
-        meta["splits"][name] = {"rows": len(rows), "fields": kinds}
+        save_file(rows.columns, str(staging / f"{name}.safetensors"))
+        meta["splits"][name] = {"rows": len(rows), "fields": rows.kinds}
     (staging / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     if target.exists():
         shutil.rmtree(target)
@@ -131,7 +102,9 @@ def cache_exists(path: str | Path) -> bool:
     return (Path(path) / "meta.json").is_file()
 
 
-def load_cache(path: str | Path, expected: dict[str, Any]) -> tuple[dict[str, list[dict] | None], list[dict]]:
+def load_cache(
+    path: str | Path, expected: dict[str, Any]
+) -> tuple[dict[str, ColumnarRows | None], list[dict]]:
     """The cached splits and sample prompts; DataError when they were built from other settings."""
     folder = Path(path)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -145,10 +118,11 @@ def load_cache(path: str | Path, expected: dict[str, Any]) -> tuple[dict[str, li
             f"{folder}: tokenized_path was built from other settings ({details}); "
             "set overwrite_cache: true to rebuild it, or point tokenized_path elsewhere"
         )
-    splits: dict[str, list[dict] | None] = {"train": None, "eval": None}
+    splits: dict[str, ColumnarRows | None] = {"train": None, "eval": None}
     for name, info in meta["splits"].items():
-        tensors = load_file(str(folder / f"{name}.safetensors"))
-        splits[name] = _from_tensors(tensors, info["fields"], info["rows"])
+        splits[name] = ColumnarRows(
+            load_file(str(folder / f"{name}.safetensors")), info["fields"], info["rows"]
+        )
     return splits, meta["samples"]
 
 

@@ -103,11 +103,12 @@ def encode_all(
     """`encode_item` over every row, in order; `workers` > 1 spreads chunks over processes."""
     batch_size = max(1, batch_size)
     chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    # Bars only for long work, and only on a terminal (disable=None): log files stay readable.
     quiet = len(items) < 2000
     if not workers or workers <= 1 or len(chunks) < 2:
         return [
             _encode_checked(tokenizer, settings, item)
-            for item in tqdm(items, desc=desc, disable=quiet, leave=False)
+            for item in tqdm(items, desc=desc, disable=True if quiet else None, leave=False)
         ]
     # The Rust tokenizer's own thread pool must not be live across fork (it would deadlock).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -120,7 +121,11 @@ def encode_all(
     ) as pool:
         results = pool.map(_encode_chunk, chunks)
         for chunk in tqdm(
-            results, desc=f"{desc} ({workers} workers)", total=len(chunks), disable=quiet, leave=False
+            results,
+            desc=f"{desc} ({workers} workers)",
+            total=len(chunks),
+            disable=True if quiet else None,
+            leave=False,
         ):
             out.extend(chunk)
     return out

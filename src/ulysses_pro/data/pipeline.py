@@ -14,6 +14,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .cache import cache_exists, fingerprint, load_cache, save_cache
+from .columns import ColumnarRows
 from .encoding import EncodeSettings, documents_of, encode_all
 from .errors import DataError, RowRef
 from .files import read_rows
@@ -29,17 +30,28 @@ logger = logging.getLogger(__name__)
 
 
 class TokenizedDataset(Dataset):
-    """An in-memory list of rows of token ids (and, for token stages, what packing cost)."""
+    """Rows of token ids, held column-wise (`ColumnarRows`), and for token stages what packing cost."""
 
-    def __init__(self, rows: list[Document], packing_report: PackingReport | None = None):
-        self.rows = rows
+    def __init__(self, rows: list[Document] | ColumnarRows, packing_report: PackingReport | None = None):
+        self.store = rows if isinstance(rows, ColumnarRows) else ColumnarRows.from_rows(rows)
         self.packing_report = packing_report
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.store)
 
     def __getitem__(self, index: int) -> Document:
-        return self.rows[index]
+        return self.store[index]
+
+    @property
+    def rows(self) -> list[Document]:
+        """Every row as lists (for inspection and tests; training reads rows one at a time)."""
+        return [self.store[i] for i in range(len(self.store))]
+
+    def row_lengths(self) -> list[int]:
+        """Tokens each row puts in a batch (all of a pair's or KTO row's sequences)."""
+        keys = [k for k, kind in self.store.kinds.items() if kind == "list" and k.endswith("input_ids")]
+        per_key = [self.store.lengths(k) for k in keys]
+        return [sum(parts) for parts in zip(*per_key)]
 
 
 @dataclass
@@ -307,7 +319,7 @@ def _save_cached(cache: str, bundle: DatasetBundle, built_from: dict) -> None:
     save_cache(
         cache,
         {
-            name: split.rows if split else None
+            name: split.store if split else None
             for name, split in (("train", bundle.train), ("eval", bundle.eval))
         },
         [

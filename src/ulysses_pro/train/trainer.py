@@ -96,10 +96,10 @@ class UlyssesTrainer(Trainer):
         grouping = {}
         if group_by_length:
             # transformers' LengthGroupedSampler sorts groups of 50 global batches; so does this.
-            grouping = {
-                "lengths": [row_length(row) for row in dataset],
-                "group_size": 50 * batch_size * dp_size,
-            }
+            lengths = (
+                dataset.row_lengths() if hasattr(dataset, "row_lengths") else [row_length(r) for r in dataset]
+            )
+            grouping = {"lengths": lengths, "group_size": 50 * batch_size * dp_size}
         return DataLoader(
             dataset,
             batch_size=batch_size,
