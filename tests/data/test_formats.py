@@ -95,22 +95,22 @@ def test_sharegpt_from_value_and_openai_messages(write_dataset):
 @pytest.mark.parametrize(
     ("rows", "entry", "pattern"),
     [
-        ([{"instruction": "q"}], None, r"a.json row 0: missing column 'output'"),
+        ([{"instruction": "q"}], None, r"a.json:\d+: row 0: missing column 'output'"),
         (
             [{"instruction": "q", "output": "a"}, {"instruction": "q", "output": "  "}],
             None,
-            r"a.json row 1: output: empty assistant turn",
+            r"a.json:\d+: row 1: output: empty assistant turn",
         ),
         (
             [{"instruction": "q", "output": 3}],
             None,
-            r"a.json row 0: column 'output' \(output\) must be a string",
+            r"a.json:\d+: row 0: column 'output' \(output\) must be a string",
         ),
-        (["just a string"], None, r"a.json row 0: expected a JSON object"),
+        (["just a string"], None, r"a.json:\d+: row 0: expected a JSON object"),
         (
             [{"conversations": [{"from": "gpt", "value": "a"}]}],
             {"formatting": "sharegpt"},
-            r"a.json row 0: conversations\[0\]: wrong role order",
+            r"a.json:\d+: row 0: conversations\[0\]: wrong role order",
         ),
         (
             [{"conversations": [{"from": "human", "value": "q"}, {"from": "human", "value": "q"}]}],

@@ -30,6 +30,8 @@ valid rows around it are kept.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ulysses_pro.config.args import DataArguments
@@ -59,7 +61,7 @@ def chat(*turns):
     return {"conversations": [{"from": role, "value": value} for role, value in turns]}
 
 
-# (id, stage, dataset_info entry, good row, bad row, error pattern after "<file> row 1: ")
+# (id, stage, dataset_info entry, good row, bad row, error pattern after "<file>:<line>: row 1: ")
 ROW_CASES = [
     ("not-an-object", "sft", None, GOOD, "just text", r"expected a JSON object, got str"),
     ("missing-output", "sft", None, GOOD, {"instruction": "q"}, r"missing column 'output' \(output\)"),
@@ -197,7 +199,7 @@ def test_each_malformed_row_stops_with_file_row_and_field(
 ):
     folder = write_dataset("bad", [good, bad, good], entry)
     args = DataArguments(dataset="bad", dataset_dir=str(folder), cutoff_len=16)
-    with pytest.raises(DataError, match=r"bad\.json row 1: " + pattern) as caught:
+    with pytest.raises(DataError, match=r"bad\.json:\d+: row 1: " + pattern) as caught:
         build_datasets(args, tokenizer, stage)
     assert str(caught.value).count("\n") == 0  # one error, one line
 
@@ -213,7 +215,7 @@ def test_skip_invalid_rows_skips_each_kind_and_counts_it(
     with caplog.at_level("WARNING"):
         train = build_datasets(args, tokenizer, stage).train
     assert len(train) == (1 if stage == "pt" else 2)  # pt packs both documents into one row
-    assert "skipped 1 invalid row(s)" in caplog.text and "bad.json row 1" in caplog.text
+    assert "skipped 1 invalid row(s)" in caplog.text and "bad.json:1: row 1" in caplog.text
 
 
 def test_broken_json_line_names_file_and_line(write_dataset, tokenizer):
@@ -228,4 +230,20 @@ def test_broken_json_line_names_file_and_line(write_dataset, tokenizer):
 def test_top_level_object_names_the_file(write_dataset, tokenizer):
     folder = write_dataset("bad", None, raw='{"instruction": "q", "output": "a"}')
     with pytest.raises(DataError, match=r"bad\.json: expected a JSON list of rows at the top level"):
+        build_datasets(DataArguments(dataset="bad", dataset_dir=str(folder)), tokenizer, "sft")
+
+
+def test_errors_name_the_line_a_row_starts_on(write_dataset, tokenizer):
+    """Pretty-printed JSON (as LLaMA-Factory ships it): the error points at the row's first line."""
+    rows = [GOOD, GOOD, {"instruction": "q", "output": 3}]
+    folder = write_dataset("bad", None, raw=json.dumps(rows, indent=2))
+    start = json.dumps(rows, indent=2).splitlines().index("  {", 9) + 1
+    assert start == 10
+    with pytest.raises(DataError, match=rf"bad\.json:{start}: row 2: column 'output'"):
+        build_datasets(DataArguments(dataset="bad", dataset_dir=str(folder)), tokenizer, "sft")
+    with pytest.raises(DataError, match=r"bad\.json:3:\d+: invalid JSON: Expecting ',' delimiter"):
+        folder = write_dataset("bad", None, raw='[\n  {"instruction": "q", "output": "a"}\n  {"x": 1}\n]')
+        build_datasets(DataArguments(dataset="bad", dataset_dir=str(folder)), tokenizer, "sft")
+    folder = write_dataset("bad", None, raw='[{"instruction": "q", "output": "a"}] trailing')
+    with pytest.raises(DataError, match=r"bad\.json:1:\d+: invalid JSON: Extra data"):
         build_datasets(DataArguments(dataset="bad", dataset_dir=str(folder)), tokenizer, "sft")

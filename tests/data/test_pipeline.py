@@ -163,7 +163,7 @@ def test_skip_invalid_rows_counts_what_it_skips(write_dataset, tokenizer, caplog
     rows[2] = {"instruction": "no answer"}
     rows[5]["output"] = ""
     folder = write_dataset("chat", rows)
-    with pytest.raises(DataError, match=r"chat.json row 2: missing column 'output'"):
+    with pytest.raises(DataError, match=r"chat.json:\d+: row 2: missing column 'output'"):
         build_datasets(DataArguments(dataset="chat", dataset_dir=str(folder)), tokenizer, "sft")
     with caplog.at_level("WARNING"):
         train = build_datasets(

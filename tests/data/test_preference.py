@@ -101,7 +101,7 @@ def test_bad_preference_rows_name_file_and_row(write_dataset, formatting, row, m
     if formatting == "sharegpt":
         good = {"conversations": [{"from": "human", "value": "q"}], "chosen": "a", "rejected": "b"}
     folder = write_dataset("bad", [good, row], entry)
-    with pytest.raises(DataError, match=r"bad\.json row 1: .*" + _escape(message)):
+    with pytest.raises(DataError, match=r"bad\.json:\d+: row 1: .*" + _escape(message)):
         load(folder, "bad", to_preference_pair)
 
 

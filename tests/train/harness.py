@@ -21,8 +21,9 @@ class CaptureGradients(TrainerCallback):
         )
 
 
-def run_training(**keys) -> dict:
-    """Run `run_stage` on the given config keys; return per-step losses, gradients and eval losses."""
+def run_training(callbacks: tuple = (), **keys) -> dict:
+    """Run `run_stage` on the given config keys (plus extra trainer callbacks); return per-step losses,
+    gradients and eval losses."""
     base = {
         "model_name_or_path": "tiny:llama",
         "stage": "sft",
@@ -39,7 +40,7 @@ def run_training(**keys) -> dict:
     }
     config = load_config({**base, **keys})
     capture = CaptureGradients()
-    trainer = run_stage(config, callbacks=[capture])
+    trainer = run_stage(config, callbacks=[capture, *callbacks])
     history = trainer.state.log_history
     return {
         "losses": [entry["loss"] for entry in history if "loss" in entry],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from ulysses_pro.config import load_config
 from ulysses_pro.models.value_head import (
@@ -208,3 +209,35 @@ def test_neftune_noises_training_forwards_only(tmp_path, stage, dataset):
         # Eval: policy == reference, loss log 2 exactly; training: only the policy was noised.
         assert noisy["eval_losses"][0] == pytest.approx(math.log(2), abs=1e-6)
         assert abs(noisy["metrics"]["rewards/margins"]) > 0
+
+
+class RecordFirstLayerInputs(TrainerCallback):
+    """Keeps what the first decoder layer receives (the possibly noised embeddings) on every forward."""
+
+    def __init__(self):
+        self.inputs: list[torch.Tensor] = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        layer = model.model.layers[0]
+        layer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        if module.training:  # not the sample generations after training
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.inputs.append(hidden.detach().clone())
+
+
+def test_split_backward_replays_the_neftune_noise(tmp_path):
+    """The surrogate forwards of pref_split_backward must see the noise the log-prob pass saw, or the
+    gradient would not be the loss's."""
+    recorder = RecordFirstLayerInputs()
+    common = keys(
+        tmp_path, "dpo", "demo_pairs", max_steps=1, neftune_noise_alpha=20.0, pref_split_backward=True
+    )
+    run_training(callbacks=(recorder,), **common)
+    # One step: chosen and rejected without grad, then chosen and rejected again with grad.
+    no_grad_chosen, no_grad_rejected, chosen, rejected = recorder.inputs
+    assert torch.equal(no_grad_chosen, chosen) and torch.equal(no_grad_rejected, rejected)
+    clean = RecordFirstLayerInputs()
+    run_training(callbacks=(clean,), **{k: v for k, v in common.items() if k != "neftune_noise_alpha"})
+    assert not torch.allclose(clean.inputs[0], chosen)  # the noise was there to replay

@@ -11,13 +11,15 @@ class RowRef:
 
     file: str
     index: int
+    line: int | None = None  # where the row starts in the file, when known
 
     def __str__(self) -> str:
-        return f"{self.file} row {self.index}"
+        # `file:line:` first, so editors and terminals can jump to it.
+        return f"{self.file}:{self.line}: row {self.index}" if self.line else f"{self.file} row {self.index}"
 
 
 class DataError(ValueError):
-    """Malformed data; the message starts with `file row N` (or `file:line`)."""
+    """Malformed data; the message starts with `file:line: row N`, `file row N` or `file:line:col`."""
 
     @classmethod
     def at(cls, row: RowRef, message: str) -> DataError:

@@ -38,10 +38,10 @@ def _read_one(path: Path) -> Iterator[tuple[RowRef, Any]]:
         # One document per non-empty line, as LLaMA-Factory's text loader does.
         index = 0
         with path.open(encoding="utf-8") as handle:  # line by line: streaming never loads the file
-            for line in handle:
+            for line_number, line in enumerate(handle, start=1):
                 line = line.rstrip("\r\n")
                 if line.strip():
-                    yield RowRef(name, index), {"text": line}
+                    yield RowRef(name, index, line_number), {"text": line}
                     index += 1
         return
     if path.suffix == ".jsonl":
@@ -54,24 +54,69 @@ def _read_one(path: Path) -> Iterator[tuple[RowRef, Any]]:
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise _json_error(path, err, line_offset=line_number - 1) from None
-                yield RowRef(name, index), row
+                yield RowRef(name, index, line_number), row
                 index += 1
         return
     text = path.read_text(encoding="utf-8")
+    start = _skip_space(text, 0)
+    if start < len(text) and text[start] == "[":
+        yield from _json_array_rows(path, text, start)
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         # Many "JSON" datasets are really JSON lines; accept them when every line parses.
-        lines = [line for line in text.splitlines() if line.strip()]
-        try:
-            rows = [json.loads(line) for line in lines]
-        except json.JSONDecodeError:
-            raise _json_error(path, err) from None
-        data = rows
+        rows = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((line_number, json.loads(line)))
+                except json.JSONDecodeError:
+                    raise _json_error(path, err) from None
+        for index, (line_number, row) in enumerate(rows):
+            yield RowRef(name, index, line_number), row
+        return
     if isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON list of rows at the top level, got an object")
-    for index, row in enumerate(data):
-        yield RowRef(name, index), row
+    raise DataError(f"{path}: expected a JSON list of rows at the top level, got {type(data).__name__}")
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _json_array_rows(path: Path, text: str, start: int) -> Iterator[tuple[RowRef, Any]]:
+    """The elements of a top-level JSON array, each with the line it starts on."""
+    decoder = json.JSONDecoder()
+    name = str(path)
+    position = _skip_space(text, start + 1)
+    line, counted_to = 1, 0
+    index = 0
+    if position < len(text) and text[position] == "]":
+        return
+    while True:
+        try:
+            row, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as err:
+            raise _json_error(path, err) from None
+        line += text.count("\n", counted_to, position)
+        counted_to = position
+        yield RowRef(name, index, line), row
+        index += 1
+        position = _skip_space(text, end)
+        if position < len(text) and text[position] == ",":
+            position = _skip_space(text, position + 1)
+            continue
+        if position < len(text) and text[position] == "]":
+            trailing = _skip_space(text, position + 1)
+            if trailing == len(text):
+                return
+            err = json.JSONDecodeError("Extra data after the top-level list", text, trailing)
+            raise _json_error(path, err)
+        err = json.JSONDecodeError("Expecting ',' delimiter or ']'", text, position)
+        raise _json_error(path, err)
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[RowRef, Any]]:
