@@ -257,3 +257,16 @@ def test_llamafactory_preference_demo_data(tokenizer, name, stage):
         assert isinstance(row["kto_label"], bool) and len(row["kl_input_ids"]) <= 256
     else:
         assert len(row["chosen_input_ids"]) <= 256 and len(row["rejected_input_ids"]) <= 256
+
+
+def test_pipeline_reports_the_share_of_pairs_cut(write_dataset, tokenizer, caplog):
+    from ulysses_pro.config.args import DataArguments
+
+    rows = [
+        {"instruction": "short", "chosen": "yes", "rejected": "no"},
+        {"instruction": "word " * 200, "chosen": "yes", "rejected": "no"},
+    ]
+    folder = write_dataset("a", rows, ALPACA_RANKING)
+    with caplog.at_level("INFO"):
+        build_datasets(DataArguments(dataset="a", dataset_dir=str(folder), cutoff_len=64), tokenizer, "dpo")
+    assert "train: 2 preference pairs, 1 (50.0%) cut to cutoff_len=64" in caplog.text

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .errors import DataError
 from .packing import Document, shifted, windows
-from .preference import encode_pair, prompt_and_answer
+from .preference import pair_pieces, pair_row, prompt_and_answer
 from .templates import encode_turns, split_turns, turns_length
 
 
@@ -51,9 +51,12 @@ def encode_item(tokenizer, settings: EncodeSettings, item: Any) -> Encoded:
         # A document longer than a row becomes several windows, so no text is dropped.
         return Encoded([shifted(w, w) for w in windows(ids, cutoff)], cut=len(ids) > cutoff)
     if stage in ("dpo", "rm"):
-        return Encoded([encode_pair(tokenizer, settings.template, item, cutoff)])
+        prompt, chosen, rejected = pair_pieces(tokenizer, settings.template, item)
+        cut = len(prompt) + max(len(chosen), len(rejected)) > cutoff
+        return Encoded([pair_row(prompt, chosen, rejected, cutoff)], cut=cut)
     if stage == "kto":
-        return Encoded([prompt_and_answer(tokenizer, settings.template, item.conversation)])
+        prompt, answer = prompt_and_answer(tokenizer, settings.template, item.conversation)
+        return Encoded([(prompt, answer)], cut=len(prompt) + len(answer) > cutoff)
     turns = split_turns(tokenizer, settings.template, item)
     input_ids, labels = encode_turns(
         turns,

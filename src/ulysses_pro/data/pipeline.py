@@ -222,10 +222,17 @@ def _tokenize(
     if stage == "kto":
         rows = pair_kto([item for item, _ in kept], [r.outputs[0] for _, r in kept], settings.cutoff_len)
         desirable = sum(item.desirable for item, _ in kept)
-        logger.info("%d KTO rows: %d desirable, %d undesirable", len(rows), desirable, len(rows) - desirable)
+        logger.info(
+            "%s: %d KTO rows (%d desirable, %d undesirable), %s",
+            desc,
+            len(rows),
+            desirable,
+            len(rows) - desirable,
+            _cut_share(kept, settings.cutoff_len),
+        )
         return TokenizedDataset(rows)
     if stage in PAIRWISE_STAGES:
-        logger.info("%d preference pairs", len(kept))
+        logger.info("%s: %d preference pairs, %s", desc, len(kept), _cut_share(kept, settings.cutoff_len))
         return TokenizedDataset([r.outputs[0] for _, r in kept])
     documents, cut = documents_of([r for _, r in kept])
     rows = (
@@ -236,6 +243,11 @@ def _tokenize(
     packing_report = report(rows, settings.cutoff_len, documents=len(kept), cut_documents=cut)
     logger.info("%s: %s", desc, packing_report.describe())
     return TokenizedDataset(rows, packing_report)
+
+
+def _cut_share(kept: list, cutoff_len: int) -> str:
+    cut = sum(result.cut for _, result in kept)
+    return f"{cut} ({100 * cut / max(1, len(kept)):.1f}%) cut to cutoff_len={cutoff_len}"
 
 
 def isolates_documents(data_args, stage: str) -> bool:

@@ -138,12 +138,24 @@ def truncate(
 
 def encode_pair(tokenizer, template: str, pair: PreferencePair, cutoff_len: int) -> dict[str, list[int]]:
     """`chosen_*` and `rejected_*` documents sharing one prompt, each at most cutoff_len tokens."""
+    return pair_row(*pair_pieces(tokenizer, template, pair), cutoff_len)
+
+
+def pair_pieces(tokenizer, template: str, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
+    """Token ids of the shared prompt, the chosen answer and the rejected answer, untruncated."""
     prompt, chosen = prompt_and_answer(tokenizer, template, pair.conversation(pair.chosen))
     other_prompt, rejected = prompt_and_answer(tokenizer, template, pair.conversation(pair.rejected))
     if other_prompt != prompt:
         raise DataError.at(
             pair.ref, "the chat template renders the prompt differently for chosen and rejected"
         )
+    return prompt, chosen, rejected
+
+
+def pair_row(
+    prompt: list[int], chosen: list[int], rejected: list[int], cutoff_len: int
+) -> dict[str, list[int]]:
+    """The two documents of a pair, fitted into cutoff_len."""
     prompt, (chosen, rejected) = truncate(prompt, [chosen, rejected], cutoff_len)
     row = {}
     for name, answer in (("chosen", chosen), ("rejected", rejected)):
