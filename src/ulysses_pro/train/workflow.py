@@ -175,6 +175,12 @@ def run_workflow(
     )
     # What SP replaced, so an owner (UlyssesTrainingManager.cleanup) can put it back.
     trainer.replaced_attention = plain_attention
+    if args.fsdp and not trainer.is_fsdp_enabled:
+        # accelerate turns FSDP on only for accelerator device types; on CPU it silently runs DDP.
+        logger.warning(
+            "fsdp is set but accelerate did not enable FSDP here (%s): weights are replicated, not sharded",
+            trainer.accelerator.state.distributed_type,
+        )
     # A reward model scores answers; it does not write them.
     show_samples = (
         trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train and stage != "rm"
