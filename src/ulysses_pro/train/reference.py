@@ -3,7 +3,8 @@
 Three sources, cheapest first:
 - LoRA: the policy itself with its adapters disabled (no second copy of the weights);
 - `ref_model`: a separately loaded model, frozen;
-- full / freeze fine-tuning: a frozen copy of the policy taken before training starts.
+- full / freeze fine-tuning: a frozen copy of the policy taken before training starts (under
+  ZeRO-3, where the policy holds only partitions, the model is loaded again and partitioned).
 The reference always runs the same attention implementation as the policy, so under SP it is
 split and gathered exactly like the policy.
 """
@@ -50,7 +51,8 @@ class ReferenceModel:
         return cls(copy.deepcopy(unwrap_model(policy)))
 
     def to(self, device) -> ReferenceModel:
-        if self.frozen is not None:
+        # A DeepSpeed engine has placed its partitions already.
+        if self.frozen is not None and not hasattr(self.frozen, "zero_optimization_stage"):
             self.frozen.to(device)
         return self
 
@@ -68,3 +70,21 @@ class ReferenceModel:
                 yield peft
         finally:
             peft.train(was_training)
+
+
+def partitioned_for_inference(model: nn.Module, training_args) -> nn.Module:
+    """Wrap a ZeRO-3-partitioned reference in a DeepSpeed engine without an optimizer, so its forward
+    gathers each layer's weights as the policy's does (TRL prepares its reference the same way)."""
+    import deepspeed
+
+    config = {
+        # Required by DeepSpeed's config checks; nothing is trained through this engine.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": bool(training_args.bf16)},
+        "fp16": {"enabled": bool(training_args.fp16)},
+    }
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()
+    return engine

@@ -21,7 +21,7 @@ from ..pro.debug import DebugCallback, enable_debug_logging
 from ..pro.gradient_guard import GradientGuard
 from .generation import sample_answers
 from .plotting import plot_loss
-from .reference import ReferenceModel
+from .reference import ReferenceModel, partitioned_for_inference
 from .trainer import UlyssesTrainer
 
 logger = logging.getLogger(__name__)
@@ -122,13 +122,32 @@ def run_sequence_stage(
 
 def load_reference(config: RunConfig, policy, tokenizer) -> ReferenceModel:
     """The reference of DPO-family and KTO losses (see train/reference.py)."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
     loaded = None
-    if config.finetuning.ref_model:
-        ref_args = dataclasses.replace(
-            config.model, model_name_or_path=config.finetuning.ref_model, adapter_name_or_path=None
+    zero3_copy = is_deepspeed_zero3_enabled() and config.finetuning.finetuning_type != "lora"
+    if config.finetuning.ref_model or zero3_copy:
+        # Under ZeRO-3 the policy's weights are partitions, so a deepcopy would hold empty tensors:
+        # the reference is loaded again (the same initial weights) and partitioned the same way.
+        ref_args = (
+            dataclasses.replace(
+                config.model, model_name_or_path=config.finetuning.ref_model, adapter_name_or_path=None
+            )
+            if config.finetuning.ref_model
+            else config.model
         )
         loaded = load_model(ref_args, config.finetuning, tokenizer, config.training, is_trainable=False)
+        if is_deepspeed_zero3_enabled():
+            loaded = partitioned_for_inference(loaded, config.training)
     return ReferenceModel.build(policy, loaded)
+
+
+def weights_are_sharded(trainer: UlyssesTrainer) -> bool:
+    """ZeRO-3 and FSDP hold a shard of each weight per rank: a forward on rank 0 alone (the sample
+    generations) would read empty partitions or wait forever for the other ranks."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return bool(trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled())
 
 
 def run_workflow(
@@ -183,7 +202,11 @@ def run_workflow(
         )
     # A reward model scores answers; it does not write them.
     show_samples = (
-        trainer.is_world_process_zero() and bundle.sample_prompts and args.do_train and stage != "rm"
+        trainer.is_world_process_zero()
+        and bundle.sample_prompts
+        and args.do_train
+        and stage != "rm"
+        and not weights_are_sharded(trainer)
     )
     if show_samples:
         with unsharded_attention(model, plain_attention):
