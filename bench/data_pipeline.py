@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from ulysses_pro.config.args import DataArguments  # noqa: E402
-from ulysses_pro.data.packing import best_fit_decreasing, next_fit  # noqa: E402
+from ulysses_pro.data.packing import batch_padding_fraction, best_fit_decreasing, next_fit  # noqa: E402
 from ulysses_pro.data.pipeline import build_datasets  # noqa: E402
 from ulysses_pro.models.tokenizer import load_builtin_tokenizer  # noqa: E402
 from ulysses_pro.parallel.sampler import SequenceParallelSampler  # noqa: E402
@@ -58,16 +58,6 @@ def write_data(folder: Path, rows: int, cutoff: int, seed: int = 0) -> None:
         "corpus": {"file_name": "corpus.jsonl", "columns": {"prompt": "text"}},
     }
     (folder / "dataset_info.json").write_text(json.dumps(info))
-
-
-def padding_fraction(lengths: list[int], order: list[int], batch: int) -> float:
-    """Padded share of the token slots of batches taken in `order`, each padded to its longest row."""
-    slots = real = 0
-    for start in range(0, len(order), batch):
-        members = [lengths[i] for i in order[start : start + batch]]
-        slots += max(members) * len(members)
-        real += sum(members)
-    return 1 - real / slots
 
 
 def packed_lengths(lengths: list[int], bins: list[list[int]]) -> list[int]:
@@ -139,17 +129,17 @@ def main() -> None:
         print("| layout | rows | padding |")
         print("|---|---|---|")
         print(
-            f"| unpacked, random order | {count} | {padding_fraction(lengths, random_order, args.batch):.1%} |"
+            f"| unpacked, random order | {count} | {batch_padding_fraction(lengths, random_order, args.batch):.1%} |"
         )
         print(
-            f"| unpacked, group_by_length | {count} | {padding_fraction(lengths, grouped_order, args.batch):.1%} |"
+            f"| unpacked, group_by_length | {count} | {batch_padding_fraction(lengths, grouped_order, args.batch):.1%} |"
         )
         for name, rows in (
             ("greedy concatenation (next fit)", greedy),
             ("best-fit decreasing packing", best),
         ):
             order = list(SequenceParallelSampler(len(rows), seed=0))
-            print(f"| {name} | {len(rows)} | {padding_fraction(rows, order, args.batch):.1%} |")
+            print(f"| {name} | {len(rows)} | {batch_padding_fraction(rows, order, args.batch):.1%} |")
 
         print(f"\n## Pretraining documents cut (cutoff_len {args.cutoff})\n")
         doc_lengths = []

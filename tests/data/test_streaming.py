@@ -121,3 +121,21 @@ def test_training_on_a_stream(tmp_path):
         output_dir=str(tmp_path / "out"),
     )
     assert len(result["losses"]) == 3 and all(loss > 0 for loss in result["losses"])
+
+
+def test_streamed_skips_are_counted_as_they_happen(write_dataset, tokenizer, caplog):
+    rows = chat_rows(10)
+    rows[3] = {"instruction": "no answer"}
+    folder = write_dataset("chat", rows, suffix=".jsonl")
+    args = DataArguments(
+        dataset="chat",
+        dataset_dir=str(folder),
+        cutoff_len=64,
+        streaming=True,
+        buffer_size=1,
+        skip_invalid_rows=True,
+    )
+    with caplog.at_level("WARNING"):
+        first_pass = one_pass(build_datasets(args, tokenizer, "sft").train, 9)
+    assert len(set(map(key, first_pass))) == 9
+    assert "chat.jsonl:4: row 3: missing column 'output'" in caplog.text and "(1 so far)" in caplog.text

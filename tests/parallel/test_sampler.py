@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import random
 
+from ulysses_pro.data.packing import batch_padding_fraction
 from ulysses_pro.parallel.sampler import SequenceParallelSampler, group_by_length
-
-
-def padding_fraction(order: list[int], lengths: list[int], batch: int) -> float:
-    padded = real = 0
-    for start in range(0, len(order), batch):
-        members = [lengths[i] for i in order[start : start + batch]]
-        padded += max(members) * len(members)
-        real += sum(members)
-    return 1 - real / padded
 
 
 def test_dp_ranks_split_one_shared_order():
@@ -33,8 +25,8 @@ def test_length_grouping_cuts_padding_and_keeps_every_sample():
     ]
     assert sorted(grouped[0] + grouped[1]) == list(range(2000))
     assert not set(grouped[0]) & set(grouped[1])
-    before = padding_fraction(plain[0], lengths, batch)
-    after = padding_fraction(grouped[0], lengths, batch)
+    before = batch_padding_fraction(lengths, plain[0], batch)
+    after = batch_padding_fraction(lengths, grouped[0], batch)
     assert after < 0.25 * before, (before, after)
     # The longest sample comes first, so memory trouble shows at the first step.
     assert lengths[grouped[0][0]] == max(lengths) or lengths[grouped[1][0]] == max(lengths)

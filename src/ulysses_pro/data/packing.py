@@ -130,6 +130,16 @@ class PackingReport:
         )
 
 
+def batch_padding_fraction(lengths: Sequence[int], order: Sequence[int], batch: int) -> float:
+    """Padded share of the token slots of batches taken in `order`, each padded to its longest row."""
+    slots = real = 0
+    for start in range(0, len(order), batch):
+        members = [lengths[i] for i in order[start : start + batch]]
+        slots += max(members) * len(members)
+        real += sum(members)
+    return 1 - real / slots
+
+
 def report(rows: list[Document], capacity: int, documents: int, cut_documents: int) -> PackingReport:
     return PackingReport(
         documents=documents,

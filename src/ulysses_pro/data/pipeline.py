@@ -6,7 +6,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from .cache import cache_exists, fingerprint, load_cache, save_cache
 from .columns import ColumnarRows
 from .encoding import EncodeSettings, documents_of, encode_all
-from .errors import DataError, RowRef
+from .errors import DataError, RowRef, SkippedRows
 from .files import read_rows
 from .formats import Conversation, to_conversation, to_text
 from .mixing import mix, mix_stream, parse_probabilities
@@ -61,30 +61,6 @@ class DatasetBundle:
     train: TokenizedDataset | StreamingDataset | None
     eval: TokenizedDataset | None
     sample_prompts: list[Conversation]
-
-
-@dataclass
-class SkippedRows:
-    """Rows dropped under `skip_invalid_rows`: counted, the first few kept for the log."""
-
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-    live: bool = False  # streaming has no end to log at: log each skip as it happens
-
-    def add(self, message: str) -> None:
-        self.count += 1
-        if self.live:
-            logger.warning("skip_invalid_rows: skipped %s (%d so far)", message, self.count)
-        if len(self.examples) < 5:
-            self.examples.append(message)
-
-    def log(self) -> None:
-        if self.count:
-            logger.warning(
-                "skip_invalid_rows: skipped %d invalid row(s); the first:\n  %s",
-                self.count,
-                "\n  ".join(self.examples),
-            )
 
 
 PAIRWISE_STAGES = ("dpo", "rm")

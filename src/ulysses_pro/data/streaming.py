@@ -11,7 +11,6 @@ x dataloader workers), so the ranks of one SP group see the same rows and DP ran
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -21,12 +20,10 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .encoding import EncodeSettings, encode_item
-from .errors import DataError
+from .errors import DataError, SkippedRows
 from .mixing import mix_stream
 from .packing import Document, pack_documents
 from .preference import pair_kto
-
-logger = logging.getLogger(__name__)
 
 
 def shuffle_buffer(rows: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -70,7 +67,7 @@ class StreamingDataset(IterableDataset):
     ):
         self.sources, self.tokenizer, self.encode, self.stream = sources, tokenizer, encode, stream
         self.epoch = 0
-        self.skipped = 0
+        self.skipped = SkippedRows(live=True)
 
     def shard(self, shards: int, shard: int) -> StreamingDataset:
         """This DP rank's share of the stream."""
@@ -106,8 +103,7 @@ class StreamingDataset(IterableDataset):
             except DataError as err:
                 if not self.encode.skip_invalid_rows:
                     raise
-                self.skipped += 1
-                logger.warning("skip_invalid_rows: skipped %s (%d so far)", err, self.skipped)
+                self.skipped.add(str(err))
 
     def _one_pass(self, epoch: int) -> Iterator[Document]:
         stage, cutoff = self.encode.stage, self.encode.cutoff_len
