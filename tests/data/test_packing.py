@@ -82,7 +82,9 @@ def test_collator_pads_and_masks():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
     assert batch["shift_labels"].tolist() == [[6, 7, -100, -100], [-100] * 4]
+    # padding continues the row's positions: one document per row, no extra attention problem
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
     packed = collate(pack_documents([shifted([1, 2], [1, 2]), shifted([3], [3])], 4, isolate=True))
     assert "attention_mask" not in packed
-    assert packed["position_ids"].tolist() == [[0, 1, 0, 0]]
+    assert packed["position_ids"].tolist() == [[0, 1, 0, 1]]
     assert packed["input_ids"].dtype == torch.long

@@ -1,25 +1,27 @@
-"""The registered SP attention function: one metadata all-gather per forward, not per layer."""
+"""The registered SP attention function: one plan (and one metadata all-gather) per forward, not per
+layer; and a forward without position ids is refused instead of silently attending shard-locally."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ..launcher import run_ranks
 
 
-def _count_gathers(rank, world):
+def _count_plans(rank, world):
     from ulysses_pro.models import attention
     from ulysses_pro.models.tiny import build_tiny_model
     from ulysses_pro.parallel import init_sequence_parallel
 
     calls = []
-    real = attention.full_sequence_metadata
+    real = attention.build_attention_plan
 
-    def counting(position_ids, layout):
+    def counting(position_ids, layout, batch=None):
         calls.append(position_ids.shape)
-        return real(position_ids, layout)
+        return real(position_ids, layout, batch=batch)
 
-    attention.full_sequence_metadata = counting
+    attention.build_attention_plan = counting
     model = build_tiny_model("llama", num_layers=3, seed=1)
     layout = init_sequence_parallel(world, "ulysses", num_heads=4, num_kv_heads=2)
     attention.apply_sequence_parallel(model, layout)
@@ -29,6 +31,26 @@ def _count_gathers(rank, world):
     return len(calls)
 
 
-def test_position_ids_are_gathered_once_per_forward():
-    for gathers in run_ranks(_count_gathers, 2):
-        assert gathers == 2  # 3 layers x 2 forwards would be 6 without the cache
+def test_attention_plan_is_built_once_per_forward():
+    for plans in run_ranks(_count_plans, 2):
+        assert plans == 2  # 3 layers x 2 forwards would be 6 without the cache
+
+
+def test_forward_without_position_ids_is_refused():
+    """transformers would fill in a shard-local arange; the hook stops that forward and says what to pass."""
+    from ulysses_pro.models.attention import apply_sequence_parallel, remove_sequence_parallel, unsharded_attention
+    from ulysses_pro.models.tiny import build_tiny_model
+    from ulysses_pro.parallel import init_sequence_parallel
+
+    model = build_tiny_model("llama", num_layers=1, seed=1)
+    layout = init_sequence_parallel(1, "ulysses", num_heads=4, num_kv_heads=2)
+    previous = apply_sequence_parallel(model, layout)
+    ids = torch.randint(3, 500, (1, 6))
+    with pytest.raises(ValueError, match="position_ids.*split_for_sequence_parallel"):
+        model(input_ids=ids)
+    model(input_ids=ids, position_ids=torch.arange(6)[None])  # given: fine
+    model(ids, None, torch.arange(6)[None])  # given positionally: fine
+    with unsharded_attention(model, previous):
+        model(input_ids=ids)  # ordinary attention (e.g. generation): transformers' default is right
+    remove_sequence_parallel(model, previous)
+    model(input_ids=ids)

@@ -6,6 +6,7 @@ uneven tails (padding), GQA with 1 and 2 KV heads, and packed documents.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -15,6 +16,7 @@ from ulysses_pro.parallel.hybrid import sequence_parallel_attention
 from ulysses_pro.parallel.mesh import destroy_sequence_parallel, init_sequence_parallel
 from ulysses_pro.parallel.sharding import padded_length, shard_indices
 
+from ..device_context import factories_default_to
 from ..launcher import run_ranks
 
 HEADS, DIM = 4, 8
@@ -57,13 +59,14 @@ def make_inputs(length, kv_heads, packed, seed=0):
     return q, k, v, weight, positions
 
 
-def _check(rank, world, mode, kv_heads, packed, real_length, backend="native"):
+def _check(rank, world, mode, kv_heads, packed, real_length, backend="native", factories_on=None):
     from ulysses_pro.parallel import kernels
+    from ulysses_pro.parallel.kernels import reference as reference_kernels
 
     torch.set_default_dtype(torch.float64)
-    kernels.QUERY_TILE = 5  # several query tiles per masked block, uneven last tile
+    reference_kernels.QUERY_TILE = 5  # several query tiles per call, uneven last tile
     if backend == "math":
-        kernels._backend = lambda q, mask: "math"
+        kernels.select_backend = lambda q: reference_kernels.REFERENCE
     # Hybrid with ulysses 2 x ring 2 (the default degree would pick pure ulysses for 4 heads).
     degree = 2 if mode == "hybrid" else None
     layout = init_sequence_parallel(
@@ -73,8 +76,10 @@ def _check(rank, world, mode, kv_heads, packed, real_length, backend="native"):
     length = padded_length(real_length, layout.split_unit)
     q, k, v, weight, positions = make_inputs(length, kv_heads, packed)
     if length > real_length:
-        # The SP pad: its own segment at the end, and no weight in the loss.
-        positions[:, real_length:] = torch.arange(length - real_length)
+        # The SP pad continues the last document, and has no weight in the loss.
+        positions[:, real_length:] = positions[:, real_length - 1 : real_length] + torch.arange(
+            1, length - real_length + 1
+        )
         weight[:, :, real_length:] = 0
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
     reference = naive_attention(*leaves, positions)
@@ -83,8 +88,11 @@ def _check(rank, world, mode, kv_heads, packed, real_length, backend="native"):
         length, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank
     )
     local = [t[:, :, index].clone().requires_grad_(True) for t in (q, k, v)]
-    out = sequence_parallel_attention(*local, positions[:, index], layout, 1 / math.sqrt(DIM))
-    (out * weight[:, :, index]).sum().backward()
+    local_weight, local_positions = weight[:, :, index], positions[:, index]
+    with factories_default_to(factories_on) if factories_on else contextlib.nullcontext():
+        out = sequence_parallel_attention(*local, local_positions, layout, 1 / math.sqrt(DIM))
+        (out * local_weight).sum().backward()
+    assert out.device.type == "cpu" and all(t.grad.device.type == "cpu" for t in local)
     errors = {
         "out": (out - reference[:, :, index]).abs().max().item(),
         **{
@@ -126,19 +134,26 @@ def test_ring_math_kernels_match_full_attention(world, mode, kv_heads, packed, l
         assert max(errors.values()) < 1e-10, (rank, errors)
 
 
-def test_per_document_path_matches_mask_path(monkeypatch):
-    """Long packed rows switch to per-document attention; it must equal the masked path."""
-    from ulysses_pro.parallel import hybrid
-    from ulysses_pro.parallel.sharding import segment_ids
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_local_attention_of_packed_and_padded_rows_matches_full_attention(backend, monkeypatch):
+    """SP=1 (one rank holds the whole sequence): documents become varlen problems of one call."""
+    from ulysses_pro.parallel import kernels
+    from ulysses_pro.parallel.kernels import reference
+    from ulysses_pro.parallel.plan import build_attention_plan
 
-    q, k, v, _, positions = make_inputs(40, 2, packed=True)
-    index = torch.arange(40)
-    segments = segment_ids(positions)
+    if backend == "reference":
+        monkeypatch.setattr(kernels, "select_backend", lambda q: reference.REFERENCE)
+    layout = init_sequence_parallel(1, "ulysses", num_heads=HEADS, num_kv_heads=2)
+    q, k, v, weight, positions = make_inputs(40, 2, packed=True)
+    positions[1, 30:] = torch.arange(10)  # row 1 gets a third document
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    masked = hybrid.local_attention(*leaves, index, segments, 0.3)
-    monkeypatch.setattr(hybrid, "MASK_ELEMENTS_LIMIT", 0)
-    per_document = hybrid.local_attention(q, k, v, index, segments, 0.3)
-    torch.testing.assert_close(per_document, masked, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(
-        per_document, naive_attention(q * 0.3 * math.sqrt(DIM), k, v, positions), rtol=1e-10, atol=1e-10
-    )
+    expected = naive_attention(*leaves, positions)
+    (expected * weight).sum().backward()
+    plan = build_attention_plan(positions, layout)
+    assert plan.whole is not None and plan.whole.sequences.count == 6  # 3 documents per row, one call
+    local = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = sequence_parallel_attention(*local, None, layout, 1 / math.sqrt(DIM), plan=plan)
+    (out * weight).sum().backward()
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    for mine, ref in zip(local, leaves):
+        torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-10, atol=1e-10)

@@ -14,9 +14,10 @@ class PaddingCollator:
     """Pad `input_ids`, `shift_labels` and positions; mask padding.
 
     Packed rows carry `position_ids` and get no attention mask: transformers derives the
-    per-document causal mask from positions that restart at 0. The padding tail restarts at 0 too,
-    so it forms its own segment and never leaks into a real document. Unpacked rows get a 0/1
-    attention mask instead.
+    per-document causal mask from positions that restart at 0. Unpacked rows get a 0/1 attention
+    mask. The padding tail's positions continue the row's last document: padding comes last and
+    has no target, so under causal attention no real token sees it, and a padded row stays one
+    attention problem (one kernel call under sequence parallelism, which drops the mask).
     """
 
     pad_token_id: int
@@ -38,9 +39,10 @@ class PaddingCollator:
                 documents = row.get("document_lengths") or [length]
                 lengths.append([size for size in documents for _ in range(size)] + [0] * pad)
             if packed:
-                positions.append(row["position_ids"] + list(range(pad)))
+                last = row["position_ids"][-1]
+                positions.append(row["position_ids"] + list(range(last + 1, last + 1 + pad)))
             else:
-                positions.append(list(range(length)) + [0] * pad)
+                positions.append(list(range(width)))
                 mask.append([1] * length + [0] * pad)
         batch = {
             "input_ids": torch.tensor(input_ids, dtype=torch.long),

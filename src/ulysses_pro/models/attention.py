@@ -3,26 +3,31 @@
 The model code is untouched: `apply_sequence_parallel` registers one attention function with
 `AttentionInterface` and switches the model to it. Without a registered mask function transformers
 passes `attention_mask=None`; masking (causal + packed documents) comes from the global position
-ids every shard carries, so the model's own mask construction is never needed.
+ids every shard carries, so the model's own mask construction is never needed. A forward pre-hook
+refuses a forward without `position_ids`: transformers would fill in a shard-local `arange`, and
+every shard would silently attend as a document of its own with local rotary positions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
-from ..parallel.hybrid import full_sequence_metadata, sequence_parallel_attention
+from ..parallel.hybrid import sequence_parallel_attention
 from ..parallel.mesh import SequenceParallelLayout
+from ..parallel.plan import AttentionPlan, build_attention_plan
 from .wrappers import unwrap_model
 
 ATTENTION_NAME = "ulysses_pro_sp"
 
 
-class _SegmentCache:
-    """Document ids of the full sequence, all-gathered once per forward rather than once per layer.
+class _PlanCache:
+    """The attention plan of the full sequence, built once per forward rather than once per layer.
 
     Every layer of one forward (and its checkpointed recomputation) receives the same position-id
     tensor object; a weak reference to it is the key, so a new batch can never hit a stale entry
@@ -33,18 +38,19 @@ class _SegmentCache:
     def __init__(self, layout: SequenceParallelLayout):
         self.layout = layout
         self.key: weakref.ref | None = None
-        self.segments = None
+        self.batch = 0
+        self.plan: AttentionPlan | None = None
 
-    def __call__(self, position_ids):
-        if self.key is not None and self.key() is position_ids:
-            return self.segments
-        segments = full_sequence_metadata(position_ids, self.layout)
-        self.key, self.segments = weakref.ref(position_ids), segments
-        return segments
+    def __call__(self, position_ids: torch.Tensor, batch: int) -> AttentionPlan:
+        if self.key is not None and self.key() is position_ids and self.batch == batch:
+            return self.plan
+        plan = build_attention_plan(position_ids, self.layout, batch=batch)
+        self.key, self.batch, self.plan = weakref.ref(position_ids), batch, plan
+        return plan
 
 
 def _attention_function(layout: SequenceParallelLayout):
-    segments_of = _SegmentCache(layout)
+    plan_of = _PlanCache(layout)
 
     def attention(
         module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
@@ -68,11 +74,32 @@ def _attention_function(layout: SequenceParallelLayout):
                 "sequence parallelism; use a model without sliding windows or shorter sequences"
             )
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        segments = segments_of(position_ids).expand(query.shape[0], -1)
-        out = sequence_parallel_attention(query, key, value, None, layout, scale, segments=segments)
-        return out.transpose(1, 2).contiguous(), None
+        plan = plan_of(position_ids, query.shape[0])
+        out = sequence_parallel_attention(query, key, value, None, layout, scale, plan=plan)
+        return out.transpose(1, 2), None
 
     return attention
+
+
+POSITION_IDS_HELP = (
+    "a sequence-parallel forward needs position_ids: the global positions of this shard's tokens "
+    "(restarting at 0 per packed document). Put position_ids (torch.arange(seq_len) per row) in the "
+    "batch before split_for_sequence_parallel and pass the shard's batch['position_ids'] to the model; "
+    "without them transformers uses a shard-local arange and every shard silently attends as its own "
+    "document with local rotary positions"
+)
+
+
+def _require_position_ids(module: nn.Module, args: tuple, kwargs: dict) -> None:
+    if module.config._attn_implementation != ATTENTION_NAME:
+        return  # SP switched off (e.g. generation under unsharded_attention)
+    positional = list(inspect.signature(module.forward).parameters)
+    given = kwargs.get("position_ids")
+    if given is None and "position_ids" in positional:
+        index = positional.index("position_ids")
+        given = args[index] if index < len(args) else None
+    if given is None:
+        raise ValueError(POSITION_IDS_HELP)
 
 
 def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) -> str:
@@ -83,6 +110,10 @@ def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) ->
     previous = hf_model.config._attn_implementation
     AttentionInterface.register(ATTENTION_NAME, _attention_function(layout))
     hf_model.set_attn_implementation(ATTENTION_NAME)
+    if not getattr(hf_model, "_ulysses_position_ids_hook", None):
+        hf_model._ulysses_position_ids_hook = hf_model.register_forward_pre_hook(
+            _require_position_ids, with_kwargs=True
+        )
     return previous
 
 
@@ -95,7 +126,12 @@ def unregister_sequence_parallel() -> None:
 
 def remove_sequence_parallel(model: nn.Module, implementation: str) -> None:
     """Put back the attention implementation `apply_sequence_parallel` replaced."""
-    unwrap_model(model).set_attn_implementation(implementation)
+    hf_model = unwrap_model(model)
+    hf_model.set_attn_implementation(implementation)
+    hook = getattr(hf_model, "_ulysses_position_ids_hook", None)
+    if hook is not None:
+        hook.remove()
+        hf_model._ulysses_position_ids_hook = None
 
 
 @contextlib.contextmanager
@@ -105,7 +141,7 @@ def unsharded_attention(model: nn.Module, implementation: str | None) -> Iterato
         yield
         return
     current = unwrap_model(model).config._attn_implementation
-    remove_sequence_parallel(model, implementation)
+    unwrap_model(model).set_attn_implementation(implementation)
     try:
         yield
     finally:

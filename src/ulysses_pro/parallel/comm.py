@@ -13,21 +13,25 @@ def _group_size(group: dist.ProcessGroup | None) -> int:
 def _heads_to_sequence(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     size = dist.get_world_size(group)
     batch, heads, seq, dim = x.shape
-    send = x.reshape(batch, size, heads // size, seq, dim).transpose(0, 1).contiguous()
+    # One copy into the send buffer: chunk u holds head group u of our sequence piece.
+    send = x.transpose(1, 2).reshape(batch, seq, size, heads // size, dim).permute(2, 0, 1, 3, 4).contiguous()
     received = torch.empty_like(send)
     dist.all_to_all_single(received, send, group=group)
-    # received[u] is sequence piece u (from rank u) of our head group.
-    return received.permute(1, 2, 0, 3, 4).reshape(batch, heads // size, size * seq, dim)
+    # received[u] is sequence piece u (from rank u) of our head group; the result is laid out
+    # sequence-major, (b, s, h, d) in memory, which the flash kernels read without a copy.
+    gathered = received.permute(1, 0, 2, 3, 4).reshape(batch, size * seq, heads // size, dim)
+    return gathered.transpose(1, 2)
 
 
 def _sequence_to_heads(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
     size = dist.get_world_size(group)
     batch, heads, seq, dim = x.shape
-    send = x.reshape(batch, heads, size, seq // size, dim).permute(2, 0, 1, 3, 4).contiguous()
+    send = x.transpose(1, 2).reshape(batch, size, seq // size, heads, dim).transpose(0, 1).contiguous()
     received = torch.empty_like(send)
     dist.all_to_all_single(received, send, group=group)
     # received[u] is head group u (from rank u) of our sequence piece.
-    return received.transpose(0, 1).reshape(batch, size * heads, seq // size, dim)
+    scattered = received.permute(1, 2, 0, 3, 4).reshape(batch, seq // size, size * heads, dim)
+    return scattered.transpose(1, 2)
 
 
 class _HeadsToSequence(torch.autograd.Function):
@@ -38,7 +42,7 @@ class _HeadsToSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _sequence_to_heads(grad.contiguous(), ctx.group), None
+        return _sequence_to_heads(grad, ctx.group), None
 
 
 class _SequenceToHeads(torch.autograd.Function):
@@ -49,7 +53,7 @@ class _SequenceToHeads(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _heads_to_sequence(grad.contiguous(), ctx.group), None
+        return _heads_to_sequence(grad, ctx.group), None
 
 
 def heads_to_sequence(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -78,13 +82,41 @@ def all_gather_sequence(x: torch.Tensor, group: dist.ProcessGroup | None) -> tor
     return torch.cat(pieces, dim=1)
 
 
+class PendingShift:
+    """Posted ring sends/receives; `wait()` returns the received tensors."""
+
+    def __init__(self, requests, received: list[torch.Tensor], sent: list[torch.Tensor]):
+        self._requests, self._received = requests, received
+        self._sent = sent  # kept alive until the sends complete
+
+    def wait(self) -> list[torch.Tensor]:
+        for request in self._requests:
+            request.wait()
+        self._sent = []
+        return [_from_wire(buffer) for buffer in self._received]
+
+
+def _to_wire(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous buffer to send: 4-D attention tensors (b, h, s, d) travel sequence-major."""
+    return t.transpose(1, 2).contiguous() if t.dim() == 4 else t.contiguous()
+
+
+def _from_wire(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(1, 2) if t.dim() == 4 else t
+
+
+def start_ring_shift(tensors: list[torch.Tensor], send_to: int, receive_from: int, group) -> PendingShift:
+    """Post sends of each tensor to global rank `send_to` and receives of same-shaped ones from
+    `receive_from`; compute can run until `wait()`. Every rank must post the same sequence of shifts."""
+    sent = [_to_wire(t) for t in tensors]
+    received = [torch.empty_like(t) for t in sent]
+    ops = []
+    for tensor, buffer in zip(sent, received):
+        ops.append(dist.P2POp(dist.isend, tensor, send_to, group))
+        ops.append(dist.P2POp(dist.irecv, buffer, receive_from, group))
+    return PendingShift(dist.batch_isend_irecv(ops), received, sent)
+
+
 def ring_shift(tensors: list[torch.Tensor], send_to: int, receive_from: int, group) -> list[torch.Tensor]:
     """Send each tensor to global rank `send_to` and receive same-shaped ones from `receive_from`."""
-    received = [torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in tensors]
-    ops = []
-    for tensor, buffer in zip(tensors, received):
-        ops.append(dist.P2POp(dist.isend, tensor.contiguous(), send_to, group))
-        ops.append(dist.P2POp(dist.irecv, buffer, receive_from, group))
-    for request in dist.batch_isend_irecv(ops):
-        request.wait()
-    return received
+    return start_ring_shift(tensors, send_to, receive_from, group).wait()

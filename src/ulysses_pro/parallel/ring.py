@@ -4,11 +4,12 @@ Each rank keeps its queries and passes key/value blocks around the ring. Block r
 in fp32 with their log-sum-exp (the online-softmax identity of Milakov & Gimelshein 2018, used by
 Liu et al. 2023 "Ring Attention with Blockwise Transformers"); the backward recomputes each block's
 probabilities from the final log-sum-exp, as FlashAttention-2 does (Dao 2023), and sends the key /
-value gradient accumulators around the ring with their blocks until they are home.
+value gradient accumulators around the ring until they are home.
 
-Masks come from token metadata rather than from block order, so causal, packed-document and
-zigzag layouts are all exact: token i may attend to token j iff they share a document and
-index(j) <= index(i) in the full sequence.
+The next block's send/receive is posted before the current block is computed, so communication
+overlaps compute; what each step computes comes from the per-forward `AttentionPlan`, so no layer
+syncs the host. Autocast is switched off inside: the kernels pick their own precision (half
+inputs, fp32 log-sum-exp and merge), identically in forward and backward.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .comm import ring_shift
-from .kernels import CAUSAL, FULL, BlockMask, accumulation_dtype, block_backward, block_forward
+from .comm import start_ring_shift
+from .kernels import accumulation_dtype, block_backward, block_forward
+from .plan import AttentionPlan
+
+RING_PATH = "ring attention blocks"
+LOCAL_PATH = "local attention (whole sequence on this rank)"
 
 
 @dataclass(frozen=True)
@@ -33,64 +38,6 @@ class RingPeers:
     group: dist.ProcessGroup | None
 
 
-def allowed_mask(q_index, q_segments, k_index, k_segments) -> torch.Tensor:
-    """(b, 1, sq, sk) boolean mask: same document and causal in global token order."""
-    same_document = q_segments[:, :, None] == k_segments[:, None, :]
-    causal = k_index[None, None, :] <= q_index[None, :, None]
-    return (same_document & causal).unsqueeze(1)
-
-
-def _expand(x: torch.Tensor, groups: int) -> torch.Tensor:
-    return x.repeat_interleave(groups, dim=1) if groups > 1 else x
-
-
-def _fold(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Sum the gradient of replicated KV heads back onto the original heads."""
-    if groups == 1:
-        return x
-    b, h, s, d = x.shape
-    return x.view(b, h // groups, groups, s, d).sum(dim=2)
-
-
-def contiguous_runs(index: torch.Tensor) -> list[slice]:
-    """Positions of `index` split where the token indices stop stepping by one (zigzag: two runs)."""
-    breaks = (torch.nonzero(index[1:] - index[:-1] != 1).flatten() + 1).tolist()
-    edges = [0, *breaks, index.numel()]
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def plan_block(q_index, q_segments, k_index, k_segments) -> list[tuple[slice, slice, BlockMask]]:
-    """The (query run, key run, mask) pieces of one ring block that hold any allowed pair.
-
-    Contiguous runs within one document need no explicit mask: keys wholly before the queries are
-    fully visible, the same run is plain causal. Everything else (several documents, padding)
-    gets a mask built tile by tile from the token metadata.
-    """
-    pieces = []
-    for q_run in contiguous_runs(q_index):
-        q_first, q_last = int(q_index[q_run.start]), int(q_index[q_run.stop - 1])
-        q_seg = q_segments[:, q_run]
-        for k_run in contiguous_runs(k_index):
-            k_first, k_last = int(k_index[k_run.start]), int(k_index[k_run.stop - 1])
-            if k_first > q_last:
-                continue  # every key comes after every query
-            k_seg = k_segments[:, k_run]
-            document = q_seg[:, :1]
-            one_document = bool((q_seg == document).all()) and bool((k_seg == document).all())
-            if one_document and k_last < q_first:
-                pieces.append((q_run, k_run, FULL))
-            elif one_document and (q_first, q_last) == (k_first, k_last):
-                pieces.append((q_run, k_run, CAUSAL))
-            else:
-
-                def allowed(rows, q_run=q_run, k_run=k_run, q_seg=q_seg, k_seg=k_seg):
-                    q_at = q_index[q_run][rows]
-                    return allowed_mask(q_at, q_seg[:, rows], k_index[k_run], k_seg)
-
-                pieces.append((q_run, k_run, BlockMask("custom", allowed)))
-    return pieces
-
-
 def merge(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Tensor]:
     """Combine two partial softmax results by their log-sum-exp (exact)."""
     new_lse = torch.logaddexp(lse, block_lse)
@@ -99,71 +46,109 @@ def merge(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Tensor]:
     return out * old_weight + block_out * new_weight, new_lse
 
 
+def _sequence_major_zeros(like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros shaped like `like` (b, h, s, d) whose memory is (b, s, h, d): what kernels and the ring want."""
+    b, h, s, d = like.shape
+    return torch.zeros((b, s, h, d), dtype=dtype, device=like.device).transpose(1, 2)
+
+
+def _shift(tensors, peers: RingPeers):
+    return start_ring_shift(tensors, peers.send_to, peers.receive_from, peers.group)
+
+
+def _part(x: torch.Tensor, rows: slice, positions: slice) -> torch.Tensor:
+    """The (rows, all heads, positions) view of a (b, h, s[, d]) tensor (narrow: a view on any device)."""
+    x = x.narrow(0, rows.start, rows.stop - rows.start)
+    return x.narrow(2, positions.start, positions.stop - positions.start)
+
+
+def _piece_inputs(piece, q, k, v):
+    return _part(q, piece.rows, piece.q), _part(k, piece.rows, piece.k), _part(v, piece.rows, piece.k)
+
+
+def _forward(q, k, v, scale, peers: RingPeers | None, plan: AttentionPlan):
+    whole = plan.whole
+    if whole is not None:
+        return block_forward(q, k, v, scale, whole.causal, whole.sequences, path=LOCAL_PATH)
+    acc = accumulation_dtype(q)
+    out = torch.zeros(q.shape, dtype=acc, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
+    block_k, block_v = k, v
+    path = RING_PATH if peers is not None else LOCAL_PATH
+    for step, pieces in enumerate(plan.steps):
+        pending = _shift([block_k, block_v], peers) if step + 1 < len(plan.steps) else None
+        for piece in pieces:
+            partial = block_forward(
+                *_piece_inputs(piece, q, block_k, block_v), scale, piece.causal, piece.sequences, path=path
+            )
+            out_here, lse_here = _part(out, piece.rows, piece.q), _part(lse, piece.rows, piece.q)
+            merged_out, merged_lse = merge(out_here, lse_here, partial[0].to(acc), partial[1].to(acc))
+            out_here.copy_(merged_out)
+            lse_here.copy_(merged_lse)
+        if pending is not None:
+            block_k, block_v = pending.wait()
+    return out, lse
+
+
+def _backward(grad_out, q, k, v, out, lse, scale, peers: RingPeers | None, plan: AttentionPlan):
+    whole = plan.whole
+    if whole is not None:
+        return block_backward(grad_out, q, k, v, out, lse, scale, whole.causal, whole.sequences)
+    acc = accumulation_dtype(q)
+    grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
+    block_k, block_v = k, v
+    grad_k = grad_v = None  # the accumulators of the block this rank holds
+    pending_grads = None
+    for step, pieces in enumerate(plan.steps):
+        pending_kv = _shift([block_k, block_v], peers) if step + 1 < len(plan.steps) else None
+        step_k, step_v = _sequence_major_zeros(k, acc), _sequence_major_zeros(v, acc)
+        for piece in pieces:
+            rows = piece.rows
+            dq, dk, dv = block_backward(
+                _part(grad_out, rows, piece.q),
+                *_piece_inputs(piece, q, block_k, block_v),
+                _part(out, rows, piece.q),
+                _part(lse, rows, piece.q),
+                scale,
+                piece.causal,
+                piece.sequences,
+            )
+            _part(grad_q, rows, piece.q).add_(dq)
+            _part(step_k, rows, piece.k).add_(dk)
+            _part(step_v, rows, piece.k).add_(dv)
+        if pending_grads is not None:
+            # The held block's accumulators, sent by the previous rank while this step computed.
+            grad_k, grad_v = pending_grads.wait()
+            step_k, step_v = step_k + grad_k, step_v + grad_v
+        grad_k, grad_v = step_k, step_v
+        if peers is not None:
+            # They travel with their block; after `size` shifts they are home.
+            pending_grads = _shift([grad_k, grad_v], peers)
+        if pending_kv is not None:
+            block_k, block_v = pending_kv.wait()
+    if pending_grads is not None:
+        grad_k, grad_v = pending_grads.wait()
+    return grad_q, grad_k, grad_v
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, peers, index_of, q_index, segments):
-        groups = q.shape[1] // k.shape[1]
-        acc = accumulation_dtype(q)
-        out = torch.zeros(q.shape, dtype=acc, device=q.device)
-        lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
-        q_segments = segments[:, q_index]
-        plans = []
-        block_k, block_v = k, v
-        for step in range(peers.size):
-            k_index = index_of((peers.rank - step) % peers.size)
-            plan = plan_block(q_index, q_segments, k_index, segments[:, k_index])
-            plans.append(plan)
-            wide_k, wide_v = _expand(block_k, groups), _expand(block_v, groups)
-            for q_run, k_run, mask in plan:
-                partial = block_forward(q[:, :, q_run], wide_k[:, :, k_run], wide_v[:, :, k_run], scale, mask)
-                out[:, :, q_run], lse[:, :, q_run] = merge(out[:, :, q_run], lse[:, :, q_run], *partial)
-            if step < peers.size - 1:
-                block_k, block_v = ring_shift(
-                    [block_k, block_v], peers.send_to, peers.receive_from, peers.group
-                )
+    def forward(ctx, q, k, v, scale, peers, plan):
+        with torch.autocast(q.device.type, enabled=False):
+            out, lse = _forward(q, k, v, scale, peers, plan)
+        out = out.to(q.dtype)
+        # The output is saved in the input precision (as flash-attn's own autograd does); the
+        # log-sum-exp stays fp32.
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.peers, ctx.plans = scale, peers, plans
-        return out.to(q.dtype)
+        ctx.scale, ctx.peers, ctx.plan = scale, peers, plan
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        peers, scale = ctx.peers, ctx.scale
-        groups = q.shape[1] // k.shape[1]
-        acc = accumulation_dtype(q)
-        grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
-        block_k, block_v = k, v
-        grad_k = torch.zeros(k.shape, dtype=acc, device=k.device)
-        grad_v = torch.zeros_like(grad_k)
-        for step in range(peers.size):
-            wide_k, wide_v = _expand(block_k, groups), _expand(block_v, groups)
-            wide_grad_k = torch.zeros(wide_k.shape, dtype=acc, device=k.device)
-            wide_grad_v = torch.zeros_like(wide_grad_k)
-            for q_run, k_run, mask in ctx.plans[step]:
-                dq, dk, dv = block_backward(
-                    grad_out[:, :, q_run],
-                    q[:, :, q_run],
-                    wide_k[:, :, k_run],
-                    wide_v[:, :, k_run],
-                    out[:, :, q_run],
-                    lse[:, :, q_run],
-                    scale,
-                    mask,
-                )
-                grad_q[:, :, q_run] += dq
-                wide_grad_k[:, :, k_run] += dk
-                wide_grad_v[:, :, k_run] += dv
-            grad_k = grad_k + _fold(wide_grad_k, groups)
-            grad_v = grad_v + _fold(wide_grad_v, groups)
-            if peers.size > 1:
-                # The gradient accumulators travel with their blocks; after `size` shifts they are home.
-                moving = [grad_k, grad_v] if step == peers.size - 1 else [block_k, block_v, grad_k, grad_v]
-                moved = ring_shift(moving, peers.send_to, peers.receive_from, peers.group)
-                if step == peers.size - 1:
-                    grad_k, grad_v = moved
-                else:
-                    block_k, block_v, grad_k, grad_v = moved
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None
+        with torch.autocast(q.device.type, enabled=False):
+            grad_q, grad_k, grad_v = _backward(grad_out, q, k, v, out, lse, ctx.scale, ctx.peers, ctx.plan)
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None
 
 
 def ring_attention(
@@ -172,13 +157,11 @@ def ring_attention(
     v: torch.Tensor,
     *,
     scale: float,
-    peers: RingPeers,
-    index_of,
-    segments: torch.Tensor,
+    peers: RingPeers | None,
+    plan: AttentionPlan,
 ) -> torch.Tensor:
-    """Attention of local q (b, h, s, d) over the keys of every ring rank.
-
-    `index_of(ring_rank)` gives the global token indices a ring rank holds; `segments` (b, S) is the
-    document id of every token of the full sequence. k, v may have fewer (GQA) heads than q.
-    """
-    return _RingAttention.apply(q, k, v, scale, peers, index_of, index_of(peers.rank), segments)
+    """Attention of this rank's queries q (b, h, s, d) over the keys of every ring rank (peers None:
+    the whole sequence is local). k, v may have fewer (GQA) heads than q; they are never repeated."""
+    if (peers is None) != (len(plan.steps) == 1):
+        raise ValueError("the plan's ring steps do not match the ring size")
+    return _RingAttention.apply(q, k, v, scale, peers, plan)

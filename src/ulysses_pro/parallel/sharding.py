@@ -18,23 +18,46 @@ def padded_length(length: int, unit: int) -> int:
     return -(-length // unit) * unit
 
 
-def shard_indices(
-    length: int, ulysses_size: int, ring_size: int, ulysses_rank: int, ring_rank: int
-) -> torch.Tensor:
-    """Global token indices held by one rank (length must be a multiple of the split unit).
+def ring_runs(length: int, ring_size: int, ring_rank: int) -> list[tuple[int, int]]:
+    """Global [start, stop) token runs of one ring rank's ring-local sequence, in local order.
 
-    Ring (zigzag): the sequence is cut into 2R chunks and ring rank r holds chunks r and 2R-1-r,
-    which balances causal work. Ulysses then splits that ring-local sequence contiguously.
+    Zigzag: the sequence is cut into 2R chunks and ring rank r holds chunks r and 2R-1-r, which
+    balances causal work (no ring: one run, the whole sequence).
     """
-    if ring_size > 1:
-        chunk = length // (2 * ring_size)
-        first = torch.arange(ring_rank * chunk, (ring_rank + 1) * chunk)
-        second_start = (2 * ring_size - 1 - ring_rank) * chunk
-        ring_local = torch.cat([first, torch.arange(second_start, second_start + chunk)])
-    else:
-        ring_local = torch.arange(length)
-    piece = ring_local.numel() // ulysses_size
-    return ring_local[ulysses_rank * piece : (ulysses_rank + 1) * piece]
+    if ring_size == 1:
+        return [(0, length)]
+    chunk = length // (2 * ring_size)
+    second = 2 * ring_size - 1 - ring_rank
+    return [(ring_rank * chunk, (ring_rank + 1) * chunk), (second * chunk, (second + 1) * chunk)]
+
+
+def shard_runs(
+    length: int, ulysses_size: int, ring_size: int, ulysses_rank: int, ring_rank: int
+) -> list[tuple[int, int]]:
+    """Global [start, stop) runs one rank holds: its ulysses piece of its ring rank's sequence."""
+    runs = ring_runs(length, ring_size, ring_rank)
+    piece = sum(stop - start for start, stop in runs) // ulysses_size
+    first, last = ulysses_rank * piece, (ulysses_rank + 1) * piece
+    held, offset = [], 0
+    for start, stop in runs:
+        lo, hi = max(first, offset), min(last, offset + stop - start)
+        if lo < hi:
+            held.append((start + lo - offset, start + hi - offset))
+        offset += stop - start
+    return held
+
+
+def shard_indices(
+    length: int,
+    ulysses_size: int,
+    ring_size: int,
+    ulysses_rank: int,
+    ring_rank: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Global token indices held by one rank, on `device` (length must be a multiple of the split unit)."""
+    runs = shard_runs(length, ulysses_size, ring_size, ulysses_rank, ring_rank)
+    return torch.cat([torch.arange(start, stop, device=device) for start, stop in runs])
 
 
 def pad_for_sequence_parallel(
@@ -42,8 +65,9 @@ def pad_for_sequence_parallel(
 ) -> dict[str, torch.Tensor]:
     """Pad every (b, s) tensor at the end of the row to a multiple of `unit`.
 
-    Padding has no target, and its position ids restart at 0, so it forms its own segment and no
-    real token attends to it.
+    Padding has no target and comes last, so under causal attention no real token sees it; its
+    position ids continue the row's last document, so a padded row stays one attention problem
+    instead of gaining a segment (the extra pad tokens attend into that document, harmlessly).
     """
     length = batch["input_ids"].shape[1]
     extra = padded_length(length, unit) - length
@@ -55,10 +79,13 @@ def pad_for_sequence_parallel(
         if tensor.dim() < 2 or tensor.shape[1] != length:
             out[key] = tensor  # per-row values (labels of whole sequences) are not split
         elif key == "position_ids":
-            tail = torch.arange(extra, dtype=tensor.dtype).expand(tensor.shape[0], extra)
+            step = torch.arange(1, extra + 1, dtype=tensor.dtype, device=tensor.device)
+            tail = tensor[:, -1:] + step
             out[key] = torch.cat([tensor, tail], dim=1)
         else:
-            tail = torch.full((tensor.shape[0], extra), fill.get(key, 0), dtype=tensor.dtype)
+            tail = torch.full(
+                (tensor.shape[0], extra), fill.get(key, 0), dtype=tensor.dtype, device=tensor.device
+            )
             out[key] = torch.cat([tensor, tail], dim=1)
     return out
 
@@ -68,25 +95,19 @@ def split_for_sequence_parallel(
 ) -> dict[str, torch.Tensor]:
     """Keep this rank's tokens of every (b, s) tensor (the batch must already be padded)."""
     length = batch["input_ids"].shape[1]
-    index = shard_indices(length, ulysses_size, ring_size, ulysses_rank, ring_rank)
+    device = batch["input_ids"].device
+    index = shard_indices(length, ulysses_size, ring_size, ulysses_rank, ring_rank, device=device)
     return {
         key: tensor.index_select(1, index) if tensor.dim() >= 2 and tensor.shape[1] == length else tensor
         for key, tensor in batch.items()
     }
 
 
-def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """Document number of every token: a new document starts wherever positions do not step by 1."""
-    step = position_ids[:, 1:] - position_ids[:, :-1]
-    starts = torch.cat([torch.zeros_like(position_ids[:, :1]), (step != 1).long()], dim=1)
-    return starts.cumsum(dim=1)
-
-
 class SequenceParallelCollator:
     """Wraps a padding collator: pad the batch once to the split unit, keep this rank's shard.
 
     The attention mask is dropped: masking under SP comes from the position ids alone (right
-    padding is causal-invisible to real tokens and forms its own segment).
+    padding is causal-invisible to real tokens and has no target).
     """
 
     def __init__(self, collate, pad_token_id: int, layout: SequenceParallelLayout):

@@ -1,0 +1,184 @@
+"""The attention plan of one forward: which (query, key) pieces each ring step computes.
+
+Documents, padding and the zigzag layout are the same in every layer, so the plan is built once
+per forward (DESIGN contract 9) from the document starts of the full sequence: one host read of
+those starts, then pure Python. Every piece is a kernel call with no mask at all:
+- a run against itself (the diagonal): causal, one varlen problem per document in the run;
+- keys wholly before the queries: only the document that spans the gap can be seen (documents are
+  contiguous), so the piece is one dense rectangle per row (its first queries x its last keys);
+- keys after the queries: nothing.
+So causal, packed and zigzag layouts are exact without masks, and padding (which continues the
+row's last document, see `sharding.pad_for_sequence_parallel`) costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+
+from .comm import all_gather_sequence
+from .kernels import Sequences
+from .mesh import SequenceParallelLayout
+from .sharding import ring_runs, shard_runs
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One kernel call: queries q (and keys k) of batch rows `rows`, with their varlen problems."""
+
+    rows: slice
+    q: slice
+    k: slice
+    causal: bool
+    sequences: Sequences
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Pieces per ring step; step s computes against the key block of ring rank (rank - s) mod R."""
+
+    steps: tuple[tuple[Piece, ...], ...]
+    batch: int
+    length: int  # queries on this rank after the ulysses gather (its ring-local sequence)
+
+    @property
+    def whole(self) -> Piece | None:
+        """The single piece covering every query, when there is one (no merge needed)."""
+        if len(self.steps) == 1 and len(self.steps[0]) == 1:
+            piece = self.steps[0][0]
+            covers_rows = (piece.rows.start, piece.rows.stop) == (0, self.batch)
+            if covers_rows and (piece.q.start, piece.q.stop) == (0, self.length):
+                return piece
+        return None
+
+
+def full_positions(position_ids: torch.Tensor, layout: SequenceParallelLayout) -> torch.Tensor:
+    """Position ids (b, S) of the whole sequence in global token order, from every SP rank's shard."""
+    gathered = all_gather_sequence(position_ids, layout.sp_group)  # (b, S) in sp-rank order
+    local = position_ids.shape[1]
+    length = local * layout.sp_size
+    pieces = []
+    for sp_rank in range(layout.sp_size):
+        runs = shard_runs(
+            length,
+            layout.ulysses_size,
+            layout.ring_size,
+            sp_rank % layout.ulysses_size,
+            sp_rank // layout.ulysses_size,
+        )
+        offset = sp_rank * local
+        for start, stop in runs:
+            pieces.append((start, gathered[:, offset : offset + stop - start]))
+            offset += stop - start
+    return torch.cat([piece for _, piece in sorted(pieces, key=lambda item: item[0])], dim=1)
+
+
+def document_starts(positions: torch.Tensor) -> list[list[int]]:
+    """Per row, the sorted token indices where a document starts (positions do not step by 1).
+
+    This is the plan's one read of device data: a nonzero and a copy of the (few) starts.
+    """
+    breaks = torch.nonzero(positions[:, 1:] - positions[:, :-1] != 1).tolist()
+    starts: list[list[int]] = [[0] for _ in range(positions.shape[0])]
+    for row, index in breaks:
+        starts[row].append(index + 1)
+    return starts
+
+
+def _diagonal(starts, run, local, batch, device) -> Piece:
+    """A run against itself: causal, split at every document start inside the run."""
+    first, stop = run
+    size = stop - first
+    bounds, uniform = [], True
+    for row, row_starts in enumerate(starts):
+        inside = row_starts[bisect.bisect_right(row_starts, first) : bisect.bisect_left(row_starts, stop)]
+        uniform = uniform and not inside
+        bounds.extend(row * size + offset for offset in [0, *(s - first for s in inside)])
+    bounds.append(batch * size)
+    span = slice(local, local + size)
+    sequences = Sequences.build(bounds, bounds, uniform=uniform, device=device)
+    return Piece(slice(0, batch), span, span, True, sequences)
+
+
+def _rectangles(starts, q_run, q_local, k_run, k_local, batch, device) -> list[Piece]:
+    """Keys wholly before the queries: per row, the one document spanning the gap, if any."""
+    (q_first, q_stop), (k_first, k_stop) = q_run, k_run
+    extents = []
+    for row_starts in starts:
+        document = bisect.bisect_right(row_starts, q_first) - 1  # the document of the first query
+        begins = row_starts[document]
+        if begins >= k_stop:
+            extents.append(None)  # that document starts after the last key: nothing shared
+            continue
+        ends = row_starts[document + 1] if document + 1 < len(row_starts) else q_stop
+        extents.append((min(ends, q_stop) - q_first, max(begins, k_first) - k_first))
+    groups = []
+    if len(set(extents)) == 1:
+        groups = [(slice(0, batch), extents[0])]
+    else:
+        groups = [(slice(row, row + 1), extent) for row, extent in enumerate(extents)]
+    pieces = []
+    for rows, extent in groups:
+        if extent is None:
+            continue
+        queries, key_offset = extent
+        keys = (k_stop - k_first) - key_offset
+        count = rows.stop - rows.start
+        sequences = Sequences.rows(count, queries, keys, device)
+        pieces.append(
+            Piece(
+                rows,
+                slice(q_local, q_local + queries),
+                slice(k_local + key_offset, k_local + key_offset + keys),
+                False,
+                sequences,
+            )
+        )
+    return pieces
+
+
+def _with_local_offsets(runs: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int]]:
+    out, offset = [], 0
+    for start, stop in runs:
+        out.append(((start, stop), offset))
+        offset += stop - start
+    return out
+
+
+def build_plan(
+    starts: list[list[int]], length: int, ring_size: int, ring_rank: int, device: torch.device
+) -> AttentionPlan:
+    """The pieces of every ring step for this ring rank (ring_size 1: local attention)."""
+    batch = len(starts)
+    q_runs = _with_local_offsets(ring_runs(length, ring_size, ring_rank))
+    steps = []
+    for step in range(ring_size):
+        k_runs = _with_local_offsets(ring_runs(length, ring_size, (ring_rank - step) % ring_size))
+        pieces: list[Piece] = []
+        for q_run, q_local in q_runs:
+            for k_run, k_local in k_runs:
+                if k_run == q_run:
+                    pieces.append(_diagonal(starts, q_run, q_local, batch, device))
+                elif k_run[1] <= q_run[0]:
+                    pieces.extend(_rectangles(starts, q_run, q_local, k_run, k_local, batch, device))
+        steps.append(tuple(pieces))
+    local = sum(stop - start for (start, stop), _ in q_runs)
+    return AttentionPlan(tuple(steps), batch, local)
+
+
+def build_attention_plan(
+    position_ids: torch.Tensor, layout: SequenceParallelLayout, batch: int | None = None
+) -> AttentionPlan:
+    """Gather the SP group's position ids and plan this rank's attention (collective: call on every SP rank)."""
+    positions = full_positions(position_ids, layout)
+    if batch is not None and positions.shape[0] != batch:
+        positions = positions.expand(batch, -1)
+    return build_plan(
+        document_starts(positions),
+        positions.shape[1],
+        layout.ring_size,
+        layout.ring_rank,
+        position_ids.device,
+    )
