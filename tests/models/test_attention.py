@@ -38,7 +38,11 @@ def test_attention_plan_is_built_once_per_forward():
 
 def test_forward_without_position_ids_is_refused():
     """transformers would fill in a shard-local arange; the hook stops that forward and says what to pass."""
-    from ulysses_pro.models.attention import apply_sequence_parallel, remove_sequence_parallel, unsharded_attention
+    from ulysses_pro.models.attention import (
+        apply_sequence_parallel,
+        remove_sequence_parallel,
+        unsharded_attention,
+    )
     from ulysses_pro.models.tiny import build_tiny_model
     from ulysses_pro.parallel import init_sequence_parallel
 

@@ -114,7 +114,12 @@ def _problems_from(cu_q, cu_k):
 def _varlen_forward(q, k, v, cu_q, cu_k, scale, causal):
     """(total, h, d) varlen -> (out (total, h, d), lse (h, total)) with flash's +inf for empty rows."""
     out, lse = reference.REFERENCE.forward(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], scale, causal, _problems_from(cu_q, cu_k)
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        scale,
+        causal,
+        _problems_from(cu_q, cu_k),
     )
     lse = lse[0].masked_fill(torch.isneginf(lse[0]), float("inf"))
     return out[0].transpose(0, 1).to(q.dtype).contiguous(), lse.float()
@@ -122,7 +127,11 @@ def _varlen_forward(q, k, v, cu_q, cu_k, scale, causal):
 
 def _varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, scale, causal):
     grads = reference.REFERENCE.backward(
-        *(t.transpose(0, 1)[None] for t in (dout, q, k, v, out)), lse[None], scale, causal, _problems_from(cu_q, cu_k)
+        *(t.transpose(0, 1)[None] for t in (dout, q, k, v, out)),
+        lse[None],
+        scale,
+        causal,
+        _problems_from(cu_q, cu_k),
     )
     return [g[0].transpose(0, 1) for g in grads]
 
@@ -145,7 +154,9 @@ def _stand_in_2_6():
     ):  # fmt: skip
         assert window_size == (-1, -1)
         calls.append(("backward", max_seqlen_q, max_seqlen_k))
-        grads = _varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+        grads = _varlen_backward(
+            dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal
+        )
         for target, grad in zip((dq, dk, dv), grads):
             target.copy_(grad)  # 2.6 writes the buffers it is given and returns them
         return dq, dk, dv, None
@@ -174,7 +185,9 @@ def _stand_in_2_7():
             out, lse = _varlen_forward(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
             return out, lse, torch.empty(0), torch.empty(2, dtype=torch.int64)
 
-        @torch.library.custom_op("ulysses_test::flash_bwd", mutates_args=("dq", "dk", "dv"), device_types="cpu")
+        @torch.library.custom_op(
+            "ulysses_test::flash_bwd", mutates_args=("dq", "dk", "dv"), device_types="cpu"
+        )
         def backward(
             dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
             softmax_lse: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
@@ -183,7 +196,9 @@ def _stand_in_2_7():
             window_size_right: int, softcap: float, alibi_slopes: torch.Tensor | None, deterministic: bool,
             rng_state: torch.Tensor | None = None,
         ) -> torch.Tensor:  # fmt: skip
-            grads = _varlen_backward(dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+            grads = _varlen_backward(
+                dout, q, k, v, out, softmax_lse, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal
+            )
             for target, grad in zip((dq, dk, dv), grads):
                 target.copy_(grad)
             return torch.empty(0)
@@ -273,7 +288,9 @@ def test_torch_flash_path_on_fake_cuda_tensors(ring_size, monkeypatch, caplog):
             for piece in [*plan.steps[0], *plan.steps[0]]:
                 args = ring._piece_inputs(piece, q, k, k)
                 out, lse = block_forward(*args, 0.125, piece.causal, piece.sequences, path="test path")
-                assert out.shape == args[0].shape and out.device.type == "cuda" and out.dtype == torch.bfloat16
+                assert (
+                    out.shape == args[0].shape and out.device.type == "cuda" and out.dtype == torch.bfloat16
+                )
                 assert lse.shape == args[0].shape[:-1] and lse.dtype == torch.float32
                 dq, dk, dv = block_backward(out, *args, out, lse, 0.125, piece.causal, piece.sequences)
                 assert dq.shape == args[0].shape and dk.shape == dv.shape == args[1].shape
