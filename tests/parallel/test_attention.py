@@ -157,3 +157,106 @@ def test_local_attention_of_packed_and_padded_rows_matches_full_attention(backen
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     for mine, ref in zip(local, leaves):
         torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-10, atol=1e-10)
+
+
+def _bf16_check(rank, world, mode, backend):
+    """bf16 inputs under CPU autocast vs the fp64 reference, and autocast on == off (bitwise)."""
+    from ulysses_pro.parallel import kernels
+    from ulysses_pro.parallel.kernels import reference as reference_kernels
+
+    if backend == "math":
+        kernels.select_backend = lambda q: reference_kernels.REFERENCE
+    degree = 2 if mode == "hybrid" else None
+    layout = init_sequence_parallel(world, mode, num_heads=HEADS, num_kv_heads=2, ulysses_degree=degree)
+    length = padded_length(29, layout.split_unit)
+    q, k, v, weight, positions = make_inputs(length, 2, packed=True)
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    leaves = [t.double().requires_grad_(True) for t in (q, k, v)]
+    expected = naive_attention(*leaves, positions)
+    (expected * weight).sum().backward()
+    index = shard_indices(
+        length, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank
+    )
+
+    def run(autocast: bool):
+        local = [t[:, :, index].clone().requires_grad_(True) for t in (q, k, v)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = sequence_parallel_attention(*local, positions[:, index], layout, 1 / math.sqrt(DIM))
+            (out.double() * weight[:, :, index]).sum().backward()
+        return [out, *(t.grad for t in local)]
+
+    with_autocast, without = run(True), run(False)
+    references = [expected[:, :, index], *(leaf.grad[:, :, index] for leaf in leaves)]
+    scale = [r.abs().max().item() for r in references]
+    destroy_sequence_parallel(layout)
+    return {
+        "dtypes": [t.dtype for t in with_autocast],
+        "vs_fp64": max(
+            (a.double() - r).abs().max().item() / s for a, r, s in zip(with_autocast, references, scale)
+        ),
+        "autocast_changes": max(
+            (a.double() - b.double()).abs().max().item() for a, b in zip(with_autocast, without)
+        ),
+    }
+
+
+@pytest.mark.parametrize("backend", ["native", "math"])
+@pytest.mark.parametrize(("world", "mode"), [(2, "ulysses"), (2, "zigzag-ring"), (4, "hybrid")])
+def test_bf16_autocast_keeps_forward_and_backward_in_step(world, mode, backend):
+    """Under CPU autocast the ring merge stays fp32 and forward and backward compute alike: results
+    equal the autocast-off run exactly and the fp64 reference within bf16 rounding."""
+    for rank, result in enumerate(run_ranks(_bf16_check, world, mode, backend)):
+        assert result["dtypes"] == [torch.bfloat16] * 4, (rank, result)
+        assert result["autocast_changes"] == 0.0, (rank, result)
+        assert result["vs_fp64"] < 2e-2, (rank, result)
+
+
+def _ring_events(rank, world):
+    """The order of ring sends/receives, their waits and the block computations (forward, backward)."""
+    from ulysses_pro.parallel import comm, ring
+
+    events = []
+    real_shift, real_wait = ring.start_ring_shift, comm.PendingShift.wait
+    real_forward, real_backward = ring.block_forward, ring.block_backward
+
+    def shift(*args, **kwargs):
+        events.append("post")
+        return real_shift(*args, **kwargs)
+
+    def wait(self):
+        events.append("wait")
+        return real_wait(self)
+
+    def forward(*args, **kwargs):
+        events.append("compute")
+        return real_forward(*args, **kwargs)
+
+    def backward(*args, **kwargs):
+        events.append("compute")
+        return real_backward(*args, **kwargs)
+
+    ring.start_ring_shift, comm.PendingShift.wait = shift, wait
+    ring.block_forward, ring.block_backward = forward, backward
+    layout = init_sequence_parallel(world, "zigzag-ring", num_heads=HEADS, num_kv_heads=2)
+    q, k, v, weight, positions = make_inputs(16, 2, packed=False)
+    index = shard_indices(16, 1, world, 0, layout.ring_rank)
+    local = [t[:, :, index].clone().requires_grad_(True) for t in (q, k, v)]
+    out = sequence_parallel_attention(*local, positions[:, index], layout, 0.3)
+    forward_events = list(events)
+    events.clear()
+    (out * weight[:, :, index]).sum().backward()
+    destroy_sequence_parallel(layout)
+    return forward_events, list(events)
+
+
+def test_ring_posts_the_next_block_before_computing():
+    for forward, backward in run_ranks(_ring_events, 2):
+        # step 0 computes while block 1 is in flight; only then is it waited for
+        assert forward[0] == "post" and forward.index("compute") < forward.index("wait"), forward
+        # backward: the next block is posted before step 0 computes, and the gradient accumulators of
+        # step 0 travel while step 1 computes
+        assert backward[0] == "post" and backward.index("compute") < backward.index("wait"), backward
+        last_compute = len(backward) - 1 - backward[::-1].index("compute")
+        assert backward.count("post") == 3 and backward[last_compute + 1 :].count("wait") >= 1, backward
+        second_post = [i for i, e in enumerate(backward) if e == "post"][1]
+        assert second_post < last_compute, backward  # step 0's gradients posted before step 1 computes
