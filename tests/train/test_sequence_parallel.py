@@ -193,3 +193,31 @@ def test_bf16_training_matches_single_process(tmp_path, world, mode):
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
     assert len(loss_errors) == STEPS and max(loss_errors) <= 2e-4, loss_errors
     assert max(grad_errors) <= 2e-2, grad_errors
+
+
+MEMORY_CASES = [
+    # (world, mode, memory keys): compared with SP=1 *without* them, so each option is shown exact too
+    (
+        2,
+        "zigzag-ring",
+        {"tiled_mlp": True, "tiled_mlp_tile_tokens": 16, "gradient_checkpointing_offload": True},
+    ),
+    (
+        4,
+        "hybrid",
+        {"tiled_mlp": True, "tiled_mlp_tile_tokens": 8, "use_reentrant_gc": False, "ulysses_degree": 2},
+    ),
+    (2, "ulysses", {"disable_gradient_checkpointing": True, "loss_chunk_tokens": 24}),
+]
+
+
+@pytest.mark.parametrize(("world", "mode", "memory"), MEMORY_CASES)
+def test_memory_stack_under_sequence_parallelism(tmp_path, world, mode, memory):
+    """Checkpointing (on by default; reentrant or not; off), host offload, tiled MLP and the loss chunk
+    size change memory, never results: SP runs with them match the SP=1 run with the defaults."""
+    shared = {"neat_packing": True, "gradient_accumulation_steps": 2, "per_device_train_batch_size": 2}
+    reference = run_training(**case_keys(tmp_path, "ref", **shared))
+    keys = case_keys(
+        tmp_path, "sp", sequence_parallel_size=world, sequence_parallel_mode=mode, **memory, **shared
+    )
+    compare(reference, run_ranks(_train, world, keys)[0])

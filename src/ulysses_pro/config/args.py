@@ -35,10 +35,20 @@ class ModelArguments:
     flash_attn: str = field(
         default="auto", metadata={"help": "auto | disabled | sdpa | fa2 | eager (LLaMA-Factory meanings)."}
     )
-    enable_liger_kernel: bool = False
+    enable_liger_kernel: bool = field(
+        default=False,
+        metadata={"help": "Use liger-kernel's fused RMSNorm, SwiGLU, RoPE and linear cross-entropy (CUDA)."},
+    )
     low_cpu_mem_usage: bool = True
     use_fast_tokenizer: bool = True
-    disable_gradient_checkpointing: bool = False
+    disable_gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Gradient checkpointing of every decoder layer is on unless this is set."},
+    )
+    use_reentrant_gc: bool = field(
+        default=True,
+        metadata={"help": "Reentrant (torch's default in LLaMA-Factory) gradient checkpointing."},
+    )
 
 
 @dataclass
@@ -126,6 +136,25 @@ class ParallelArguments:
     ulysses_degree: int | None = None
 
 
+@dataclass
+class MemoryArguments:
+    """Ulysses Pro's long-context memory options (on top of LLaMA-Factory's gradient checkpointing)."""
+
+    gradient_checkpointing_offload: bool = field(
+        default=False,
+        metadata={"help": "Keep the checkpointed layer inputs in pinned host memory until backward (exact)."},
+    )
+    tiled_mlp: bool = field(
+        default=False,
+        metadata={"help": "Run each MLP over sequence tiles, recomputed per tile in backward (exact)."},
+    )
+    tiled_mlp_tile_tokens: int = field(default=4096, metadata={"help": "Tokens per MLP tile."})
+    loss_chunk_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per chunk of the tiled loss head (default: a 128 MiB fp32 logits budget)."},
+    )
+
+
 GUARD_STRATEGIES = ("noise", "small_grad_scaling", "lr_boost", "centralization", "clipping")
 
 
@@ -166,4 +195,11 @@ class ProArguments:
         return self.gradient_guard or self.debug
 
 
-ARGUMENT_GROUPS = (ModelArguments, DataArguments, FinetuningArguments, ParallelArguments, ProArguments)
+ARGUMENT_GROUPS = (
+    ModelArguments,
+    DataArguments,
+    FinetuningArguments,
+    ParallelArguments,
+    ProArguments,
+    MemoryArguments,
+)

@@ -16,6 +16,7 @@ from .args import (
     ARGUMENT_GROUPS,
     DataArguments,
     FinetuningArguments,
+    MemoryArguments,
     ModelArguments,
     ParallelArguments,
     ProArguments,
@@ -70,11 +71,12 @@ class RunConfig:
     overwrite_output_dir: bool = False
     config_file: str | None = None
     pro: ProArguments = dataclasses.field(default_factory=ProArguments)
+    memory: MemoryArguments = dataclasses.field(default_factory=MemoryArguments)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict of every key of our argument groups (for logs and `get_status`)."""
         flat: dict[str, Any] = {}
-        for group in (self.model, self.data, self.finetuning, self.parallel, self.pro):
+        for group in (self.model, self.data, self.finetuning, self.parallel, self.pro, self.memory):
             flat.update(dataclasses.asdict(group))
         return flat
 
@@ -246,9 +248,14 @@ def load_config(
         else:
             raise _unknown_key_error(key, setting)
 
-    model, data, finetuning, parallel, pro = (cls(**groups[cls]) for cls in ARGUMENT_GROUPS)
+    model, data, finetuning, parallel, pro, memory = (cls(**groups[cls]) for cls in ARGUMENT_GROUPS)
     origins = {key: setting.origin for key, setting in settings.items()}
-    validate(model, data, finetuning, parallel, training_kwargs, origins, pro)
+    _resolve_checkpointing(model, training_kwargs, settings)
+    validate(model, data, finetuning, parallel, training_kwargs, origins, pro, memory)
+    if not model.disable_gradient_checkpointing:
+        # Checkpointed layers (reentrant ones especially) and DDP's unused-parameter search do not mix;
+        # every trainable parameter gets a gradient here (LLaMA-Factory sets the same for LoRA).
+        training_kwargs.setdefault("ddp_find_unused_parameters", False)
     _adjust_learning_rate(pro, training_kwargs, _default_learning_rate(training_cls))
     training_kwargs.setdefault("output_dir", "saves/ulysses-pro")
     training_kwargs.setdefault("report_to", "none")
@@ -263,7 +270,32 @@ def load_config(
         training = training_cls(**training_kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid training arguments: {err}") from None
-    return RunConfig(model, data, finetuning, parallel, training, overwrite, config_file, pro)
+    return RunConfig(model, data, finetuning, parallel, training, overwrite, config_file, pro, memory)
+
+
+# transformers' own switches (the second pair is 5.24's new name); ours decide, so the Trainer never
+# re-enables checkpointing with a plain torch function over ours.
+_HF_CHECKPOINTING = ("gradient_checkpointing", "activation_checkpointing")
+_HF_CHECKPOINTING_KWARGS = ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")
+
+
+def _resolve_checkpointing(model: ModelArguments, training_kwargs: dict[str, Any], settings: dict) -> None:
+    """LLaMA-Factory's rule (on unless disable_gradient_checkpointing), with HF's keys honoured."""
+    explicit = [training_kwargs.pop(key) for key in _HF_CHECKPOINTING if key in training_kwargs]
+    explicit = [value for value in explicit if value is not None]
+    if explicit and not explicit[-1]:
+        model.disable_gradient_checkpointing = True
+    elif explicit and "disable_gradient_checkpointing" in settings and model.disable_gradient_checkpointing:
+        raise ConfigError(
+            f"{settings['disable_gradient_checkpointing'].origin}: disable_gradient_checkpointing: true contradicts "
+            "gradient_checkpointing: true; keep one"
+        )
+    for key in _HF_CHECKPOINTING_KWARGS:
+        extra = training_kwargs.pop(key, None)
+        if isinstance(extra, str):
+            extra = json.loads(extra)
+        if extra and "use_reentrant" in extra and "use_reentrant_gc" not in settings:
+            model.use_reentrant_gc = bool(extra["use_reentrant"])
 
 
 def _default_learning_rate(training_cls) -> float:

@@ -15,6 +15,7 @@ from .args import (
     STAGES,
     DataArguments,
     FinetuningArguments,
+    MemoryArguments,
     ModelArguments,
     ParallelArguments,
     ProArguments,
@@ -34,6 +35,7 @@ def validate(
     training: dict[str, Any],
     origins: dict[str, str],
     pro: ProArguments | None = None,
+    memory: MemoryArguments | None = None,
 ) -> None:
     """Raise ConfigError naming the key at fault and the fix."""
 
@@ -58,6 +60,8 @@ def validate(
     choose("mix_strategy", data.mix_strategy, MIX_STRATEGIES)
     if pro is not None:
         _validate_pro(pro, fail)
+    if memory is not None:
+        _validate_memory(model, memory, fail)
     _validate_preference(finetuning, data, fail)
     if finetuning.pref_split_backward and training.get("deepspeed"):
         fail(
@@ -190,3 +194,31 @@ def _validate_streaming(data: DataArguments, training: dict[str, Any], fail) -> 
         fail("buffer_size", f"must be a positive number of rows, got {data.buffer_size}")
     if training.get("train_sampling_strategy", "random") != "random":
         fail("train_sampling_strategy", "a stream is shuffled by its buffer; remove group_by_length")
+
+
+def _validate_memory(model: ModelArguments, memory: MemoryArguments, fail) -> None:
+    import importlib.util
+
+    if memory.gradient_checkpointing_offload and model.disable_gradient_checkpointing:
+        fail(
+            "gradient_checkpointing_offload",
+            "offloads the inputs gradient checkpointing keeps; it needs gradient checkpointing "
+            "(remove disable_gradient_checkpointing / gradient_checkpointing: false)",
+        )
+    if memory.tiled_mlp_tile_tokens < 1:
+        fail(
+            "tiled_mlp_tile_tokens",
+            f"must be a positive number of tokens, got {memory.tiled_mlp_tile_tokens}",
+        )
+    if memory.loss_chunk_tokens is not None and memory.loss_chunk_tokens < 1:
+        fail("loss_chunk_tokens", f"must be a positive number of tokens, got {memory.loss_chunk_tokens}")
+    if model.enable_liger_kernel:
+        if importlib.util.find_spec("liger_kernel") is None:
+            fail(
+                "enable_liger_kernel",
+                "needs the liger-kernel package (pip install liger-kernel), which is not installed",
+            )
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("enable_liger_kernel", "liger-kernel's Triton kernels need a CUDA GPU; none is visible here")

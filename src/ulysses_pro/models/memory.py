@@ -1,16 +1,18 @@
 """Memory-tiled language-model head: per-token losses without full-vocabulary logits.
 
 While `token_loss_head` is active, the model's output projection returns per-token cross-entropy
-(shape `batch x seq`) instead of logits. The projection runs in sequence chunks under activation
-checkpointing, so at most one chunk of `chunk x vocab` fp32 logits exists at a time, in forward and
-in backward. The head still runs inside the module's own forward call, so DDP, FSDP and DeepSpeed
-hooks see a normal forward.
+(shape `batch x seq`) instead of logits. The projection runs in chunks of the *flattened* tokens
+(batch x seq together) under activation checkpointing, so at most one `chunk x vocab` fp32 logits
+slab exists at a time, in forward and in backward, whatever the batch size. The chunk is sized
+from a logits budget, so a 152k vocabulary gets shorter chunks than a 32k one. The head still runs
+inside the module's own forward call, so DDP, FSDP and DeepSpeed hooks see a normal forward.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,25 @@ from torch.utils.checkpoint import checkpoint
 from ..parallel.reduce import IGNORE_INDEX
 from .wrappers import unwrap_model
 
-DEFAULT_CHUNK_TOKENS = 1024
+# fp32 logits elements per chunk (128 MiB): 1,024 tokens at a 32k vocabulary, 215 at 152k.
+LOGITS_BUDGET = 1 << 25
+
+
+@dataclass(frozen=True)
+class LossHead:
+    """How the loss head computes per-token losses: chunk size, or a fused kernel.
+
+    `fused(hidden (n, d), weight, targets (n,), bias, softcap) -> (n,)` losses replaces the chunked
+    projection when given (liger-kernel's fused linear cross-entropy, see models/liger.py).
+    """
+
+    chunk_tokens: int | None = None
+    fused: Callable | None = None
+
+
+def default_chunk_tokens(vocab_size: int) -> int:
+    """Tokens per loss chunk so that one chunk of fp32 logits stays within `LOGITS_BUDGET`."""
+    return max(16, LOGITS_BUDGET // max(1, vocab_size))
 
 
 def _chunk_token_losses(
@@ -45,25 +65,33 @@ def tiled_token_losses(
     targets: torch.Tensor,
     *,
     softcap: float | None = None,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> torch.Tensor:
-    """Per-token cross-entropy (0 where target is IGNORE_INDEX), computed chunk by chunk."""
+    """Per-token cross-entropy (0 where target is IGNORE_INDEX), computed chunk by chunk over the
+    flattened (batch x seq) tokens; returns `targets.shape`."""
+    chunk = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
     pieces = []
-    for start in range(0, hidden.shape[1], chunk_tokens):
-        stop = start + chunk_tokens
-        args = (hidden[:, start:stop], head.weight, head.bias, targets[:, start:stop], softcap)
+    for start in range(0, flat_targets.shape[0], chunk):
+        stop = start + chunk
+        args = (flat_hidden[start:stop], head.weight, head.bias, flat_targets[start:stop], softcap)
         if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
             pieces.append(checkpoint(_chunk_token_losses, *args, use_reentrant=False))
         else:
             pieces.append(_chunk_token_losses(*args))
-    return torch.cat(pieces, dim=1)
+    return torch.cat(pieces).view(targets.shape)
 
 
 @contextlib.contextmanager
 def token_loss_head(
-    model: nn.Module, targets: torch.Tensor, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    model: nn.Module,
+    targets: torch.Tensor,
+    chunk_tokens: int | None = None,
+    head_options: LossHead | None = None,
 ) -> Iterator[None]:
     """Within the block, `model(...).logits` holds per-token losses for `targets` (already shifted)."""
+    options = head_options or LossHead(chunk_tokens=chunk_tokens)
     hf_model = unwrap_model(model)
     head = hf_model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
@@ -78,7 +106,12 @@ def token_loss_head(
             raise ValueError(
                 f"hidden states {tuple(hidden.shape[:2])} do not match targets {tuple(targets.shape)}"
             )
-        return tiled_token_losses(hidden, head, targets, softcap=softcap, chunk_tokens=chunk_tokens)
+        if options.fused is not None:
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            return options.fused(flat, head.weight, targets.reshape(-1), head.bias, softcap).view(
+                targets.shape
+            )
+        return tiled_token_losses(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
 
     head.forward = forward
     if softcap:

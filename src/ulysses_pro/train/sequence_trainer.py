@@ -107,7 +107,7 @@ class SequenceLossTrainer(UlyssesTrainer):
         """
         batch = dict(batch)
         targets = batch.pop("shift_labels")
-        with self.embedding_noise(model, batch), token_loss_head(model, targets):
+        with self.embedding_noise(model, batch), token_loss_head(model, targets, head_options=self.loss_head):
             token_losses = model(**batch, use_cache=False).logits
         return self.sequence_sum(-token_losses.sum(dim=-1))
 

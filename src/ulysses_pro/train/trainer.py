@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from ..data.streaming import StreamingDataset
 from ..models.embedding_noise import noisy_embeddings
-from ..models.memory import token_loss_head
+from ..models.memory import LossHead, token_loss_head
 from ..models.wrappers import unwrap_engine
 from ..parallel.mesh import SequenceParallelLayout
 from ..parallel.reduce import count_targets, global_sum, normalized_token_loss
@@ -35,9 +35,12 @@ class UlyssesTrainer(Trainer):
         sp_layout: SequenceParallelLayout | None = None,
         metric_sources: list | None = None,
         batch_observers: list | None = None,
+        loss_head: LossHead | None = None,
         **kwargs: Any,
     ) -> None:
         self.sp_layout = sp_layout
+        # Chunking of the tiled loss head, or liger's fused loss (models/memory_stack.py).
+        self.loss_head = loss_head or LossHead()
         # Objects with `metrics() -> dict` whose values join every training log line.
         self.metric_sources = list(metric_sources or [])
         # Callables that see each training batch as this rank computes it (debug logging).
@@ -142,7 +145,10 @@ class UlyssesTrainer(Trainer):
             for observe in self.batch_observers:
                 observe(inputs)
         targets = inputs.pop("shift_labels")
-        with self.embedding_noise(model, inputs), token_loss_head(model, targets):
+        with (
+            self.embedding_noise(model, inputs),
+            token_loss_head(model, targets, head_options=self.loss_head),
+        ):
             outputs = model(**inputs, use_cache=False)
         token_losses = outputs.logits
         if num_items_in_batch is None:

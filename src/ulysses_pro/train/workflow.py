@@ -16,6 +16,7 @@ from ..data.collators import KtoCollator, PaddingCollator, PairwiseCollator
 from ..data.pipeline import build_datasets
 from ..models.attention import apply_sequence_parallel, attention_heads, unsharded_attention
 from ..models.loader import load_model, load_tokenizer
+from ..models.memory_stack import apply_memory_stack
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
 from ..pro.debug import DebugCallback, enable_debug_logging
 from ..pro.gradient_guard import GradientGuard
@@ -172,6 +173,7 @@ def run_workflow(
     model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
     if prepare_model is not None:
         model = prepare_model(model, config)
+    loss_head = apply_memory_stack(model, config.model, config.memory, training=args.do_train)
     layout, plain_attention = setup_sequence_parallel(config, model)
     extra = dict(trainer_kwargs or {})
     if needs_reference:
@@ -190,6 +192,7 @@ def run_workflow(
         callbacks=[*pro["callbacks"], *(callbacks or [])],
         metric_sources=pro["metric_sources"],
         batch_observers=pro["batch_observers"],
+        loss_head=loss_head,
         **extra,
     )
     # What SP replaced, so an owner (UlyssesTrainingManager.cleanup) can put it back.

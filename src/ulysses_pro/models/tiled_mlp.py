@@ -1,0 +1,115 @@
+"""Tiled MLP: each decoder layer's MLP runs over sequence tiles and is recomputed tile by tile in
+backward, so its intermediates (gate, up, activation: 3-4 x intermediate_size per token) never
+exist for the whole local sequence (the idea of DeepSpeed's ALST TiledMLP, Bekman et al. 2025).
+
+A dense MLP is token-wise, so tiling is exact (only the GEMM shapes change). The autograd function
+takes the MLP's trainable parameters as inputs and returns their gradients summed over tiles, so
+DDP / FSDP / DeepSpeed see one gradient per parameter, as for an ordinary module. The recompute in
+backward runs under the autocast state of the forward.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .wrappers import unwrap_model
+
+logger = logging.getLogger(__name__)
+
+
+class _TiledMLP(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mlp_forward, tile_tokens, autocast, x, *params):
+        ctx.mlp_forward, ctx.tile_tokens, ctx.autocast = mlp_forward, tile_tokens, autocast
+        ctx.save_for_backward(x, *params)
+        with torch.no_grad():
+            return _tiles_no_grad(mlp_forward, x, tile_tokens)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, *params = ctx.saved_tensors
+        device_type, enabled, dtype = ctx.autocast
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[3] else None
+        grad_params = [torch.zeros_like(p) for p in params]
+        for start in range(0, x.shape[1], ctx.tile_tokens):
+            piece = x[:, start : start + ctx.tile_tokens].detach().requires_grad_(grad_x is not None)
+            with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                out = ctx.mlp_forward(piece)
+            wanted = ([piece] if grad_x is not None else []) + list(params)
+            grads = torch.autograd.grad(
+                out, wanted, grad_out[:, start : start + ctx.tile_tokens], allow_unused=True
+            )
+            if grad_x is not None:
+                grad_x[:, start : start + ctx.tile_tokens] = grads[0]
+                grads = grads[1:]
+            for total, grad in zip(grad_params, grads):
+                if grad is not None:
+                    total += grad
+        return (None, None, None, grad_x, *grad_params)
+
+
+def _is_mixture_of_experts(mlp: nn.Module) -> bool:
+    name = type(mlp).__name__.lower()
+    return "moe" in name or "sparse" in name or hasattr(mlp, "experts")
+
+
+def tile_mlps(model: nn.Module, tile_tokens: int) -> int:
+    """Route the forward of every decoder layer's dense `mlp` through the tiled one; returns how many.
+
+    The module stays in place (its parameters keep their names for checkpoints and adapters).
+    Mixture-of-experts blocks are left alone: their routers record per-call statistics.
+    """
+    if tile_tokens < 1:
+        raise ValueError(f"tiled_mlp_tile_tokens must be >= 1, got {tile_tokens}")
+    count, skipped = 0, 0
+    for module in unwrap_model(model).modules():
+        mlp = getattr(module, "mlp", None)
+        if not isinstance(mlp, nn.Module) or getattr(mlp, "_ulysses_tiled", False):
+            continue
+        if _is_mixture_of_experts(mlp):
+            skipped += 1
+            continue
+        # The current forward (liger-kernel may have patched the instance) runs tile by tile.
+        mlp.forward = _tiled_forward(mlp, mlp.forward, tile_tokens)
+        mlp._ulysses_tiled = True
+        count += 1
+    if skipped:
+        logger.warning(
+            "tiled MLP skips %d mixture-of-experts blocks (their routers see every token at once)", skipped
+        )
+    logger.info("tiled MLP on %d layers (%d tokens per tile)", count, tile_tokens)
+    return count
+
+
+def _tiled_forward(mlp: nn.Module, plain, tile_tokens: int):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] <= tile_tokens:
+            return plain(x)
+        if not torch.is_grad_enabled():
+            return _tiles_no_grad(plain, x, tile_tokens)
+        params = [p for p in mlp.parameters() if p.requires_grad]
+        device_type = x.device.type
+        autocast = (
+            device_type,
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+        )
+        return _TiledMLP.apply(plain, tile_tokens, autocast, x, *params)
+
+    return forward
+
+
+def _tiles_no_grad(plain, x: torch.Tensor, tile_tokens: int) -> torch.Tensor:
+    """The MLP over sequence tiles, written into one output (tile intermediates freed as it goes)."""
+    out = None
+    for start in range(0, x.shape[1], tile_tokens):
+        piece = plain(x[:, start : start + tile_tokens])
+        if not isinstance(piece, torch.Tensor):
+            raise TypeError("tiled_mlp supports dense MLPs that return one tensor")
+        if out is None:
+            out = torch.empty((*x.shape[:2], *piece.shape[2:]), dtype=piece.dtype, device=piece.device)
+        out[:, start : start + tile_tokens] = piece
+    return out
