@@ -48,3 +48,34 @@ def test_model_level_loss_matches_hf_logits(tokenizer, arch):
     torch.testing.assert_close(tiled.sum(), expected, rtol=1e-5, atol=1e-5)
     # The head is restored afterwards: logits again.
     assert model(input_ids=ids, use_cache=False).logits.shape[-1] == len(tokenizer)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("frozen_head", [False, True])
+def test_summed_loss_makes_exact_gradients_in_forward(softcap, frozen_head):
+    """The summed head computes d/dhidden and d/dweight chunk by chunk in forward and scales them in
+    backward: equal to autograd through full logits, for any upstream scale."""
+    from ulysses_pro.models.memory import tiled_loss_sum
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True)
+    head.requires_grad_(not frozen_head)
+    hidden = torch.randn(3, 7, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    targets[1, :4] = -100
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = F.cross_entropy(
+        logits.reshape(-1, 50), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    (expected * 3.7).backward()
+    want = [hidden.grad.clone()] + ([] if frozen_head else [head.weight.grad.clone(), head.bias.grad.clone()])
+    hidden.grad = head.weight.grad = head.bias.grad = None
+    total = tiled_loss_sum(hidden, head, targets, softcap=softcap, chunk_tokens=4)
+    (total * 3.7).backward()
+    got = [hidden.grad] + ([] if frozen_head else [head.weight.grad, head.bias.grad])
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=1e-6)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert frozen_head == (head.weight.grad is None)

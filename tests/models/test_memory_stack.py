@@ -229,3 +229,34 @@ def test_liger_kernel_is_never_accepted_and_ignored(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
     with pytest.raises(ConfigError, match="enable_liger_kernel.*CUDA"):
         load_config(base)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma", "phi3"])
+def test_efficient_rms_norm_is_exact_forward_and_backward(arch):
+    """The forward is the module's own arithmetic (bit for bit); the backward is its gradient."""
+    from ulysses_pro.models.efficient_norm import use_efficient_rms_norms
+
+    plain = _loss_and_grads(_model(arch), IDS)
+    model = _model(arch)
+    expected = {"llama": 5, "qwen3": 9, "gemma": 5, "phi3": 5}[arch]  # 2 per layer + final (+ q/k norms)
+    assert use_efficient_rms_norms(model) == expected
+    swapped = _loss_and_grads(model, IDS)
+    assert swapped[0] == plain[0]  # forward identical
+    _compare(plain, swapped)
+
+
+def test_a_deep_copy_after_the_memory_stack_uses_its_own_weights():
+    """DPO's frozen reference is a deep copy of the prepared policy: its norms and tiled MLPs must
+    read the copy's weights, not the policy's (a closure over the module would share them)."""
+    import copy
+
+    config = load_config({"model_name_or_path": "tiny:llama", "output_dir": "/tmp/unused", "tiled_mlp": True})
+    config.memory.tiled_mlp_tile_tokens = 8
+    policy = _model()
+    apply_memory_stack(policy, config.model, config.memory, training=True)
+    reference = copy.deepcopy(policy)
+    before = reference(input_ids=IDS, use_cache=False).logits
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(1.5)  # "training" the policy
+    torch.testing.assert_close(reference(input_ids=IDS, use_cache=False).logits, before, rtol=0, atol=0)

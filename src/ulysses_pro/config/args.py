@@ -144,6 +144,12 @@ class MemoryArguments:
         default=False,
         metadata={"help": "Keep the checkpointed layer inputs in pinned host memory until backward (exact)."},
     )
+    efficient_rms_norm: bool = field(
+        default=True,
+        metadata={
+            "help": "RMSNorm keeps only its input and a per-token scale for backward (forward bit-identical)."
+        },
+    )
     tiled_mlp: bool = field(
         default=False,
         metadata={"help": "Run each MLP over sequence tiles, recomputed per tile in backward (exact)."},

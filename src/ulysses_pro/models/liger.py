@@ -50,9 +50,9 @@ def apply_liger_kernel(model: nn.Module):
         return None
     functional = importlib.import_module("liger_kernel.transformers.functional")
 
-    def fused(hidden, weight, targets, bias, softcap):
+    def fused(hidden, weight, targets, bias, softcap, reduction):
         return functional.liger_fused_linear_cross_entropy(
-            hidden, weight, targets, bias, ignore_index=-100, reduction="none", softcap=softcap
+            hidden, weight, targets, bias, ignore_index=-100, reduction=reduction, softcap=softcap
         )
 
     logger.info("liger-kernel: fused RMSNorm, SwiGLU, RoPE and linear cross-entropy on")

@@ -30,8 +30,9 @@ LOGITS_BUDGET = 1 << 25
 class LossHead:
     """How the loss head computes per-token losses: chunk size, or a fused kernel.
 
-    `fused(hidden (n, d), weight, targets (n,), bias, softcap) -> (n,)` losses replaces the chunked
-    projection when given (liger-kernel's fused linear cross-entropy, see models/liger.py).
+    `fused(hidden (n, d), weight, targets (n,), bias, softcap, reduction) -> (n,) or ()` losses
+    replaces the chunked projection when given (liger-kernel's fused linear cross-entropy, see
+    models/liger.py).
     """
 
     chunk_tokens: int | None = None
@@ -83,14 +84,84 @@ def tiled_token_losses(
     return torch.cat(pieces).view(targets.shape)
 
 
+class _SummedLossWithGradients(torch.autograd.Function):
+    """Sum of token losses whose gradients are computed chunk by chunk *in forward*.
+
+    A summed loss has one upstream gradient for every token, so d(sum)/d(hidden) and d(sum)/d(weight)
+    can be computed while each chunk's logits exist, then scaled in backward: the logits are
+    projected twice (forward, and the gradient with respect to the weight and the hidden states
+    from the same logits) instead of three times as with recomputation. d(hidden) is one
+    `tokens x hidden` tensor, which takes the place of the hidden states the recomputation keeps.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, softcap, chunk):
+        flat_hidden = hidden.detach().reshape(-1, hidden.shape[-1])
+        flat_targets = targets.reshape(-1)
+        wants = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+        grad_hidden = torch.empty_like(flat_hidden) if wants[0] else None
+        grad_weight = torch.zeros_like(weight) if wants[1] else None
+        grad_bias = torch.zeros_like(bias) if wants[2] else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        weight_leaf = weight.detach().requires_grad_(wants[1])
+        bias_leaf = bias.detach().requires_grad_(wants[2]) if bias is not None else None
+        for start in range(0, flat_targets.shape[0], chunk):
+            piece = flat_hidden[start : start + chunk].requires_grad_(wants[0])
+            with torch.enable_grad():
+                loss = _chunk_token_losses(
+                    piece, weight_leaf, bias_leaf, flat_targets[start : start + chunk], softcap
+                )
+                loss = loss.sum()
+                leaves = [leaf for leaf, wanted in zip((piece, weight_leaf, bias_leaf), wants) if wanted]
+                grads = iter(torch.autograd.grad(loss, leaves) if leaves else ())
+            total += loss.detach()
+            if wants[0]:
+                grad_hidden[start : start + chunk] = next(grads)
+            if wants[1]:
+                grad_weight += next(grads)
+            if wants[2]:
+                grad_bias += next(grads)
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
+        ctx.wants, ctx.hidden_shape = wants, hidden.shape
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        saved = iter(ctx.saved_tensors)
+        grad_hidden = next(saved).view(ctx.hidden_shape) * grad_total if ctx.wants[0] else None
+        grad_weight = next(saved) * grad_total if ctx.wants[1] else None
+        grad_bias = next(saved) * grad_total if ctx.wants[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def tiled_loss_sum(
+    hidden: torch.Tensor,
+    head: nn.Linear,
+    targets: torch.Tensor,
+    *,
+    softcap: float | None = None,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """Sum of the token cross-entropies (IGNORE_INDEX targets add 0), chunked over flattened tokens."""
+    chunk = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
+    if not torch.is_grad_enabled() or not (hidden.requires_grad or head.weight.requires_grad):
+        return tiled_token_losses(hidden, head, targets, softcap=softcap, chunk_tokens=chunk).sum()
+    return _SummedLossWithGradients.apply(hidden, head.weight, head.bias, targets, softcap, chunk)
+
+
 @contextlib.contextmanager
 def token_loss_head(
     model: nn.Module,
     targets: torch.Tensor,
     chunk_tokens: int | None = None,
     head_options: LossHead | None = None,
+    *,
+    reduction: str = "none",
 ) -> Iterator[None]:
-    """Within the block, `model(...).logits` holds per-token losses for `targets` (already shifted)."""
+    """Within the block, `model(...).logits` holds per-token losses for `targets` (already shifted),
+    or with `reduction="sum"` their sum (gradients then computed in forward, see above)."""
+    if reduction not in ("none", "sum"):
+        raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     options = head_options or LossHead(chunk_tokens=chunk_tokens)
     hf_model = unwrap_model(model)
     head = hf_model.get_output_embeddings()
@@ -108,9 +179,10 @@ def token_loss_head(
             )
         if options.fused is not None:
             flat = hidden.reshape(-1, hidden.shape[-1])
-            return options.fused(flat, head.weight, targets.reshape(-1), head.bias, softcap).view(
-                targets.shape
-            )
+            losses = options.fused(flat, head.weight, targets.reshape(-1), head.bias, softcap, reduction)
+            return losses if reduction == "sum" else losses.view(targets.shape)
+        if reduction == "sum":
+            return tiled_loss_sum(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
         return tiled_token_losses(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
 
     head.forward = forward

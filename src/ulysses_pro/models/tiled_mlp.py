@@ -11,6 +11,7 @@ backward runs under the autocast state of the forward.
 from __future__ import annotations
 
 import logging
+import types
 
 import torch
 from torch import nn
@@ -73,7 +74,9 @@ def tile_mlps(model: nn.Module, tile_tokens: int) -> int:
             skipped += 1
             continue
         # The current forward (liger-kernel may have patched the instance) runs tile by tile.
-        mlp.forward = _tiled_forward(mlp, mlp.forward, tile_tokens)
+        mlp._ulysses_plain_forward = mlp.forward
+        mlp._ulysses_tile_tokens = tile_tokens
+        mlp.forward = types.MethodType(_tiled_forward, mlp)
         mlp._ulysses_tiled = True
         count += 1
     if skipped:
@@ -84,22 +87,18 @@ def tile_mlps(model: nn.Module, tile_tokens: int) -> int:
     return count
 
 
-def _tiled_forward(mlp: nn.Module, plain, tile_tokens: int):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] <= tile_tokens:
-            return plain(x)
-        if not torch.is_grad_enabled():
-            return _tiles_no_grad(plain, x, tile_tokens)
-        params = [p for p in mlp.parameters() if p.requires_grad]
-        device_type = x.device.type
-        autocast = (
-            device_type,
-            torch.is_autocast_enabled(device_type),
-            torch.get_autocast_dtype(device_type),
-        )
-        return _TiledMLP.apply(plain, tile_tokens, autocast, x, *params)
-
-    return forward
+def _tiled_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # A method bound to its module (not a closure over it), so a deep copy of the model (DPO's frozen
+    # reference) runs over the *copy's* weights.
+    plain, tile_tokens = self._ulysses_plain_forward, self._ulysses_tile_tokens
+    if x.shape[1] <= tile_tokens:
+        return plain(x)
+    if not torch.is_grad_enabled():
+        return _tiles_no_grad(plain, x, tile_tokens)
+    params = [p for p in self.parameters() if p.requires_grad]
+    device_type = x.device.type
+    autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+    return _TiledMLP.apply(plain, tile_tokens, autocast, x, *params)
 
 
 def _tiles_no_grad(plain, x: torch.Tensor, tile_tokens: int) -> torch.Tensor:

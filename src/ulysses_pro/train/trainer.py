@@ -147,13 +147,13 @@ class UlyssesTrainer(Trainer):
         targets = inputs.pop("shift_labels")
         with (
             self.embedding_noise(model, inputs),
-            token_loss_head(model, targets, head_options=self.loss_head),
+            token_loss_head(model, targets, head_options=self.loss_head, reduction="sum"),
         ):
             outputs = model(**inputs, use_cache=False)
-        token_losses = outputs.logits
+        loss_sum = outputs.logits  # the head returns the summed token losses (gradients made in forward)
         if num_items_in_batch is None:
             num_items_in_batch = global_sum(count_targets(targets))
-        loss = normalized_token_loss(token_losses.sum(), num_items_in_batch, self.gradient_average_world)
+        loss = normalized_token_loss(loss_sum, num_items_in_batch, self.gradient_average_world)
         return (loss, outputs) if return_outputs else loss
 
     # -- resuming: every checkpoint read runs under the weights_only allow-list --------------------
