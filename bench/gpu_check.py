@@ -26,6 +26,7 @@ run here; the CPU suite proves them on gloo (tests/parallel, tests/train).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,8 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _use_carried_wheels() -> None:
+    """Put the carried wheels first, but only when the machine's own transformers is older than our pin."""
+    import importlib.metadata
+
     wheels = sorted((ROOT / ".gpu-wheels").glob("*.whl"))
-    if not wheels:
+    try:
+        own = tuple(int(x) for x in importlib.metadata.version("transformers").split(".")[:2])
+    except importlib.metadata.PackageNotFoundError:
+        own = (0, 0)
+    if not wheels or own >= (5, 23):
         return
     target = Path(tempfile.mkdtemp(prefix="gpu-wheels-"))
     for wheel in wheels:
@@ -55,8 +63,10 @@ def _use_carried_wheels() -> None:
 _use_carried_wheels()
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
+from memory_probe import LiveTensorBytes  # noqa: E402
 
 RESULTS: dict[str, dict] = {}
 
@@ -71,7 +81,10 @@ def section(name: str):
             except _Skip as skip:
                 status, outcome = "SKIP", {"why": str(skip)}
             except Exception as error:  # report and carry on with the other sections
-                status, outcome = "FAIL", {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()}
+                status, outcome = (
+                    "FAIL",
+                    {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()},
+                )
             outcome["seconds"] = round(time.perf_counter() - started, 1)
             RESULTS[name] = {"status": status, **outcome}
             shown = {k: v for k, v in outcome.items() if k != "trace"}
@@ -138,26 +151,49 @@ def check_kernels(args):
             def draw(h, n, _g=generator):
                 return torch.randn(batch, h, n, dim, device=device, generator=_g)
 
-            q, k, v, grad = draw(heads, length), draw(kv_heads, length), draw(kv_heads, length), draw(heads, length)
+            q, k, v, grad = (
+                draw(heads, length),
+                draw(kv_heads, length),
+                draw(kv_heads, length),
+                draw(heads, length),
+            )
             k2, v2 = draw(kv_heads, length // 2), draw(kv_heads, length // 2)
             lo = [t.to(dtype) for t in (q, k, v, k2, v2)]
             out, lse = block_forward(lo[0], lo[1], lo[2], 0.125, causal, sequences, path=f"check {dtype}")
             every = Sequences.rows(batch, length, length // 2, device)
             out2, lse2 = block_forward(lo[0], lo[3], lo[4], 0.125, False, every, path=f"check {dtype}")
             final_lse = torch.logaddexp(lse, lse2)
-            final = out.float() * torch.exp(lse - final_lse)[..., None] + out2.float() * torch.exp(lse2 - final_lse)[..., None]
-            grads_a = block_backward(grad.to(dtype), lo[0], lo[1], lo[2], final, final_lse, 0.125, causal, sequences)
-            grads_b = block_backward(grad.to(dtype), lo[0], lo[3], lo[4], final, final_lse, 0.125, False, every)
+            final = (
+                out.float() * torch.exp(lse - final_lse)[..., None]
+                + out2.float() * torch.exp(lse2 - final_lse)[..., None]
+            )
+            grads_a = block_backward(
+                grad.to(dtype), lo[0], lo[1], lo[2], final, final_lse, 0.125, causal, sequences
+            )
+            grads_b = block_backward(
+                grad.to(dtype), lo[0], lo[3], lo[4], final, final_lse, 0.125, False, every
+            )
             # fp64 reference of attention over both blocks, from the same (rounded) inputs
             ref_inputs = [t.double() for t in lo]
             want_out, want_lse = reference.REFERENCE.forward(*ref_inputs[:3], 0.125, causal, sequences)
-            want2, want2_lse = reference.REFERENCE.forward(ref_inputs[0], *ref_inputs[3:], 0.125, False, every)
+            want2, want2_lse = reference.REFERENCE.forward(
+                ref_inputs[0], *ref_inputs[3:], 0.125, False, every
+            )
             joint_lse = torch.logaddexp(want_lse, want2_lse)
-            joint = want_out * torch.exp(want_lse - joint_lse)[..., None] + want2 * torch.exp(want2_lse - joint_lse)[..., None]
-            want_a = reference.REFERENCE.backward(grad.double(), *ref_inputs[:3], joint, joint_lse, 0.125, causal, sequences)
-            want_b = reference.REFERENCE.backward(grad.double(), ref_inputs[0], *ref_inputs[3:], joint, joint_lse, 0.125, False, every)
+            joint = (
+                want_out * torch.exp(want_lse - joint_lse)[..., None]
+                + want2 * torch.exp(want2_lse - joint_lse)[..., None]
+            )
+            want_a = reference.REFERENCE.backward(
+                grad.double(), *ref_inputs[:3], joint, joint_lse, 0.125, causal, sequences
+            )
+            want_b = reference.REFERENCE.backward(
+                grad.double(), ref_inputs[0], *ref_inputs[3:], joint, joint_lse, 0.125, False, every
+            )
             errors = [_max_rel(final, joint), _max_rel(grads_a[0] + grads_b[0], want_a[0] + want_b[0])]
-            errors += [_max_rel(g, w) for g, w in zip([*grads_a[1:], *grads_b[1:]], [*want_a[1:], *want_b[1:]])]
+            errors += [
+                _max_rel(g, w) for g, w in zip([*grads_a[1:], *grads_b[1:]], [*want_a[1:], *want_b[1:]])
+            ]
             worst[f"{str(dtype)[6:]} {kind}"] = max(errors)
     used = kernels.kernels_used()
     outcome = {"max_rel_error": worst, "kernels": used}
@@ -197,7 +233,11 @@ def check_local_attention(args):
         pieces, start = [], 0
         for n in docs:
             s = slice(start, start + n)
-            pieces.append(F.scaled_dot_product_attention(q[:, :, s], k[:, :, s], v[:, :, s], is_causal=True, scale=0.125, enable_gqa=True))
+            pieces.append(
+                F.scaled_dot_product_attention(
+                    q[:, :, s], k[:, :, s], v[:, :, s], is_causal=True, scale=0.125, enable_gqa=True
+                )
+            )
             start += n
         return torch.cat(pieces, dim=2)
 
@@ -216,10 +256,20 @@ def check_local_attention(args):
             torch.cuda.synchronize()
         results[name + " ms"] = round((time.perf_counter() - started) / 5 * 1000, 2)
     errors = [_max_rel(a, b) for a, b in zip(results["ours"], results["sdpa per document"])]
-    outcome = {"max_rel_error": max(errors), "ms ours": results["ours ms"], "ms per-document sdpa": results["sdpa per document ms"]}
-    outcome["syncs per forward+backward (1 layer, 3 layers)"] = [_count_syncs(args, layers) for layers in (1, 3)]
+    outcome = {
+        "max_rel_error": max(errors),
+        "ms ours": results["ours ms"],
+        "ms per-document sdpa": results["sdpa per document ms"],
+    }
+    outcome["syncs per forward+backward (1 layer, 3 layers)"] = [
+        _count_syncs(args, layers) for layers in (1, 3)
+    ]
     syncs = outcome["syncs per forward+backward (1 layer, 3 layers)"]
-    outcome["status"] = "PASS" if max(errors) < (3e-2 if dtype == torch.bfloat16 else 1e-5) and syncs[0] == syncs[1] else "FAIL"
+    outcome["status"] = (
+        "PASS"
+        if max(errors) < (3e-2 if dtype == torch.bfloat16 else 1e-5) and syncs[0] == syncs[1]
+        else "FAIL"
+    )
     return outcome
 
 
@@ -253,6 +303,7 @@ def _train(keys: dict) -> list[float]:
     base = {
         "model_name_or_path": "tiny:llama?hidden_size=256&num_layers=4&num_heads=8&num_kv_heads=2",
         "stage": "sft",
+        "do_train": True,
         "finetuning_type": "full",
         "dataset": "demo_chat",
         "dataset_dir": str(ROOT / "data"),
@@ -282,7 +333,12 @@ def check_sft(args):
         gpu = _train({"bf16": True})
         cpu = _train({"use_cpu": True})
     worst = max(abs(a - b) / abs(b) for a, b in zip(gpu, cpu))
-    return {"losses bf16": gpu, "losses fp32 cpu": cpu, "max_rel": worst, "status": "PASS" if worst < 2e-2 else "FAIL"}
+    return {
+        "losses bf16": gpu,
+        "losses fp32 cpu": cpu,
+        "max_rel": worst,
+        "status": "PASS" if worst < 2e-2 else "FAIL",
+    }
 
 
 @section("FSDP2 through accelerate, world size 1")
@@ -307,7 +363,7 @@ def check_fsdp(args):
     plain = _train({"bf16": True})
     base = dict(
         model_name_or_path="tiny:llama?hidden_size=256&num_layers=4&num_heads=8&num_kv_heads=2",
-        stage="sft", finetuning_type="full", dataset="demo_chat", dataset_dir=str(ROOT / "data"),
+        stage="sft", do_train=True, finetuning_type="full", dataset="demo_chat", dataset_dir=str(ROOT / "data"),
         cutoff_len=256, max_samples=32, max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
         max_grad_norm=0, logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True,
         overwrite_output_dir=True, output_dir=tempfile.mkdtemp(prefix="gpu-check-fsdp-"),
@@ -316,11 +372,31 @@ def check_fsdp(args):
     fsdp = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     worst = max(abs(a - b) / abs(b) for a, b in zip(fsdp, plain))
     ok = trainer.is_fsdp_enabled and seen.get("dtensor_params") and worst < 2e-2
-    return {"fsdp_enabled": trainer.is_fsdp_enabled, **seen, "losses": fsdp, "max_rel_vs_plain": worst, "status": "PASS" if ok else "FAIL"}
+    return {
+        "fsdp_enabled": trainer.is_fsdp_enabled,
+        **seen,
+        "losses": fsdp,
+        "max_rel_vs_plain": worst,
+        "status": "PASS" if ok else "FAIL",
+    }
 
 
-LLAMA3_8B = {"hidden_size": 4096, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "intermediate_size": 14336, "vocab_size": 128256}
-TOY = {"hidden_size": 64, "num_heads": 4, "num_kv_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 512}
+LLAMA3_8B = {
+    "hidden_size": 4096,
+    "num_heads": 32,
+    "num_kv_heads": 8,
+    "head_dim": 128,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+}
+TOY = {
+    "hidden_size": 64,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "vocab_size": 512,
+}
 
 
 def _scan_step(shape: dict, layers: int, length: int, device, timed: bool = False) -> dict:
@@ -334,14 +410,28 @@ def _scan_step(shape: dict, layers: int, length: int, device, timed: bool = Fals
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with torch.device(device):
-        model = build_tiny_model("llama", seed=0, num_layers=layers, max_position_embeddings=2 * length, rope_theta=500000.0, **shape)
+        model = build_tiny_model(
+            "llama",
+            seed=0,
+            num_layers=layers,
+            max_position_embeddings=2 * length,
+            rope_theta=500000.0,
+            **shape,
+        )
     model = model.to(dtype)
-    model = get_peft_model(model, LoraConfig(r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        ),
+    )
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
     model.train()
-    memory = MemoryArguments(gradient_checkpointing_offload=device.type == "cuda", tiled_mlp=True, tiled_mlp_tile_tokens=16384)
+    memory = MemoryArguments(
+        gradient_checkpointing_offload=device.type == "cuda", tiled_mlp=True, tiled_mlp_tile_tokens=16384
+    )
     head = apply_memory_stack(model, ModelArguments(), memory, training=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     ids = torch.randint(3, shape["vocab_size"], (1, length), device=device)
@@ -349,31 +439,40 @@ def _scan_step(shape: dict, layers: int, length: int, device, timed: bool = Fals
 
     def step():
         targets = torch.roll(ids, -1, 1)
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"), token_loss_head(model, targets, head_options=head, reduction="sum"):
+        with (
+            torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"),
+            token_loss_head(model, targets, head_options=head, reduction="sum"),
+        ):
             loss = model(input_ids=ids, position_ids=positions, use_cache=False).logits / length
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()
+    if timed or length <= 131072:
+        step()  # warm-up (kernels, optimizer state); skipped for the longest, slowest points
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    tracker = None if device.type == "cuda" else LiveTensorBytes()
     started = time.perf_counter()
-    step()
+    with tracker if tracker is not None else contextlib.nullcontext():
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else tracker.peak
     seconds = time.perf_counter() - started
-    del model, optimizer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"peak_gib": peak / 2**30, "seconds": seconds}
 
 
 def _model_flops(shape: dict, layers: int, length: int) -> float:
     """Forward + backward FLOPs of one LoRA step (frozen linears: activation gradients only), no recompute."""
-    h, i, heads, kv, d = shape["hidden_size"], shape["intermediate_size"], shape["num_heads"], shape["num_kv_heads"], shape["head_dim"]
+    h, i, heads, kv, d = (
+        shape["hidden_size"],
+        shape["intermediate_size"],
+        shape["num_heads"],
+        shape["num_kv_heads"],
+        shape["head_dim"],
+    )
     linear = h * heads * d * 2 + h * kv * d * 2 + 3 * h * i  # q, o, k, v, gate/up/down weights per layer
     head = h * shape["vocab_size"]
     attention = 2 * 2 * length * heads * d / 2  # QK^T and PV per token, causal half
@@ -388,17 +487,25 @@ def check_memory_scan(args):
     shape = TOY if args.cpu_dry_run else LLAMA3_8B
     lengths = [256, 512] if args.cpu_dry_run else [65536, 131072, 262144, 524288, 1048576]
     deadline = START + args.budget_s
-    rows = {}
+    rows, last = {}, {}
     for length in lengths:
         for layers in (2, 4):
-            if time.perf_counter() > deadline - 60:
-                break
+            # attention time grows with L^2: skip a point that would run past the budget
+            if layers in last:
+                previous_length, previous_seconds = last[layers]
+                estimate = previous_seconds * (length / previous_length) ** 2 * (1 if length > 131072 else 2)
+                if time.perf_counter() + estimate > deadline - 60:
+                    print(f"  layers {layers}, L {length}: skipped (about {estimate:.0f} s, past the budget)")
+                    continue
             try:
                 rows[(layers, length)] = _scan_step(shape, layers, length, device)
             except torch.OutOfMemoryError:
                 rows[(layers, length)] = {"peak_gib": math.inf, "seconds": math.nan}
+            if device.type == "cuda":
                 torch.cuda.empty_cache()
             print(f"  layers {layers}, L {length}: {rows[(layers, length)]}", flush=True)
+            if math.isfinite(rows[(layers, length)]["peak_gib"]):
+                last[layers] = (length, rows[(layers, length)]["seconds"])
     table = []
     for length in lengths:
         two, four = rows.get((2, length)), rows.get((4, length))
@@ -406,7 +513,14 @@ def check_memory_scan(args):
             continue
         per_layer = (four["peak_gib"] - two["peak_gib"]) / 2
         fixed = two["peak_gib"] - 2 * per_layer
-        table.append({"L": length, "fixed_gib": round(fixed, 2), "per_layer_gib": round(per_layer, 3), "32_layers_gib": round(fixed + 32 * per_layer, 1)})
+        table.append(
+            {
+                "L": length,
+                "fixed_gib": round(fixed, 2),
+                "per_layer_gib": round(per_layer, 3),
+                "32_layers_gib": round(fixed + 32 * per_layer, 1),
+            }
+        )
     outcome = {"scan": table}
     if len(table) >= 2 and device.type == "cuda":
         capacity = torch.cuda.get_device_properties(0).total_memory / 2**30 * 0.95
@@ -415,9 +529,13 @@ def check_memory_scan(args):
         longest = b["L"] + (capacity - b["32_layers_gib"]) / slope if slope > 0 else math.inf
         host_gib = 32 * longest * shape["hidden_size"] * 2 / 2**30  # offloaded bf16 layer inputs
         host_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-        outcome.update(longest_tokens_32_layers=int(longest), host_gib_needed=round(host_gib, 1), host_gib=round(host_total, 1))
+        outcome.update(
+            longest_tokens_32_layers=int(longest),
+            host_gib_needed=round(host_gib, 1),
+            host_gib=round(host_total, 1),
+        )
     mfu_length = 512 if args.cpu_dry_run else 32768
-    timing = _scan_step(shape, 4, mfu_length, device)
+    timing = _scan_step(shape, 4, mfu_length, device, timed=True)
     achieved = _model_flops(shape, 4, mfu_length) / timing["seconds"]
     peak_flops = {"H100": 989.4e12, "H200": 989.4e12}
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else ""
@@ -432,14 +550,23 @@ START = time.perf_counter()
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=420.0, help="stop starting new scan points after this")
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="stop starting new scan points after this"
+    )
     parser.add_argument("--cpu-dry-run", action="store_true", help="toy sizes on the CPU, to test the script")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_check.json")
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    for check in (check_environment, check_kernels, check_local_attention, check_sft, check_fsdp, check_memory_scan):
+    for check in (
+        check_environment,
+        check_kernels,
+        check_local_attention,
+        check_sft,
+        check_fsdp,
+        check_memory_scan,
+    ):
         check(args)
     print("\nsummary: " + ", ".join(f"{name}: {r['status']}" for name, r in RESULTS.items()))
     if args.out:
