@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import os
-import weakref
+import sys
 from pathlib import Path
 
-import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 MIB = 2**20
 
@@ -42,48 +40,5 @@ def rss_peak_mib() -> float:
     return rss_kib("VmHWM") / 1024
 
 
-def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind some tensors (views counted once)."""
-    seen, total = set(), 0
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-    return total
-
-
-class LiveTensorBytes(TorchDispatchMode):
-    """Bytes of live tensor storages created inside the mode, and their peak (`reset_peak()` to restart).
-
-    Storages that existed before entering (weights, say) are not counted; add them with `baseline`.
-    """
-
-    def __init__(self, baseline: int = 0):
-        super().__init__()
-        self.live = baseline
-        self.peak = baseline
-        self._tracked: set[int] = set()
-
-    def reset_peak(self) -> None:
-        self.peak = self.live
-
-    def _release(self, key: int, size: int) -> None:
-        self._tracked.discard(key)
-        self.live -= size
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
-                continue
-            storage = tensor.untyped_storage()
-            key = id(storage)
-            if key in self._tracked or storage.nbytes() == 0:
-                continue
-            self._tracked.add(key)
-            size = storage.nbytes()
-            self.live += size
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._release, key, size)
-        return out
+# The live-tensor counter is the planner's own instrument; the benches measure with the same one.
+from ulysses_pro.planner.tensor_bytes import LiveTensorBytes, storage_bytes  # noqa: E402,F401

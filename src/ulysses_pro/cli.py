@@ -1,4 +1,4 @@
-"""`ulysses-pro train | make-tiny-model | env`, with torchrun self-launch."""
+"""`ulysses-pro train | plan | make-tiny-model | env`, with torchrun self-launch."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ USAGE = """usage: ulysses-pro <command> [arguments]
 
 commands:
   train CONFIG.yaml [key=value | --key value ...]   train a stage (LLaMA-Factory config keys)
+  plan CONFIG.yaml [--gpu-memory 80GiB] [--nproc 8]  per-rank peak memory and longest length (no weights)
   make-tiny-model --arch ARCH --out DIR [options]    build a tiny random model locally
   env                                                versions and optional accelerators
 
@@ -160,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train(rest)
+    if command == "plan":
+        _setup_logging()
+        logging.getLogger("ulysses_pro").setLevel(logging.WARNING)  # the trace's own logs are noise here
+        from .planner.report import run
+
+        return run(rest)
     if command == "make-tiny-model":
         return make_tiny_model_command(rest)
     if command == "env":

@@ -38,6 +38,9 @@ class HostOffload:
     def pack(self, tensor: torch.Tensor):
         if not tensor.is_floating_point() or tensor.numel() == 0:
             return tensor
+        if tensor.device.type == "meta":  # the planner's trace: nothing stays on the "device"
+            self.offloaded_bytes += tensor.numel() * tensor.element_size()
+            return tensor.device, tensor.requires_grad, (tensor.shape, tensor.dtype)
         pinned = tensor.is_cuda and torch.cuda.is_available()
         host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pinned)
         host.copy_(tensor, non_blocking=pinned)
@@ -48,6 +51,9 @@ class HostOffload:
         if isinstance(packed, torch.Tensor):
             return packed
         device, requires_grad, host = packed
+        if isinstance(host, tuple):  # the planner's meta trace: the copy comes back for backward
+            shape, dtype = host
+            return torch.empty(shape, dtype=dtype, device=device).requires_grad_(requires_grad)
         restored = host.to(device, non_blocking=host.is_pinned())
         return restored.requires_grad_(requires_grad) if restored.is_leaf else restored
 
@@ -61,7 +67,7 @@ def _owner(function) -> nn.Module | None:
     return getattr(target, "__self__", None)
 
 
-def checkpointing_function(use_reentrant: bool, offload: HostOffload | None):
+def checkpointing_function(use_reentrant: bool, offload: HostOffload | None, preserve_rng_state: bool = True):
     """The `_gradient_checkpointing_func` transformers calls per layer: `(layer_call, *args)`."""
 
     def checkpointed(function, *args, **kwargs):
@@ -74,16 +80,17 @@ def checkpointing_function(use_reentrant: bool, offload: HostOffload | None):
                     if not arg.requires_grad and arg.is_leaf:
                         arg.requires_grad_(True)
                     break
+        options = {"use_reentrant": use_reentrant, "preserve_rng_state": preserve_rng_state}
         if offload is None:
-            return checkpoint(function, *args, use_reentrant=use_reentrant, **kwargs)
+            return checkpoint(function, *args, **options, **kwargs)
         with torch.autograd.graph.saved_tensors_hooks(offload.pack, offload.unpack):
-            return checkpoint(function, *args, use_reentrant=use_reentrant, **kwargs)
+            return checkpoint(function, *args, **options, **kwargs)
 
     return checkpointed
 
 
 def enable_gradient_checkpointing(
-    model: nn.Module, *, use_reentrant: bool = True, offload: bool = False
+    model: nn.Module, *, use_reentrant: bool = True, offload: bool = False, preserve_rng_state: bool = True
 ) -> HostOffload | None:
     """Checkpoint every trainable decoder layer; returns the offload hooks when offloading."""
     hf_model = unwrap_model(model)
@@ -94,7 +101,8 @@ def enable_gradient_checkpointing(
         return None
     hooks = HostOffload() if offload else None
     hf_model._set_gradient_checkpointing(
-        enable=True, gradient_checkpointing_func=checkpointing_function(use_reentrant, hooks)
+        enable=True,
+        gradient_checkpointing_func=checkpointing_function(use_reentrant, hooks, preserve_rng_state),
     )
     hf_model.config.use_cache = False
     logger.info(

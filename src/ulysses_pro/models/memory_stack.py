@@ -24,8 +24,12 @@ def _zero3() -> bool:
     return is_deepspeed_zero3_enabled()
 
 
-def apply_memory_stack(model: nn.Module, model_args, memory_args, *, training: bool) -> LossHead:
-    """Configure `model` in place for training; returns how the loss head should run."""
+def apply_memory_stack(
+    model: nn.Module, model_args, memory_args, *, training: bool, preserve_rng_state: bool = True
+) -> LossHead:
+    """Configure `model` in place for training; returns how the loss head should run.
+
+    (`preserve_rng_state=False` is for the planner's meta-device trace, which has no RNG to keep.)"""
     fused = apply_liger_kernel(model) if model_args.enable_liger_kernel else None
     if training and memory_args.efficient_rms_norm and not model_args.enable_liger_kernel:
         if _zero3():
@@ -41,5 +45,6 @@ def apply_memory_stack(model: nn.Module, model_args, memory_args, *, training: b
             model,
             use_reentrant=model_args.use_reentrant_gc,
             offload=memory_args.gradient_checkpointing_offload,
+            preserve_rng_state=preserve_rng_state,
         )
     return LossHead(chunk_tokens=memory_args.loss_chunk_tokens, fused=fused)

@@ -96,9 +96,13 @@ def _tiled_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return _tiles_no_grad(plain, x, tile_tokens)
     params = [p for p in self.parameters() if p.requires_grad]
-    device_type = x.device.type
-    autocast = (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-    return _TiledMLP.apply(plain, tile_tokens, autocast, x, *params)
+    return _TiledMLP.apply(plain, tile_tokens, _autocast_state(x.device.type), x, *params)
+
+
+def _autocast_state(device_type: str) -> tuple:
+    if not torch.amp.is_autocast_available(device_type):  # e.g. the planner's meta tensors
+        return ("cpu", False, torch.bfloat16)
+    return (device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
 
 
 def _tiles_no_grad(plain, x: torch.Tensor, tile_tokens: int) -> torch.Tensor:

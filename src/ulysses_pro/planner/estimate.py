@@ -1,0 +1,230 @@
+"""Per-rank peak memory of one optimizer step, traced on the meta device.
+
+The skeleton (planner/skeleton.py) runs a warm-up step (so gradients and AdamW state exist as in
+training) and then one measured step under `LiveTensorBytes`: forward with the run's loss head,
+backward through checkpointed / tiled / offloaded layers, and the optimizer. Memory is linear in
+the sequence length for this stack (no attention matrix is ever materialised), so the longest
+trainable length comes from two traces and is then traced once more to confirm.
+
+Not counted (they are not tensors): the CUDA context and kernels' workspaces (about 0.5-1 GiB on a
+GPU), allocator fragmentation, NCCL buffers. Counted analytically: DDP's gradient buckets (a copy
+of the gradients when more than one process replicates weights), and ZeRO-3 / FSDP sharding (the
+weights, gradients and optimizer state divided by the world size, plus one gathered layer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .skeleton import Layout, build_skeleton, wire_planned_attention
+from .tensor_bytes import LiveTensorBytes, storage_bytes
+
+PAIRED_STAGES = ("dpo", "kto", "rm")  # two rows per example: chosen / rejected, or labelled / KL
+
+
+@dataclass(frozen=True)
+class Options:
+    """The memory options a plan is traced with (the config's unless a table column overrides)."""
+
+    checkpointing: bool
+    tiled_mlp: bool
+    offload: bool
+    efficient_rms_norm: bool = True
+    tile_tokens: int = 4096
+
+    def describe(self) -> str:
+        parts = ["checkpointing" if self.checkpointing else "no checkpointing"]
+        if self.tiled_mlp:
+            parts.append("tiled MLP")
+        if self.offload:
+            parts.append("offload")
+        return " + ".join(parts)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Per-rank bytes of one step."""
+
+    peak: int  # device bytes at the step's peak, static state included
+    static: int  # weights, gradients, optimizer state, DDP buckets (after sharding)
+    host: int  # host bytes the offloaded checkpoints take
+    trainable: int  # trainable parameters
+
+
+def options_of(config) -> Options:
+    memory = config.memory
+    return Options(
+        checkpointing=not config.model.disable_gradient_checkpointing,
+        tiled_mlp=memory.tiled_mlp,
+        offload=memory.gradient_checkpointing_offload,
+        efficient_rms_norm=memory.efficient_rms_norm,
+        tile_tokens=memory.tiled_mlp_tile_tokens,
+    )
+
+
+def _sharded(config) -> bool:
+    training = config.training
+    if training.fsdp:
+        return True
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return bool(training.deepspeed) and is_deepspeed_zero3_enabled()
+
+
+def trace(
+    config, layout: Layout, length: int, options: Options, *, world: int, device: str = "cuda"
+) -> Estimate:
+    """Trace one step of `config` at sequence length `length` (per sample) on `layout`."""
+    from ..models.memory import token_loss_head
+    from ..models.memory_stack import apply_memory_stack
+    from ..parallel.sharding import padded_length
+
+    model_args = dataclasses.replace(
+        config.model, disable_gradient_checkpointing=not options.checkpointing, enable_liger_kernel=False
+    )
+    memory_args = dataclasses.replace(
+        config.memory,
+        tiled_mlp=options.tiled_mlp,
+        gradient_checkpointing_offload=options.offload and options.checkpointing,
+        efficient_rms_norm=options.efficient_rms_norm,
+        tiled_mlp_tile_tokens=options.tile_tokens,
+    )
+    model = build_skeleton(model_args, config.finetuning, config.training)
+    model.train()
+    with torch.device("meta"):
+        head = apply_memory_stack(model, model_args, memory_args, training=True, preserve_rng_state=False)
+    offload_hooks = _offload_hooks(model)
+    half = next(p for p in model.parameters()).dtype in (torch.float16, torch.bfloat16)
+    acc = torch.float32 if device == "cpu" or layout.ring > 1 or not half else next(model.parameters()).dtype
+    wire_planned_attention(model, layout, acc)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, foreach=False)
+    rows = config.training.per_device_train_batch_size * (
+        2 if config.finetuning.stage in PAIRED_STAGES else 1
+    )
+    local = padded_length(length, layout.split_unit) // layout.size
+    reduction = "none" if config.finetuning.stage in PAIRED_STAGES else "sum"
+
+    def step():
+        ids = torch.empty((rows, local), dtype=torch.long, device="meta")
+        positions = torch.empty((rows, local), dtype=torch.long, device="meta")
+        # Autocast does not act on meta tensors: activations are traced in the weights' dtype (bf16
+        # for a bf16 base under LoRA, as autocast gives; fp32 master weights trace fp32 matmul outputs).
+        with token_loss_head(model, ids, head_options=head, reduction=reduction):
+            loss = model(input_ids=ids, position_ids=positions, use_cache=False).logits.sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # gradients and optimizer state, as after the first training step
+    if offload_hooks is not None:
+        offload_hooks.offloaded_bytes = 0
+    state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    static = storage_bytes([*model.parameters(), *model.buffers(), *state])
+    with LiveTensorBytes(baseline=static, record_peak=_DIAGNOSE) as live:
+        step()
+    if _DIAGNOSE:
+        _print_peak(live)
+    trainable_bytes = sum(p.numel() * 4 for p in trainable)
+    extra = 0
+    if _sharded(config):
+        # weights, gradients and optimizer state are sharded; one layer's weights are gathered at a time
+        layer = _largest_layer_bytes(model)
+        sharded_static = static // world + layer
+        peak = live.peak - static + sharded_static + trainable_bytes // world
+        static = sharded_static
+    else:
+        if world > 1:
+            extra = trainable_bytes  # DDP's flat gradient buckets (gradient_as_bucket_view off)
+        peak = live.peak + extra
+    host = offload_hooks.offloaded_bytes if offload_hooks is not None else 0
+    return Estimate(peak=peak, static=static + extra, host=host, trainable=sum(p.numel() for p in trainable))
+
+
+_DIAGNOSE = False
+
+
+def _print_peak(live) -> None:
+    import collections
+
+    by_op = collections.Counter()
+    for op, shape, size in live.at_peak:
+        by_op[(op, shape)] += size
+    for (op, shape), size in by_op.most_common(25):
+        print(f"{size / 2**20:9.1f} MiB  {op} {shape}")
+
+
+def _offload_hooks(model):
+    from ..models.wrappers import unwrap_model
+
+    function = getattr(unwrap_model(model), "_gradient_checkpointing_func", None)
+    cells = getattr(function, "__closure__", None) or ()
+    from ..models.checkpointing import HostOffload
+
+    return next((c.cell_contents for c in cells if isinstance(c.cell_contents, HostOffload)), None)
+
+
+def _largest_layer_bytes(model) -> int:
+    from ..models.wrappers import unwrap_model
+
+    layers = [m for m in unwrap_model(model).modules() if type(m).__name__.endswith("DecoderLayer")]
+    return max((storage_bytes(m.parameters()) for m in layers), default=0)
+
+
+def longest_length(
+    config,
+    layout: Layout,
+    options: Options,
+    budget: int,
+    *,
+    world: int,
+    device: str = "cuda",
+    start: int = 8192,
+) -> tuple[int, Estimate | None]:
+    """The longest sequence (a multiple of 1,024, to 2%) whose traced peak fits `budget` bytes.
+
+    Secant steps on traced peaks (memory is close to linear in the length once activations outgrow
+    the loss head's fixed chunk), bracketing the budget, then interpolation inside the bracket.
+    """
+    points: dict[int, Estimate] = {}
+
+    def peak(length: int) -> int:
+        length = max(1024, length // 1024 * 1024)
+        if length not in points:
+            points[length] = trace(config, layout, length, options, world=world, device=device)
+        return points[length].peak
+
+    peak(start)
+    peak(2 * start)
+    for _ in range(16):
+        fits = sorted(length for length, e in points.items() if e.peak <= budget)
+        over = sorted(length for length, e in points.items() if e.peak > budget)
+        good, bad = (fits[-1] if fits else 0), (over[0] if over else None)
+        if bad is not None and bad - good <= max(1024, bad // 50):
+            break
+        if bad is None:  # extrapolate from the two longest points, at least 25% further
+            (a, pa), (b, pb) = [(x, points[x].peak) for x in sorted(points)[-2:]]
+            slope = (pb - pa) / (b - a)
+            guess = b + (budget - pb) / slope if slope > 0 else 4 * b
+            guess = min(max(guess, 1.25 * good), 1 << 27)
+            if good >= 1 << 27:
+                break
+        elif good == 0:
+            guess = bad / 2
+        else:  # interpolate inside the bracket, kept off its ends
+            pg, pbad = points[good].peak, points[bad].peak
+            guess = good + (budget - pg) * (bad - good) / max(pbad - pg, 1)
+            guess = min(max(guess, good + (bad - good) / 8), bad - (bad - good) / 8)
+        peak(int(guess))
+    fits = sorted(length for length, e in points.items() if e.peak <= budget)
+    return (fits[-1], points[fits[-1]]) if fits else (0, None)
+
+
+def gib(value: int | float) -> str:
+    return (
+        "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value / 2**30:.2f}"
+    )
