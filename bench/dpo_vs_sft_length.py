@@ -25,18 +25,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launcher import run_ranks  # noqa: E402  (the project's one multi-rank launcher)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory_probe import rss_kib as _status_kib  # noqa: E402
+
 VARIANTS = {
     "sft": {"stage": "sft"},
     "dpo": {"stage": "dpo"},
     "dpo split": {"stage": "dpo", "pref_split_backward": True},
 }
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _write_data(folder: Path, length: int) -> None:
@@ -91,8 +87,8 @@ def _measure(rank, world, variant: str, length: int, options: dict) -> dict:
             "disable_tqdm": True,
             "logging_steps": 1,
         }
-        if options["gradient_checkpointing"]:
-            keys["gradient_checkpointing"] = True
+        # Checkpointing is the training default now; this bench measures without it unless asked.
+        keys["disable_gradient_checkpointing"] = not options["gradient_checkpointing"]
         probe = PeakOfSecondStep()
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # no sample generations
             trainer = run_stage(load_config(keys), callbacks=[probe])

@@ -3,7 +3,9 @@
     python bench/sp_memory.py [--lengths 1024 2048 4096] [--hidden 256] [--layers 4]
 
 For SP = 1, 2, 4 and each mode, every rank runs forward + backward of one sequence of L tokens
-(its shard of it) through a tiny Llama with the tiled loss head. Memory is the RSS high-water mark
+(its shard of it) through a tiny Llama with the memory stack a training run gets by default
+(gradient checkpointing, memory-efficient RMSNorm, the summed tiled loss head; `--no-checkpointing`
+turns checkpointing off, `--tiled-mlp` adds the tiled MLP). Memory is the RSS high-water mark
 on CPU (`/proc/self/status` VmHWM, reset through `/proc/self/clear_refs` after a warm-up step, so it
 measures the step's activations and temporaries above the resident weights, gradients and
 optimizer-free baseline) or `torch.cuda.max_memory_allocated` on GPU. Also compares SP=2 with DP=2
@@ -22,14 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launcher import run_ranks  # noqa: E402  (the project's one multi-rank launcher)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory_probe import pin_malloc  # noqa: E402
+from memory_probe import rss_kib as _rss_kib
+
 HEADS, KV_HEADS = 8, 4
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _reset_peak() -> None:
@@ -45,9 +44,11 @@ def _peak_mib(baseline_kib: int) -> float:
     return (_rss_kib("VmHWM") - baseline_kib) / 1024
 
 
-def _step(rank, world, sp_size, mode, length, hidden, layers, repeats):
+def _step(rank, world, sp_size, mode, length, hidden, layers, repeats, memory_keys):
+    from ulysses_pro.config.args import MemoryArguments, ModelArguments
     from ulysses_pro.models.attention import apply_sequence_parallel
     from ulysses_pro.models.memory import token_loss_head
+    from ulysses_pro.models.memory_stack import apply_memory_stack
     from ulysses_pro.models.tiny import build_tiny_model
     from ulysses_pro.parallel import (
         init_sequence_parallel,
@@ -64,6 +65,10 @@ def _step(rank, world, sp_size, mode, length, hidden, layers, repeats):
         num_kv_heads=KV_HEADS,
         max_position_embeddings=2 * length,
     ).to(device)
+    model.train()
+    model_args = ModelArguments(disable_gradient_checkpointing=not memory_keys["checkpointing"])
+    memory = MemoryArguments(tiled_mlp=memory_keys["tiled_mlp"])
+    head = apply_memory_stack(model, model_args, memory, training=True)
     generator = torch.Generator().manual_seed(rank // sp_size)  # DP groups get different sequences
     ids = torch.randint(3, 1000, (1, length), generator=generator)
     batch = {
@@ -84,11 +89,11 @@ def _step(rank, world, sp_size, mode, length, hidden, layers, repeats):
     batch = {k: v.to(device) for k, v in batch.items()}
 
     def step():
-        with token_loss_head(model, batch["shift_labels"]):
-            losses = model(
+        with token_loss_head(model, batch["shift_labels"], head_options=head, reduction="sum"):
+            loss = model(
                 input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
             ).logits
-        losses.sum().backward()
+        loss.backward()
 
     step()  # warm-up: allocates gradients, so the baseline below includes them
     if torch.distributed.is_initialized():
@@ -105,7 +110,8 @@ def _step(rank, world, sp_size, mode, length, hidden, layers, repeats):
 
 def measure(world: int, sp_size: int, mode: str, length: int, args) -> tuple[float, float]:
     """(max peak MiB over ranks, global tokens per second)."""
-    results = run_ranks(_step, world, sp_size, mode, length, args.hidden, args.layers, args.repeats)
+    memory = {"checkpointing": not args.no_checkpointing, "tiled_mlp": args.tiled_mlp}
+    results = run_ranks(_step, world, sp_size, mode, length, args.hidden, args.layers, args.repeats, memory)
     peak = max(r[0] for r in results)
     seconds = max(r[1] for r in results)
     sequences = world // sp_size
@@ -119,7 +125,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tables", default="memory,dp", help="which tables: memory, dp (comma-separated)")
+    parser.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
+    parser.add_argument("--tiled-mlp", action="store_true", help="add the tiled MLP")
     args = parser.parse_args()
+    pin_malloc()
     tables = set(args.tables.split(","))
     configs = [
         (1, "none"),
@@ -130,7 +139,8 @@ def main() -> None:
         (4, "hybrid"),
     ]
     print(
-        f"# one step (forward + backward), tiny llama hidden {args.hidden}, {args.layers} layers, {HEADS} heads / {KV_HEADS} KV"
+        f"# one step (forward + backward), tiny llama hidden {args.hidden}, {args.layers} layers, {HEADS} heads / {KV_HEADS} KV, "
+        f"{'no ' if args.no_checkpointing else ''}gradient checkpointing{', tiled MLP' if args.tiled_mlp else ''}"
     )
     print(
         f"# memory: {'CUDA max allocated' if torch.cuda.is_available() else 'CPU RSS high-water above the post-warm-up baseline'} (MiB, worst rank)"

@@ -14,6 +14,7 @@ inputs, fp32 log-sum-exp and merge), identically in forward and backward.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -131,10 +132,17 @@ def _backward(grad_out, q, k, v, out, lse, scale, peers: RingPeers | None, plan:
     return grad_q, grad_k, grad_v
 
 
+def _no_autocast(device_type: str):
+    """Autocast off for this device (meta tensors, e.g. the planner's trace, have no autocast)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, peers, plan):
-        with torch.autocast(q.device.type, enabled=False):
+        with _no_autocast(q.device.type):
             out, lse = _forward(q, k, v, scale, peers, plan)
         out = out.to(q.dtype)
         # The output is saved in the input precision (as flash-attn's own autograd does); the
@@ -146,7 +154,7 @@ class _RingAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        with torch.autocast(q.device.type, enabled=False):
+        with _no_autocast(q.device.type):
             grad_q, grad_k, grad_v = _backward(grad_out, q, k, v, out, lse, ctx.scale, ctx.peers, ctx.plan)
         return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None
 

@@ -14,12 +14,14 @@ weights, gradients and optimizer state divided by the world size, plus one gathe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
+from .simulate import simulated_sequence_parallel
 from .skeleton import Layout, build_skeleton, wire_planned_attention
 from .tensor_bytes import LiveTensorBytes, storage_bytes
 
@@ -109,7 +111,12 @@ def trace(
     local = padded_length(length, layout.split_unit) // layout.size
     reduction = "none" if config.finetuning.stage in PAIRED_STAGES else "sum"
 
-    def step():
+    # transformers' default optimizer is fused AdamW, which updates in place (no temporaries): the
+    # measured step then only needs the gradients alive at its end, which the trace has.
+    optim = config.training.optim
+    fused = "fused" in str(getattr(optim, "value", optim))
+
+    def step(measured: bool = False):
         ids = torch.empty((rows, local), dtype=torch.long, device="meta")
         positions = torch.empty((rows, local), dtype=torch.long, device="meta")
         # Autocast does not act on meta tensors: activations are traced in the weights' dtype (bf16
@@ -117,16 +124,20 @@ def trace(
         with token_loss_head(model, ids, head_options=head, reduction=reduction):
             loss = model(input_ids=ids, position_ids=positions, use_cache=False).logits.sum()
         loss.backward()
-        optimizer.step()
+        if not (measured and fused):
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # gradients and optimizer state, as after the first training step
+    simulated = simulated_sequence_parallel(device) if layout.size > 1 else contextlib.nullcontext()
+    with simulated:
+        step()  # gradients and optimizer state, as after the first training step
     if offload_hooks is not None:
         offload_hooks.offloaded_bytes = 0
     state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
     static = storage_bytes([*model.parameters(), *model.buffers(), *state])
-    with LiveTensorBytes(baseline=static, record_peak=_DIAGNOSE) as live:
-        step()
+    with simulated_sequence_parallel(device) if layout.size > 1 else contextlib.nullcontext():
+        with LiveTensorBytes(baseline=static, record_peak=_DIAGNOSE) as live:
+            step(measured=True)
     if _DIAGNOSE:
         _print_peak(live)
     trainable_bytes = sum(p.numel() * 4 for p in trainable)
@@ -159,13 +170,15 @@ def _print_peak(live) -> None:
 
 
 def _offload_hooks(model):
+    from ..models.checkpointing import HostOffload
     from ..models.wrappers import unwrap_model
 
-    function = getattr(unwrap_model(model), "_gradient_checkpointing_func", None)
-    cells = getattr(function, "__closure__", None) or ()
-    from ..models.checkpointing import HostOffload
-
-    return next((c.cell_contents for c in cells if isinstance(c.cell_contents, HostOffload)), None)
+    for module in unwrap_model(model).modules():
+        function = module.__dict__.get("_gradient_checkpointing_func")
+        for cell in getattr(function, "__closure__", None) or ():
+            if isinstance(cell.cell_contents, HostOffload):
+                return cell.cell_contents
+    return None
 
 
 def _largest_layer_bytes(model) -> int:

@@ -1,10 +1,9 @@
 """A training-ready model skeleton on the meta device: the config's decoder with no weights at all.
 
 Built from the model's `config.json` (or a `tiny:` spec), with the run's fine-tuning setup and
-memory stack, and a stand-in for sequence-parallel attention that allocates exactly the tensors
-this rank's attention would (the gathered head shard of the ring-local sequence, GQA replication,
-the ring's fp32 accumulators and in-flight blocks, the all-to-all buffers) without computing. A
-step on it costs no FLOPs and no memory, yet every allocation has its real shape and dtype.
+memory stack and attention: under SP the real SP path (planner/simulate.py simulates its
+collectives and kernels), at SP=1 a stand-in with the allocations of transformers' SDPA. A step on
+it costs no FLOPs and no memory, yet every allocation has its real shape, dtype and lifetime.
 """
 
 from __future__ import annotations
@@ -38,51 +37,21 @@ def _empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch
 
 
 class _PlannedAttention(torch.autograd.Function):
-    """Allocations of one layer's SP attention (hybrid.py + ring.py + comm.py), no arithmetic."""
+    """Allocations of transformers' SDPA (SP=1): it keeps q, k, v, its output and log-sum-exp."""
 
     @staticmethod
     def forward(ctx, q, k, v, layout: Layout, acc_dtype):
         b, heads, local, dim = q.shape
-        kv_heads = max(k.shape[1], layout.ulysses)  # replicated when fewer than the ulysses degree
-        full = local * layout.ulysses
-        if layout.size == 1:  # transformers' SDPA: keeps q, k, v and its output and log-sum-exp
-            ctx.save_for_backward(
-                q, k, v, _empty((b, heads, local, dim), q), _empty((b, heads, local), q, torch.float32)
-            )
-            ctx.layout, ctx.acc, ctx.shapes = layout, acc_dtype, (q.shape, k.shape)
-            return _empty((b, heads, local, dim), q)
-        transient = [_empty(t.shape, t) for t in (q, k, v) for _ in range(2)]  # all-to-all send / receive
-        gathered = [
-            _empty((b, full, heads // layout.ulysses, dim), q),
-            _empty((b, full, kv_heads // layout.ulysses, dim), q),
-            _empty((b, full, kv_heads // layout.ulysses, dim), q),
-        ]
-        if layout.ring > 1:  # fp32 merge buffers and the next key/value block in flight
-            transient += [_empty((b, heads // layout.ulysses, full, dim), q, acc_dtype)]
-            transient += [_empty(t.shape, t) for t in gathered[1:] for _ in range(2)]
-        out = _empty((b, heads // layout.ulysses, full, dim), q)
-        lse = _empty((b, heads // layout.ulysses, full), q, torch.float32)
-        transient += [_empty(out.shape, out) for _ in range(2)]  # the return all-to-all
-        del transient
-        ctx.save_for_backward(*gathered, out, lse)
-        ctx.layout, ctx.acc, ctx.shapes = layout, acc_dtype, (q.shape, k.shape)
+        ctx.save_for_backward(
+            q, k, v, _empty((b, heads, local, dim), q), _empty((b, heads, local), q, torch.float32)
+        )
+        ctx.shapes = (q.shape, k.shape)
         return _empty((b, heads, local, dim), q)
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved = ctx.saved_tensors
         q_shape, k_shape = ctx.shapes
-        layout = ctx.layout
-        like = saved[0]
-        if layout.size == 1:
-            return _empty(q_shape, like), _empty(k_shape, like), _empty(k_shape, like), None, None
-        gathered_grad = _empty(saved[3].shape, grad_out)  # grad of the output, gathered
-        buffers = [_empty(gathered_grad.shape, gathered_grad) for _ in range(2)]
-        grads = [_empty(t.shape, t, ctx.acc) for t in saved[:3]]
-        if layout.ring > 1:  # per-step key/value gradients and accumulators travelling the ring
-            buffers += [_empty(t.shape, t, ctx.acc) for t in saved[1:3] for _ in range(3)]
-            buffers += [_empty(t.shape, t) for t in saved[1:3] for _ in range(2)]
-        del buffers, gathered_grad, grads
+        like = ctx.saved_tensors[0]
         return _empty(q_shape, like), _empty(k_shape, like), _empty(k_shape, like), None, None
 
 
@@ -132,9 +101,16 @@ def build_skeleton(model_args, finetuning_args, training_args) -> nn.Module:
 
 
 def wire_planned_attention(model: nn.Module, layout: Layout, acc_dtype: torch.dtype) -> None:
+    """SP=1: transformers' SDPA (stand-in allocations). SP>1: the real SP path, which the trace runs
+    under `planner.simulate.simulated_sequence_parallel`."""
     from transformers import AttentionInterface
 
+    from ..models.attention import apply_sequence_parallel
     from ..models.wrappers import unwrap_model
+    from .simulate import layout_for
 
+    if layout.size > 1:
+        apply_sequence_parallel(model, layout_for(layout.ulysses, layout.ring))
+        return
     AttentionInterface.register(ATTENTION_NAME, planned_attention(layout, acc_dtype))
     unwrap_model(model).set_attn_implementation(ATTENTION_NAME)
