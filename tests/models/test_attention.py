@@ -12,7 +12,7 @@ from ..launcher import run_ranks
 def _count_plans(rank, world):
     from ulysses_pro.models import attention
     from ulysses_pro.models.tiny import build_tiny_model
-    from ulysses_pro.parallel import init_sequence_parallel
+    from ulysses_pro.parallel import destroy_sequence_parallel, init_sequence_parallel
 
     calls = []
     real = attention.build_attention_plan
@@ -28,6 +28,7 @@ def _count_plans(rank, world):
     ids = torch.randint(3, 500, (1, 4))  # this rank's shard of an 8-token sequence
     for _ in range(2):  # two batches, each with a new position-id tensor
         model(input_ids=ids, position_ids=torch.arange(4 * rank, 4 * rank + 4)[None])
+    destroy_sequence_parallel(layout)
     return len(calls)
 
 

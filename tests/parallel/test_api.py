@@ -46,6 +46,9 @@ def _manual_loop(rank, world):
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     torch.distributed.all_reduce(grads)  # sum of the ranks' shares = full gradient
     ref_grads = torch.cat([p.grad.flatten() for p in reference_model.parameters()])
+    from ulysses_pro.parallel import destroy_sequence_parallel
+
+    destroy_sequence_parallel(layout)  # subgroups left alive can abort the process at exit
     return (
         (total - reference).abs().item(),
         ((grads - ref_grads).norm() / ref_grads.norm()).item(),
