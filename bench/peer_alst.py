@@ -244,7 +244,13 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", default=["ours", "alst"], choices=list(SIDES))
     parser.add_argument("--tile-tokens", type=int, default=1024, help="our tiled_mlp_tile_tokens")
     parser.add_argument("--zero-stage", type=int, default=0, help="ALST's DeepSpeed ZeRO stage")
-    parser.add_argument("--no-check", action="store_true", help="skip measuring at the extrapolated length")
+    parser.add_argument("--no-check", action="store_true", help="skip the check of the extrapolation")
+    parser.add_argument(
+        "--check-length",
+        type=int,
+        help="measure here to check the line (default: at the extrapolated longest length; on 2 CPU "
+        "cores a step at hundreds of thousands of tokens takes hours)",
+    )
     args = parser.parse_args()
     pin_malloc()
     os.environ.setdefault(
@@ -271,8 +277,10 @@ def main() -> None:
         slope = (rows[top]["peak_mib"] - rows[below]["peak_mib"]) * 1024 / (top - below)  # KiB per token
         longest = top + (args.cap_mib - rows[top]["peak_mib"]) * 1024 / slope if slope > 0 else math.inf
         longest = int(longest // 1024 * 1024)
-        check = None if args.no_check or not math.isfinite(longest) else measure(side, longest, options)
-        summary[side] = (slope, longest, check, rows[top]["seconds"])
+        at = args.check_length or longest
+        check = None if args.no_check or not math.isfinite(at) else measure(side, at, options)
+        predicted = rows[top]["peak_mib"] + slope * (at - top) / 1024
+        summary[side] = (slope, longest, check, rows[top]["seconds"], at, predicted)
     print(
         "\n| side | slope KiB/token | longest L under the cap (extrapolated) | peak there (measured) | step s at the top L |"
     )

@@ -32,22 +32,28 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        # Written out (not autograd over the forward) so that at most three token x hidden
+        # temporaries exist at once: the recomputed normalised input, the gradient being built
+        # in place, and one product for the reductions.
         x, weight, rstd = ctx.saved_tensors
-        offset = ctx.offset
         normed = x.float() * rstd
-        with torch.enable_grad():
-            # The weighting step is differentiated by autograd: it is cheap, and its casts (which
-            # differ between families) are then exactly the forward's.
-            normed_leaf = normed.detach().requires_grad_(True)
-            weight_leaf = weight.detach().requires_grad_(weight.requires_grad)
-            out = _scale(normed_leaf, x, weight_leaf, offset)
-            wanted = [normed_leaf] + ([weight_leaf] if weight.requires_grad else [])
-            grads = torch.autograd.grad(out, wanted, grad_out)
-        grad_normed = grads[0].float()
-        # d normed / d x for normed = x * rsqrt(mean(x^2) + eps): rstd * (g - normed * mean(g * normed)).
-        grad_x = rstd * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
-        grad_weight = grads[1] if weight.requires_grad else None
-        return grad_x.to(x.dtype), grad_weight, None, None
+        grad_weight = None
+        if ctx.offset:  # out = (normed * (1 + w)).type_as(x)
+            if weight.requires_grad:
+                grad_weight = _sum_to(grad_out.float() * normed, weight)
+            grad = grad_out.float() * (1.0 + weight.float())
+        else:  # out = w * normed.to(x.dtype)
+            if weight.requires_grad:
+                grad_weight = _sum_to(grad_out * normed.to(x.dtype), weight)
+            grad = (grad_out * weight).float()
+        # d normed / d x for normed = x * rsqrt(mean(x^2) + eps): rstd * (g - normed * mean(g * normed))
+        dot = (grad * normed).mean(-1, keepdim=True)
+        grad = grad.sub_(normed.mul_(dot)).mul_(rstd)
+        return grad.to(x.dtype), grad_weight, None, None
+
+
+def _sum_to(product: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return product.reshape(-1, product.shape[-1]).sum(0).to(weight.dtype)
 
 
 def _scale(normed: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, offset: bool) -> torch.Tensor:
