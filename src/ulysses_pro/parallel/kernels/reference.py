@@ -105,15 +105,53 @@ def _cpu_dense_backward(grad_out, q, k, v, out, lse, scale, causal):
     )
 
 
-class DenseBackend:
-    """A dense kernel pair, run once for uniform calls and problem by problem otherwise."""
+def _cpu_masked_forward(q, k, v, scale, mask):
+    acc = accumulation_dtype(q)
+    kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    return kernel(q.to(acc), k.to(acc), v.to(acc), 0.0, False, attn_mask=mask, scale=scale)
 
-    def __init__(self, name: str, forward, backward):
+
+def _cpu_masked_backward(grad_out, q, k, v, out, lse, scale, mask):
+    acc = accumulation_dtype(q)
+    kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    return kernel(
+        grad_out.to(acc).contiguous(),
+        q.to(acc),
+        k.to(acc),
+        v.to(acc),
+        out.to(acc).contiguous(),
+        lse.to(acc).contiguous(),
+        0.0,
+        False,
+        attn_mask=mask,
+        scale=scale,
+    )
+
+
+# Below this many (batch x queries x keys) elements a varlen call on the CPU is one masked kernel
+# call (the mask is built once per forward) instead of one call per document.
+MASKED_CALL_LIMIT = 1 << 22
+
+
+class DenseBackend:
+    """A dense kernel pair, run once for uniform calls and problem by problem otherwise (or, with a
+    masked pair, as one masked call when the mask is small)."""
+
+    def __init__(self, name: str, forward, backward, masked=None):
         self.name, self._forward, self._backward = name, forward, backward
+        self._masked = masked
+
+    def _mask(self, q, k, causal, sequences):
+        if self._masked is None or q.shape[0] * q.shape[2] * k.shape[2] > MASKED_CALL_LIMIT:
+            return None
+        return sequences.additive_mask(q.shape[0], q.shape[2], k.shape[2], causal, accumulation_dtype(q), q.device)
 
     def forward(self, q, k, v, scale: float, causal: bool, sequences: Sequences):
         if sequences.uniform:
             return self._forward(q, k, v, scale, causal)
+        mask = self._mask(q, k, causal, sequences)
+        if mask is not None:
+            return self._masked[0](q, k, v, scale, mask)
         acc = accumulation_dtype(q)
         out = torch.zeros(q.shape, dtype=acc, device=q.device)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
@@ -129,6 +167,9 @@ class DenseBackend:
     def backward(self, grad_out, q, k, v, out, lse, scale: float, causal: bool, sequences: Sequences):
         if sequences.uniform:
             return self._backward(grad_out, q, k, v, out, lse, scale, causal)
+        mask = self._mask(q, k, causal, sequences)
+        if mask is not None:
+            return self._masked[1](grad_out, q, k, v, out, lse, scale, mask)
         acc = accumulation_dtype(q)
         grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
         grad_k = torch.zeros(k.shape, dtype=acc, device=q.device)
