@@ -99,3 +99,28 @@ def test_plan_command_prints_the_table(tmp_path, capsys):
     assert "per rank at cutoff_len 4096, SP 2 (ulysses 2 x ring 1)" in printed
     rows = [line for line in printed.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and all(line.count("|") == 7 for line in rows)
+
+
+@pytest.mark.parametrize(
+    "keys", [{}, {"finetuning_type": "lora"}, {"tiled_mlp": True, "gradient_checkpointing_offload": True}]
+)
+def test_deep_decoders_are_extrapolated_from_three_shallow_traces(keys, monkeypatch):
+    """A 12-layer decoder: the extrapolation from 1, 2 and 3 layers equals the full-depth trace."""
+    from ulysses_pro.planner import estimate
+    from ulysses_pro.planner.skeleton import skeleton_config
+
+    config = _config(model_name_or_path=SPEC.replace("num_layers=3", "num_layers=12"), **keys)
+    depths = []
+    real = estimate._trace_at_depth
+
+    def counted(*args):
+        depths.append(args[-1].num_hidden_layers)
+        return real(*args)
+
+    monkeypatch.setattr(estimate, "_trace_at_depth", counted)
+    options = estimate.options_of(config)
+    extrapolated = trace(config, Layout(ulysses=2), 8192, options, world=2, device="cpu")
+    assert depths == [1, 2, 3]
+    full = real(config, Layout(ulysses=2), 8192, options, 2, "cpu", skeleton_config(config.model))
+    for field in ("peak", "static", "host", "trainable"):
+        assert abs(getattr(extrapolated, field) - getattr(full, field)) <= 0.002 * getattr(full, field), field

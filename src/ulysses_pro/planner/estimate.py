@@ -22,7 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from .simulate import simulated_sequence_parallel
-from .skeleton import Layout, build_skeleton, wire_planned_attention
+from .skeleton import (
+    Layout,
+    build_skeleton,
+    decoder_depth,
+    decoder_layers,
+    skeleton_config,
+    wire_planned_attention,
+    with_depth,
+)
 from .tensor_bytes import LiveTensorBytes, storage_bytes
 
 PAIRED_STAGES = ("dpo", "kto", "rm")  # two rows per example: chosen / rejected, or labelled / KL
@@ -80,7 +88,68 @@ def _sharded(config) -> bool:
 def trace(
     config, layout: Layout, length: int, options: Options, *, world: int, device: str = "cuda"
 ) -> Estimate:
-    """Trace one step of `config` at sequence length `length` (per sample) on `layout`."""
+    """One step of `config` at sequence length `length` (per sample) on `layout`, per rank.
+
+    Every field of the estimate is affine in the decoder's depth when its layers repeat (the
+    same parameters, a period of `layer_types`): deep models are traced at one, two and three
+    periods of layers and extrapolated, which keeps a plan of an 80-layer model as fast as a
+    plan of a 3-layer one. The third trace checks the line; off the line (by 0.5%), or when the
+    layers differ, the whole depth is traced.
+    """
+    model_config = skeleton_config(config.model)
+    depth = decoder_depth(model_config)
+    period = _repeating_period(config, model_config, depth)
+    if period is None or depth < 6 * period:
+        return _trace_at_depth(config, layout, length, options, world, device, model_config)
+    one, two, three = (
+        _trace_at_depth(config, layout, length, options, world, device, with_depth(model_config, k * period))
+        for k in (1, 2, 3)
+    )
+    fields = [f.name for f in dataclasses.fields(Estimate)]
+    if any(
+        abs(2 * getattr(two, f) - getattr(one, f) - getattr(three, f)) > 0.005 * getattr(three, f)
+        for f in fields
+    ):
+        return _trace_at_depth(config, layout, length, options, world, device, model_config)
+    scale = (depth - 3 * period) / period
+    return Estimate(
+        **{f: round(getattr(three, f) + scale * (getattr(three, f) - getattr(two, f))) for f in fields}
+    )
+
+
+def _repeating_period(config, model_config, depth: int) -> int | None:
+    """Layers per repeating unit of the decoder, or None when its layers are not a repetition."""
+    types = getattr(model_config.get_text_config(), "layer_types", None)
+    period = 1
+    if isinstance(types, list) and types:
+        period = next(
+            p for p in range(1, len(types) + 1) if all(t == types[i % p] for i, t in enumerate(types))
+        )
+    key = (repr(config.model), repr(config.finetuning))
+    if key not in _PERIOD_CHECKED:
+        model = build_skeleton(config.model, config.finetuning, config.training, model_config)
+        _PERIOD_CHECKED[key] = _layer_signatures(model)
+    shapes = _PERIOD_CHECKED[key]
+    if len(shapes) != depth:
+        return None
+    if any(shape != shapes[i % period] for i, shape in enumerate(shapes)):
+        return None  # e.g. dense first layers before MoE ones
+    return period
+
+
+_PERIOD_CHECKED: dict[tuple[str, str], list[tuple]] = {}
+
+
+def _layer_signatures(model) -> list[tuple]:
+    return [
+        tuple((name, tuple(p.shape), p.dtype, p.requires_grad) for name, p in layer.named_parameters())
+        for layer in decoder_layers(model)
+    ]
+
+
+def _trace_at_depth(
+    config, layout: Layout, length: int, options: Options, world: int, device: str, model_config
+) -> Estimate:
     from ..models.memory import token_loss_head
     from ..models.memory_stack import apply_memory_stack
     from ..parallel.sharding import padded_length
@@ -95,7 +164,7 @@ def trace(
         efficient_rms_norm=options.efficient_rms_norm,
         tiled_mlp_tile_tokens=options.tile_tokens,
     )
-    model = build_skeleton(model_args, config.finetuning, config.training)
+    model = build_skeleton(model_args, config.finetuning, config.training, model_config)
     model.train()
     with torch.device("meta"):
         head = apply_memory_stack(model, model_args, memory_args, training=True, preserve_rng_state=False)
@@ -182,10 +251,7 @@ def _offload_hooks(model):
 
 
 def _largest_layer_bytes(model) -> int:
-    from ..models.wrappers import unwrap_model
-
-    layers = [m for m in unwrap_model(model).modules() if type(m).__name__.endswith("DecoderLayer")]
-    return max((storage_bytes(m.parameters()) for m in layers), default=0)
+    return max((storage_bytes(m.parameters()) for m in decoder_layers(model)), default=0)
 
 
 def longest_length(
@@ -197,44 +263,62 @@ def longest_length(
     world: int,
     device: str = "cuda",
     start: int = 8192,
+    known: dict[int, Estimate] | None = None,
 ) -> tuple[int, Estimate | None]:
     """The longest sequence (a multiple of 1,024, to 2%) whose traced peak fits `budget` bytes.
 
-    Secant steps on traced peaks (memory is close to linear in the length once activations outgrow
-    the loss head's fixed chunk), bracketing the budget, then interpolation inside the bracket.
+    Memory is close to affine in the length once activations outgrow the loss head's fixed chunk:
+    each trace aims at the budget on the line through the bracket (or, before there is one, through
+    the two traced points nearest to it), and an aim within 2% of a traced point is moved 2% past
+    it, so that the bracket closes in a few traces. `known` holds traces already made
+    (length -> estimate) and receives the new ones.
     """
-    points: dict[int, Estimate] = {}
+    points: dict[int, Estimate] = {} if known is None else known
 
-    def peak(length: int) -> int:
-        length = max(1024, length // 1024 * 1024)
+    def traced(length: int) -> int:
         if length not in points:
             points[length] = trace(config, layout, length, options, world=world, device=device)
-        return points[length].peak
+        return length
 
-    peak(start)
-    peak(2 * start)
+    def rounded(length: float) -> int:
+        return max(1024, int(length) // 1024 * 1024)
+
+    traced(rounded(start))
+    traced(rounded(2 * start))
     for _ in range(16):
         fits = sorted(length for length, e in points.items() if e.peak <= budget)
         over = sorted(length for length, e in points.items() if e.peak > budget)
         good, bad = (fits[-1] if fits else 0), (over[0] if over else None)
-        if bad is not None and bad - good <= max(1024, bad // 50):
+        if bad is not None and bad - good <= _tolerance(bad):
             break
-        if bad is None:  # extrapolate from the two longest points, at least 25% further
-            (a, pa), (b, pb) = [(x, points[x].peak) for x in sorted(points)[-2:]]
-            slope = (pb - pa) / (b - a)
-            guess = b + (budget - pb) / slope if slope > 0 else 4 * b
-            guess = min(max(guess, 1.25 * good), 1 << 27)
-            if good >= 1 << 27:
-                break
+        if bad is None and good >= 1 << 27:
+            break
+        if good and bad is not None:
+            a, b = good, bad
+        else:
+            a, b = sorted(sorted(points, key=lambda x: abs(points[x].peak - budget))[:2])
+        slope = (points[b].peak - points[a].peak) / (b - a)
+        aim = b + (budget - points[b].peak) / slope if slope > 0 else 2 * max(points)
+        if bad is None:
+            aim = min(max(aim, good + _tolerance(good)), 1 << 27)
         elif good == 0:
-            guess = bad / 2
-        else:  # interpolate inside the bracket, kept off its ends
-            pg, pbad = points[good].peak, points[bad].peak
-            guess = good + (budget - pg) * (bad - good) / max(pbad - pg, 1)
-            guess = min(max(guess, good + (bad - good) / 8), bad - (bad - good) / 8)
-        peak(int(guess))
+            aim = min(aim, bad / 2) if bad > 1024 else 0
+            if aim < 1024:
+                break  # not even the shortest length fits
+        else:
+            aim = min(max(aim, good + _tolerance(good)), bad - _tolerance(bad))
+        candidate = rounded(aim)
+        if candidate in points:
+            candidate = rounded((good + bad) / 2) if bad is not None else rounded(2 * good)
+            if candidate in points:
+                break
+        traced(candidate)
     fits = sorted(length for length, e in points.items() if e.peak <= budget)
     return (fits[-1], points[fits[-1]]) if fits else (0, None)
+
+
+def _tolerance(length: int) -> int:
+    return max(1024, length // 50)
 
 
 def gib(value: int | float) -> str:

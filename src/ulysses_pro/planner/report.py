@@ -13,6 +13,8 @@ import dataclasses
 import re
 import sys
 
+from tqdm import tqdm
+
 from .estimate import Options, gib, longest_length, options_of, trace
 from .skeleton import Layout
 
@@ -117,22 +119,30 @@ def run(arguments: list[str]) -> int:
     )
     print("| SP | layout | " + " | ".join(name for name, _ in sets) + " |")
     print("|---|---|" + "---|" * len(sets))
-    for sp in sizes:
-        candidate = _layouts(sp, config, heads)
+    candidates = {sp: _layouts(sp, config, heads) for sp in sizes}
+    cells_to_trace = sum(len(sets) for candidate in candidates.values() if candidate is not None)
+    progress = tqdm(total=cells_to_trace, desc="tracing", unit="cell", file=sys.stderr, leave=False)
+    for sp, candidate in candidates.items():
         if candidate is None:
             print(f"| {sp} | heads do not split | " + " | ".join("-" for _ in sets) + " |")
             continue
         cells = []
         for _, option_set in sets:
-            at_cutoff = trace(
-                config, candidate, length, option_set, world=options.nproc, device=options.device
-            )
+            points = {length: estimate} if (candidate, option_set) == (layout, configured) else {}
+            if length not in points:
+                points[length] = trace(
+                    config, candidate, length, option_set, world=options.nproc, device=options.device
+                )
+            at_cutoff = points[length]
             longest, _ = longest_length(
                 config, candidate, option_set, budget, world=options.nproc, device=options.device,
-                start=max(1024, length // 4),
+                start=max(1024, length // 2), known=points,
             )  # fmt: skip
             cells.append(f"{longest:,} ({gib(at_cutoff.peak)})")
+            progress.update()
+        progress.clear()
         print(f"| {sp} | {candidate.ulysses}x{candidate.ring} | " + " | ".join(cells) + " |", flush=True)
+    progress.close()
     print(
         "\nNot counted: CUDA context, allocator fragmentation, NCCL buffers; autocast is traced in the weights' dtype."
     )

@@ -8,10 +8,13 @@ it costs no FLOPs and no memory, yet every allocation has its real shape, dtype 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..models.loader import TINY_PREFIX, parse_tiny_spec
 
 ATTENTION_NAME = "ulysses_pro_plan"
 
@@ -67,12 +70,8 @@ def planned_attention(layout: Layout, acc_dtype: torch.dtype):
     return attention
 
 
-def build_skeleton(model_args, finetuning_args, training_args) -> nn.Module:
-    """The model of the run on the meta device, trainable as the run would set it up (no weights)."""
-    from transformers import AutoModelForCausalLM
-
-    from ..models.loader import TINY_PREFIX, _apply_finetuning, _compute_dtype, parse_tiny_spec
-
+def skeleton_config(model_args):
+    """The model's config (`config.json`, or a `tiny:` spec's), as the run would build it."""
     path = model_args.model_name_or_path
     if path.startswith(TINY_PREFIX):
         from ..models.tiny import build_tiny_config
@@ -80,13 +79,41 @@ def build_skeleton(model_args, finetuning_args, training_args) -> nn.Module:
 
         arch, sizes = parse_tiny_spec(path)
         sizes.setdefault("vocab_size", len(load_builtin_tokenizer()))
-        config = build_tiny_config(arch, **sizes)
-    else:
-        from transformers import AutoConfig
+        return build_tiny_config(arch, **sizes)
+    from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(
-            path, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
-        )
+    return AutoConfig.from_pretrained(
+        path, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
+    )
+
+
+def decoder_depth(config) -> int:
+    return config.get_text_config().num_hidden_layers
+
+
+def with_depth(config, layers: int):
+    """A copy of `config` whose decoder keeps its first `layers` layers (per-layer lists cut too)."""
+    config = copy.deepcopy(config)
+    text = config.get_text_config()
+    text.num_hidden_layers = layers
+    if isinstance(getattr(text, "layer_types", None), list):
+        text.layer_types = text.layer_types[:layers]
+    return config
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    from ..models.wrappers import unwrap_model
+
+    return [m for m in unwrap_model(model).modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def build_skeleton(model_args, finetuning_args, training_args, config=None) -> nn.Module:
+    """The model of the run on the meta device, trainable as the run would set it up (no weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models.loader import _apply_finetuning, _compute_dtype
+
+    config = skeleton_config(model_args) if config is None else config
     dtype = _compute_dtype(training_args)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
