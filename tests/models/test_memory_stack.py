@@ -50,7 +50,10 @@ def _compare(a, b, rtol=1e-6):
     assert a[1].keys() == b[1].keys() and a[1]
     assert a[0] == pytest.approx(b[0], rel=rtol)
     for name in a[1]:
-        torch.testing.assert_close(a[1][name], b[1][name], rtol=1e-5, atol=1e-6, msg=name)
+        # fp32 sums of a gradient of size g round at about 1e-7 g: the absolute tolerance is
+        # taken relative to the tensor's largest entry (a reordered backward moves small ones).
+        scale = max(1.0, a[1][name].abs().max().item())
+        torch.testing.assert_close(a[1][name], b[1][name], rtol=1e-5, atol=1e-6 * scale, msg=name)
 
 
 @pytest.mark.parametrize("lora", [False, True])
