@@ -144,7 +144,9 @@ class DenseBackend:
     def _mask(self, q, k, causal, sequences):
         if self._masked is None or q.shape[0] * q.shape[2] * k.shape[2] > MASKED_CALL_LIMIT:
             return None
-        return sequences.additive_mask(q.shape[0], q.shape[2], k.shape[2], causal, accumulation_dtype(q), q.device)
+        return sequences.additive_mask(
+            q.shape[0], q.shape[2], k.shape[2], causal, accumulation_dtype(q), q.device
+        )
 
     def forward(self, q, k, v, scale: float, causal: bool, sequences: Sequences):
         if sequences.uniform:
