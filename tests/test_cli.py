@@ -3,51 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_cli(
-    args: list[str], env_extra: dict | None = None, timeout: int = 300
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env_extra or {})}
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        env.pop(key, None)
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def write_config(tmp_path: Path, **overrides) -> Path:
-    config = {
-        "model_name_or_path": "tiny:llama",
-        "stage": "sft",
-        "do_train": True,
-        "finetuning_type": "full",
-        "dataset": "demo_tasks",
-        "dataset_dir": str(REPO / "data"),
-        "cutoff_len": 96,
-        "max_samples": 200,
-        "neat_packing": True,
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 2,
-        "max_steps": 6,
-        "logging_steps": 1,
-        "save_steps": 3,
-        "learning_rate": 3e-3,
-        "plot_loss": True,
-        "report_to": "none",
-    }
-    config.update(overrides)
-    path = tmp_path / "cfg.yaml"
-    path.write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in config.items()) + "\n")
-    return path
+from .commands import run_cli, write_config
 
 
 def test_two_process_sft_writes_hf_outputs(tmp_path):

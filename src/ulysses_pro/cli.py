@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
-import subprocess
 import sys
 
 USAGE = """usage: ulysses-pro <command> [arguments]
@@ -22,12 +20,6 @@ torchrun --nproc_per_node 2 -m ulysses_pro train cfg.yaml
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _needs_torchrun() -> int:
     """Number of processes to relaunch with, or 0 when this process should train itself."""
     if "LOCAL_RANK" in os.environ or "RANK" in os.environ:
@@ -35,24 +27,6 @@ def _needs_torchrun() -> int:
     nproc = int(os.environ.get("NPROC_PER_NODE", "1") or 1)
     force = os.environ.get("FORCE_TORCHRUN", "").lower() in ("1", "true")
     return nproc if nproc > 1 or force else 0
-
-
-def _relaunch(nproc: int, arguments: list[str]) -> int:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={nproc}",
-        f"--nnodes={os.environ.get('NNODES', '1')}",
-        f"--node_rank={os.environ.get('NODE_RANK', '0')}",
-        f"--master_addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
-        f"--master_port={os.environ.get('MASTER_PORT', str(_free_port()))}",
-        "-m",
-        "ulysses_pro",
-        "train",
-        *arguments,
-    ]
-    return subprocess.call(command)
 
 
 def _setup_logging() -> None:
@@ -73,25 +47,36 @@ def train(arguments: list[str]) -> int:
         print("  " + "\n  ".join(known_keys()))
         return 0
     nproc = _needs_torchrun()
-    if nproc:
-        return _relaunch(nproc, arguments)
     _setup_logging()
     from .config import ConfigError, load_config
     from .data.errors import DataError
+    from .launch import INPUT_ERROR_EXIT, relaunch, report_failure
     from .pro.torch_compat import CheckpointError
 
     try:
         config = load_config(None, arguments)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+        if nproc:
+            from .train.preflight import preflight
+
+            # Once, here, before any worker starts (each worker checks again before it loads).
+            preflight(config, nproc * int(os.environ.get("NNODES", "1") or 1))
+    except (ConfigError, DataError) as err:
+        report_failure(f"config error: {err}")
+        return INPUT_ERROR_EXIT
+    if nproc:
+        return relaunch(nproc, arguments)
     from .train.stages import run_stage
 
     try:
         run_stage(config)
     except (ConfigError, DataError, CheckpointError) as err:
-        print(f"{type(err).__name__}: {err}", file=sys.stderr)
-        return 2
+        report_failure(f"{type(err).__name__}: {err}")
+        return INPUT_ERROR_EXIT
+    except Exception as err:
+        # The traceback follows as usual; the launcher's last line names this rank and the error.
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        report_failure(f"rank {os.environ.get('RANK', '0')}: {type(err).__name__}: {first_line}", echo=False)
+        raise
     finally:
         import torch.distributed as dist
 

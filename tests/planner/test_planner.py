@@ -106,8 +106,8 @@ def test_plan_command_prints_the_table(tmp_path, capsys):
 )
 def test_deep_decoders_are_extrapolated_from_three_shallow_traces(keys, monkeypatch):
     """A 12-layer decoder: the extrapolation from 1, 2 and 3 layers equals the full-depth trace."""
+    from ulysses_pro.models.loader import load_model_config
     from ulysses_pro.planner import estimate
-    from ulysses_pro.planner.skeleton import skeleton_config
 
     config = _config(model_name_or_path=SPEC.replace("num_layers=3", "num_layers=12"), **keys)
     depths = []
@@ -121,6 +121,6 @@ def test_deep_decoders_are_extrapolated_from_three_shallow_traces(keys, monkeypa
     options = estimate.options_of(config)
     extrapolated = trace(config, Layout(ulysses=2), 8192, options, world=2, device="cpu")
     assert depths == [1, 2, 3]
-    full = real(config, Layout(ulysses=2), 8192, options, 2, "cpu", skeleton_config(config.model))
+    full = real(config, Layout(ulysses=2), 8192, options, 2, "cpu", load_model_config(config.model))
     for field in ("peak", "static", "host", "trainable"):
         assert abs(getattr(extrapolated, field) - getattr(full, field)) <= 0.002 * getattr(full, field), field

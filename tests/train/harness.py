@@ -49,7 +49,26 @@ def run_training(callbacks: tuple = (), **keys) -> dict:
         # the last per-step training log line (loss, learning rate, rewards/*, guard/*, ...)
         "metrics": [entry for entry in history if "loss" in entry][-1],
         "eval_metrics": next((entry for entry in reversed(history) if "eval_loss" in entry), {}),
+        # (ulysses degree, ring degree) the run really used, so a test can say what it ran
+        "layout": (layout.ulysses_size, layout.ring_size) if (layout := trainer.sp_layout) else (1, 1),
     }
+
+
+# What each mode must split into; a hybrid case is a real ulysses x ring split, never the
+# pure-Ulysses layout the default degree picks when the heads allow it.
+def expected_layout(sp: int, mode: str) -> tuple[int, int]:
+    """(ulysses degree, ring degree) of an SP=`sp` case in `mode` (see `parallel_keys`)."""
+    return {"ulysses": (sp, 1), "zigzag-ring": (1, sp), "hybrid": (2, sp // 2)}[mode]
+
+
+def parallel_keys(sp: int, mode: str) -> dict:
+    """The SP config keys of a case; hybrid sets `ulysses_degree: 2` and needs sp >= 4."""
+    if mode == "hybrid" and sp < 4:
+        raise ValueError(
+            f"a hybrid case needs sequence_parallel_size >= 4 (got {sp}): 2 ranks cannot split both ways"
+        )
+    degree = {"ulysses_degree": 2} if mode == "hybrid" else {}
+    return {"sequence_parallel_size": sp, "sequence_parallel_mode": mode, **degree}
 
 
 def relative_error(a: dict, b: dict) -> float:

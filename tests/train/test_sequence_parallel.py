@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ..launcher import run_ranks
-from .harness import relative_error, run_training
+from .harness import expected_layout, parallel_keys, relative_error, run_training
 
 DATA = str(Path(__file__).resolve().parents[2] / "data")
 STEPS = 4
@@ -49,12 +49,11 @@ def compare(reference, candidate):
 
 CASES = [
     # (world, keys)
-    (2, {"sequence_parallel_size": 2, "sequence_parallel_mode": "ulysses"}),
+    (2, parallel_keys(2, "ulysses")),
     (
         2,
         {
-            "sequence_parallel_size": 2,
-            "sequence_parallel_mode": "zigzag-ring",
+            **parallel_keys(2, "zigzag-ring"),
             "neat_packing": True,
             # evaluation under SP: the same eval loss as SP=1
             "do_eval": True,
@@ -65,8 +64,7 @@ CASES = [
     (
         4,
         {
-            "sequence_parallel_size": 4,
-            "sequence_parallel_mode": "hybrid",
+            **parallel_keys(4, "hybrid"),
             "gradient_accumulation_steps": 2,
             "per_device_train_batch_size": 2,
         },
@@ -74,8 +72,7 @@ CASES = [
     (
         4,
         {
-            "sequence_parallel_size": 2,
-            "sequence_parallel_mode": "ulysses",
+            **parallel_keys(2, "ulysses"),
             "per_device_train_batch_size": 2,
             "neat_packing": True,
             # DP2 x SP2 with length grouping: the grouped order is shared like the plain one
@@ -85,8 +82,7 @@ CASES = [
     (
         2,
         {
-            "sequence_parallel_size": 2,
-            "sequence_parallel_mode": "zigzag-ring",
+            **parallel_keys(2, "zigzag-ring"),
             # a stream read, shuffled, tokenized and packed on the fly gives both SP ranks the same rows
             "streaming": True,
             "buffer_size": 8,
@@ -101,7 +97,8 @@ def test_sequence_parallel_matches_single_process(tmp_path, world, keys):
     shared = {
         k: v
         for k, v in keys.items()
-        if not k.startswith("sequence_parallel") and k != "per_device_train_batch_size"
+        if not k.startswith("sequence_parallel")
+        and k not in ("per_device_train_batch_size", "ulysses_degree")
     }
     dp = world // keys["sequence_parallel_size"]
     reference_batch = keys.get("per_device_train_batch_size", 4) * dp
@@ -110,6 +107,9 @@ def test_sequence_parallel_matches_single_process(tmp_path, world, keys):
     )
     candidate = run_ranks(_train, world, case_keys(tmp_path, "sp", **keys))[0]
     compare(reference, candidate)
+    assert candidate["layout"] == expected_layout(
+        keys["sequence_parallel_size"], keys["sequence_parallel_mode"]
+    )
     assert bool(reference["eval_losses"]) == bool(keys.get("do_eval"))
 
 
@@ -125,10 +125,11 @@ ARCHES = ["llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"]
 MODES = ["ulysses", "zigzag-ring", "hybrid"]
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", ["ulysses", "zigzag-ring"])
 @pytest.mark.parametrize("arch", ARCHES)
-def test_every_architecture_and_mode(tmp_path, arch, mode):
-    """SP=2 on each architecture and mode (GQA 4 heads / 2 KV heads), packed rows, GA 2."""
+def test_every_architecture_in_both_two_rank_modes(tmp_path, arch, mode):
+    """SP=2 on each architecture, ulysses and zigzag ring (GQA 4 heads / 2 KV heads), packed rows, GA 2.
+    Two ranks cannot split both ways: the hybrid runs on 4 (`test_sweep_sp4`, one case per mode by default)."""
     shared = {
         "model_name_or_path": f"tiny:{arch}",
         "neat_packing": True,
@@ -136,18 +137,25 @@ def test_every_architecture_and_mode(tmp_path, arch, mode):
         "per_device_train_batch_size": 2,
     }
     reference = run_training(**case_keys(tmp_path, "ref", **shared))
-    candidate = run_ranks(
-        _train, 2, case_keys(tmp_path, "sp", sequence_parallel_size=2, sequence_parallel_mode=mode, **shared)
-    )[0]
+    candidate = run_ranks(_train, 2, case_keys(tmp_path, "sp", **parallel_keys(2, mode), **shared))[0]
     compare(reference, candidate)
+    assert candidate["layout"] == expected_layout(2, mode)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("arch", ARCHES)
+# One SP=4 case per mode runs by default, each on another architecture and fine-tuning type;
+# `pytest -m slow` runs the rest of the sweep.
+SP4_DEFAULT = {("llama", "ulysses", "lora"), ("qwen3", "zigzag-ring", "full"), ("gemma2", "hybrid", "full")}
+SP4_SWEEP = [
+    pytest.param(arch, mode, kind, marks=() if (arch, mode, kind) in SP4_DEFAULT else pytest.mark.slow)
+    for arch in ARCHES
+    for mode in MODES
+    for kind in ("full", "lora")
+]
+
+
+@pytest.mark.parametrize(("arch", "mode", "finetuning_type"), SP4_SWEEP)
 def test_sweep_sp4(tmp_path, arch, mode, finetuning_type):
-    """Wider sweep (pytest -m slow): SP=4 on every architecture and mode, full and LoRA, 1 KV head."""
+    """SP=4 on every architecture and mode, full and LoRA, 1 KV head (so kv < degree everywhere)."""
     shared = {
         "model_name_or_path": f"tiny:{arch}?num_kv_heads=1",
         "finetuning_type": finetuning_type,
@@ -155,13 +163,9 @@ def test_sweep_sp4(tmp_path, arch, mode, finetuning_type):
         "gradient_accumulation_steps": 2,
     }
     reference = run_training(**case_keys(tmp_path, "ref", **shared))
-    degree = {"ulysses_degree": 2} if mode == "hybrid" else {}  # 2 x 2, not the pure-ulysses default
-    candidate = run_ranks(
-        _train,
-        4,
-        case_keys(tmp_path, "sp", sequence_parallel_size=4, sequence_parallel_mode=mode, **degree, **shared),
-    )[0]
+    candidate = run_ranks(_train, 4, case_keys(tmp_path, "sp", **parallel_keys(4, mode), **shared))[0]
     compare(reference, candidate)
+    assert candidate["layout"] == expected_layout(4, mode)
 
 
 def test_neftune_under_sequence_parallelism(tmp_path):
@@ -183,12 +187,9 @@ def test_bf16_training_matches_single_process(tmp_path, world, mode):
     within 2.2e-5, gradients within 3.3e-3 (bf16 rounding of differently split matmuls); a
     normalisation or merge bug is off by tens of percent."""
     shared = {"bf16": True, "neat_packing": True}
-    degree = {"ulysses_degree": 2} if mode == "hybrid" else {}
     reference = run_training(**case_keys(tmp_path, "ref", **shared))
-    keys = case_keys(
-        tmp_path, "sp", sequence_parallel_size=world, sequence_parallel_mode=mode, **degree, **shared
-    )
-    candidate = run_ranks(_train, world, keys)[0]
+    candidate = run_ranks(_train, world, case_keys(tmp_path, "sp", **parallel_keys(world, mode), **shared))[0]
+    assert candidate["layout"] == expected_layout(world, mode)
     loss_errors = [abs(a - b) / abs(a) for a, b in zip(reference["losses"], candidate["losses"])]
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
     assert len(loss_errors) == STEPS and max(loss_errors) <= 2e-4, loss_errors
@@ -205,7 +206,7 @@ MEMORY_CASES = [
     (
         4,
         "hybrid",
-        {"tiled_mlp": True, "tiled_mlp_tile_tokens": 8, "use_reentrant_gc": False, "ulysses_degree": 2},
+        {"tiled_mlp": True, "tiled_mlp_tile_tokens": 8, "use_reentrant_gc": False},
     ),
     (2, "ulysses", {"disable_gradient_checkpointing": True, "loss_chunk_tokens": 24}),
 ]
@@ -217,7 +218,7 @@ def test_memory_stack_under_sequence_parallelism(tmp_path, world, mode, memory):
     size change memory, never results: SP runs with them match the SP=1 run with the defaults."""
     shared = {"neat_packing": True, "gradient_accumulation_steps": 2, "per_device_train_batch_size": 2}
     reference = run_training(**case_keys(tmp_path, "ref", **shared))
-    keys = case_keys(
-        tmp_path, "sp", sequence_parallel_size=world, sequence_parallel_mode=mode, **memory, **shared
-    )
-    compare(reference, run_ranks(_train, world, keys)[0])
+    keys = case_keys(tmp_path, "sp", **parallel_keys(world, mode), **memory, **shared)
+    candidate = run_ranks(_train, world, keys)[0]
+    compare(reference, candidate)
+    assert candidate["layout"] == expected_layout(world, mode)

@@ -72,6 +72,8 @@ class RunConfig:
     config_file: str | None = None
     pro: ProArguments = dataclasses.field(default_factory=ProArguments)
     memory: MemoryArguments = dataclasses.field(default_factory=MemoryArguments)
+    # Where each key was set (`cfg.yaml:12`, `command line (--lr 3)`), for later checks' messages.
+    origins: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict of every key of our argument groups (for logs and `get_status`)."""
@@ -270,7 +272,9 @@ def load_config(
         training = training_cls(**training_kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid training arguments: {err}") from None
-    return RunConfig(model, data, finetuning, parallel, training, overwrite, config_file, pro, memory)
+    return RunConfig(
+        model, data, finetuning, parallel, training, overwrite, config_file, pro, memory, origins
+    )
 
 
 # transformers' own switches (the second pair is 5.24's new name); ours decide, so the Trainer never

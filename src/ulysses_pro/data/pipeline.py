@@ -17,7 +17,7 @@ from .cache import cache_exists, fingerprint, load_cache, save_cache
 from .columns import ColumnarRows
 from .encoding import EncodeSettings, documents_of, encode_all
 from .errors import DataError, RowRef, SkippedRows
-from .files import read_rows
+from .files import dataset_files, read_rows
 from .formats import Conversation, to_conversation, to_text
 from .mixing import mix, mix_stream, parse_probabilities
 from .packing import Document, PackingReport, pack_documents, report
@@ -78,6 +78,14 @@ def _check_layout(spec, stage: str) -> None:
             f"dataset {spec.name!r} has no ranking: true; stage {stage} needs preference rows with "
             "chosen and rejected answers (set ranking: true and map the chosen/rejected columns)"
         )
+
+
+def check_sources(data_args, stage: str) -> None:
+    """Dataset names, their entries, the stage's layout and the files, without reading a row."""
+    for names in (data_args.dataset, data_args.eval_dataset):
+        for spec in load_dataset_specs(names, data_args.dataset_dir) if names else []:
+            _check_layout(spec, stage)
+            dataset_files(spec.path)
 
 
 def _convert(row, spec, ref, stage: str):

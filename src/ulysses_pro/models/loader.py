@@ -33,6 +33,27 @@ def parse_tiny_spec(spec: str) -> tuple[str, dict[str, int]]:
     return arch, sizes
 
 
+def load_model_config(model_args):
+    """The model's config (`config.json`, or a `tiny:` spec's) as the run would build it; no weights."""
+    path = model_args.model_name_or_path
+    if path.startswith(TINY_PREFIX):
+        from .tiny import build_tiny_config
+        from .tokenizer import load_builtin_tokenizer
+
+        arch, sizes = parse_tiny_spec(path)
+        sizes.setdefault("vocab_size", len(load_builtin_tokenizer()))
+        return build_tiny_config(arch, **sizes)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        path,
+        trust_remote_code=model_args.trust_remote_code,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.hf_hub_token,
+    )
+
+
 def load_tokenizer(model_args):
     """The model's tokenizer; `tiny:<arch>` models use the tokenizer shipped with Ulysses Pro."""
     path = model_args.model_name_or_path

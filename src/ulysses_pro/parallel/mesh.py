@@ -9,6 +9,7 @@ Rank layout (world W, SP size P = U x R, DP = W / P):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -95,10 +96,14 @@ def resolve_degrees(
     if mode == "ulysses":
         if num_heads % sp_size:
             valid = default_ulysses_degree(sp_size, num_heads, num_kv_heads)
+            instead = (
+                f"hybrid (ulysses {valid} x ring {sp_size // valid})"
+                if valid > 1
+                else "zigzag-ring (the ring splits any head count)"
+            )
             raise ValueError(
                 f"sequence_parallel_size={sp_size} does not divide the {num_heads} attention heads; "
-                f"use sequence_parallel_mode: hybrid (ulysses {valid} x ring {sp_size // valid}) "
-                f"or a sequence_parallel_size that divides {num_heads}"
+                f"use sequence_parallel_mode: {instead} or a sequence_parallel_size that divides {num_heads}"
             )
         if num_kv_heads % sp_size and sp_size % num_kv_heads:
             raise ValueError(
@@ -123,8 +128,12 @@ def init_sequence_parallel(
     num_heads: int,
     num_kv_heads: int,
     ulysses_degree: int | None = None,
+    timeout: timedelta | None = None,
 ) -> SequenceParallelLayout:
-    """Create the process groups (every rank must call this, in the same order)."""
+    """Create the process groups (every rank must call this, in the same order).
+
+    `timeout` bounds every collective of the groups (the run's `ddp_timeout`): without it new
+    groups take torch's 30-minute default, and a rank whose peer hangs waits that long."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     if world % sp_size:
@@ -135,22 +144,22 @@ def init_sequence_parallel(
         # new_group is collective over the whole world: every rank creates every group.
         for start in range(0, world, sp_size):
             members = list(range(start, start + sp_size))
-            group = dist.new_group(members)
+            group = dist.new_group(members, timeout=timeout)
             if rank in members:
                 groups["sp"] = group
             for r in range(ring):
                 uly = members[r * ulysses : (r + 1) * ulysses]
-                group = dist.new_group(uly)
+                group = dist.new_group(uly, timeout=timeout)
                 if rank in uly:
                     groups["ulysses"] = group
             for u in range(ulysses):
                 ring_members = members[u::ulysses]
-                group = dist.new_group(ring_members)
+                group = dist.new_group(ring_members, timeout=timeout)
                 if rank in ring_members:
                     groups["ring"] = group
         for offset in range(sp_size):
             members = list(range(offset, world, sp_size))
-            group = dist.new_group(members)
+            group = dist.new_group(members, timeout=timeout)
             if rank in members:
                 groups["dp"] = group
     return SequenceParallelLayout(

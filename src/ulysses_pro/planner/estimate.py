@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.loader import load_model_config
 from .simulate import simulated_sequence_parallel
 from .skeleton import (
     Layout,
     build_skeleton,
     decoder_depth,
     decoder_layers,
-    skeleton_config,
     wire_planned_attention,
     with_depth,
 )
@@ -96,7 +96,7 @@ def trace(
     plan of a 3-layer one. The third trace checks the line; off the line (by 0.5%), or when the
     layers differ, the whole depth is traced.
     """
-    model_config = skeleton_config(config.model)
+    model_config = load_model_config(config.model)
     depth = decoder_depth(model_config)
     period = _repeating_period(config, model_config, depth)
     if period is None or depth < 6 * period:

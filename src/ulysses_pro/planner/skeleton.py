@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..models.loader import TINY_PREFIX, parse_tiny_spec
+from ..models.loader import load_model_config
 
 ATTENTION_NAME = "ulysses_pro_plan"
 
@@ -70,23 +70,6 @@ def planned_attention(layout: Layout, acc_dtype: torch.dtype):
     return attention
 
 
-def skeleton_config(model_args):
-    """The model's config (`config.json`, or a `tiny:` spec's), as the run would build it."""
-    path = model_args.model_name_or_path
-    if path.startswith(TINY_PREFIX):
-        from ..models.tiny import build_tiny_config
-        from ..models.tokenizer import load_builtin_tokenizer
-
-        arch, sizes = parse_tiny_spec(path)
-        sizes.setdefault("vocab_size", len(load_builtin_tokenizer()))
-        return build_tiny_config(arch, **sizes)
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(
-        path, trust_remote_code=model_args.trust_remote_code, revision=model_args.model_revision
-    )
-
-
 def decoder_depth(config) -> int:
     return config.get_text_config().num_hidden_layers
 
@@ -113,7 +96,7 @@ def build_skeleton(model_args, finetuning_args, training_args, config=None) -> n
 
     from ..models.loader import _apply_finetuning, _compute_dtype
 
-    config = skeleton_config(model_args) if config is None else config
+    config = load_model_config(model_args) if config is None else config
     dtype = _compute_dtype(training_args)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer
+from transformers.trainer_utils import rotate_checkpoints
 
 from ..data.streaming import StreamingDataset
 from ..models.embedding_noise import noisy_embeddings
@@ -19,6 +21,7 @@ from ..parallel.reduce import count_targets, global_sum, normalized_token_loss
 from ..parallel.sampler import SequenceParallelSampler
 from ..parallel.sharding import SequenceParallelCollator
 from ..pro.torch_compat import safe_checkpoint_loading
+from .checkpoints import staged_checkpoint
 
 
 def row_length(row: dict) -> int:
@@ -155,6 +158,35 @@ class UlyssesTrainer(Trainer):
             num_items_in_batch = global_sum(count_targets(targets))
         loss = normalized_token_loss(loss_sum, num_items_in_batch, self.gradient_average_world)
         return (loss, outputs) if return_outputs else loss
+
+    # -- saving: whole checkpoints or none (train/checkpoints.py) -------------------------------
+
+    _staging_dir: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = super()._get_output_dir(trial)
+        with staged_checkpoint(run_dir, self.state.global_step, renames=self.args.should_save) as staging:
+            self._staging_dir = str(staging)
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+        final = os.path.join(run_dir, f"checkpoint-{self.state.global_step}")
+        if self.state.best_model_checkpoint and self.state.best_model_checkpoint.startswith(str(staging)):
+            self.state.best_model_checkpoint = final
+            if self.args.should_save:
+                self.state.save_to_json(os.path.join(final, "trainer_state.json"))
+        if self.args.should_save:
+            # The base class rotated inside the staging folder, where only this checkpoint lives.
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
 
     # -- resuming: every checkpoint read runs under the weights_only allow-list --------------------
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -20,24 +18,14 @@ from ..models.memory_stack import apply_memory_stack
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
 from ..pro.debug import DebugCallback, enable_debug_logging
 from ..pro.gradient_guard import GradientGuard
+from .checkpoints import last_checkpoint
 from .generation import sample_answers
 from .plotting import plot_loss
+from .preflight import preflight
 from .reference import ReferenceModel, partitioned_for_inference
 from .trainer import UlyssesTrainer
 
 logger = logging.getLogger(__name__)
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def last_checkpoint(output_dir: str | Path) -> Path | None:
-    """The highest-numbered `checkpoint-N` folder, if any."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = [
-        (int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))
-    ]
-    return max(found)[1] if found else None
 
 
 def resolve_resume(config: RunConfig) -> str | None:
@@ -58,12 +46,7 @@ def setup_sequence_parallel(config: RunConfig, model) -> tuple[SequenceParallelL
     size = parallel.sequence_parallel_size
     if size == 1:
         return None, None
-    world = config.training.world_size  # also initialises torch.distributed under torchrun
-    if world % size:
-        raise ConfigError(
-            f"sequence_parallel_size: {size} must divide the number of processes ({world}); "
-            f"launch with NPROC_PER_NODE={size} (or a multiple)"
-        )
+    # preflight has checked the split against the world size and the model's heads.
     heads, kv_heads = attention_heads(model)
     try:
         layout = init_sequence_parallel(
@@ -72,6 +55,7 @@ def setup_sequence_parallel(config: RunConfig, model) -> tuple[SequenceParallelL
             num_heads=heads,
             num_kv_heads=kv_heads,
             ulysses_degree=parallel.ulysses_degree,
+            timeout=config.training.ddp_timeout_delta,
         )
     except ValueError as err:
         raise ConfigError(str(err)) from None
@@ -166,6 +150,7 @@ def run_workflow(
     if config.pro.debug:
         enable_debug_logging()
     stage = config.finetuning.stage
+    preflight(config, args.world_size)  # before any row is tokenized or any weight loaded
     tokenizer = load_tokenizer(config.model)
     started = time.perf_counter()
     bundle = build_datasets(config.data, tokenizer, stage, seed=args.seed)

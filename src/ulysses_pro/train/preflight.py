@@ -1,0 +1,109 @@
+"""Checks of a run that need only the config, the model's `config.json` and the data folder.
+
+They run before any dataset is tokenized or any weight is loaded, and, under the torchrun
+relaunch, once in the launching process before any worker starts: a head count that does not
+split, or a misspelt dataset name, stops in seconds with one line instead of after minutes of
+tokenization on every rank.
+"""
+
+from __future__ import annotations
+
+from ..config import ConfigError, RunConfig
+from ..data.errors import DataError
+from ..data.pipeline import check_sources
+from ..data.templates import resolve_chat_template
+from ..models.loader import load_model_config, load_tokenizer
+from ..parallel.mesh import resolve_degrees
+
+
+def _where(config: RunConfig, key: str) -> str:
+    return config.origins.get(key, "default")
+
+
+def sliding_window_of(text_config) -> int | None:
+    """The window of the decoder's sliding-window layers, or None when every layer attends fully."""
+    window = getattr(text_config, "sliding_window", None)
+    if window is None or getattr(text_config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def trained_positions(text_config) -> int | None:
+    """Positions the model's RoPE covers: max_position_embeddings, times a scaling factor if set."""
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    rope = getattr(text_config, "rope_parameters", None) or getattr(text_config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in (None, "default") and rope.get("factor"):
+        base = rope.get("original_max_position_embeddings") or limit
+        return max(limit, int(base * float(rope["factor"])))
+    return int(limit)
+
+
+def check_model(config: RunConfig, model_config, world_size: int) -> None:
+    """Sequence-parallel split, attention features and length against what the decoder allows."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    parallel = config.parallel
+    size = parallel.sequence_parallel_size
+    cutoff = config.data.cutoff_len
+    if size > 1:
+        if world_size % size:
+            raise ConfigError(
+                f"{_where(config, 'sequence_parallel_size')}: sequence_parallel_size: {size} must divide "
+                f"the number of processes ({world_size}); launch with NPROC_PER_NODE={size} (or a multiple)"
+            )
+        heads = text.num_attention_heads
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        try:
+            resolve_degrees(size, parallel.sequence_parallel_mode, heads, kv_heads, parallel.ulysses_degree)
+        except ValueError as err:
+            key = "ulysses_degree" if parallel.ulysses_degree else "sequence_parallel_size"
+            raise ConfigError(f"{_where(config, key)}: {err}") from None
+        window = sliding_window_of(text)
+        if window is not None and window < cutoff:
+            raise ConfigError(
+                f"{_where(config, 'sequence_parallel_size')}: sequence_parallel_size: {size}: the model's "
+                f"sliding-window layers (window {window}) are not supported under sequence parallelism "
+                f"for sequences longer than the window (cutoff_len {cutoff}); use cutoff_len <= {window} "
+                "or sequence_parallel_size: 1"
+            )
+        if getattr(text, "attn_logit_softcapping", None):
+            raise ConfigError(
+                f"{_where(config, 'sequence_parallel_size')}: sequence_parallel_size: {size}: the model "
+                f"soft-caps attention logits (attn_logit_softcapping {text.attn_logit_softcapping}), "
+                "which sequence parallelism does not support yet; use sequence_parallel_size: 1"
+            )
+    positions = trained_positions(text)
+    if positions is not None and cutoff > positions:
+        raise ConfigError(
+            f"{_where(config, 'cutoff_len')}: cutoff_len: {cutoff} is above the {positions} positions the "
+            f"model was trained for (max_position_embeddings, with its rope scaling); lower cutoff_len, "
+            "or give the model's config.json a rope scaling (e.g. rope_type yarn with a factor) or a larger "
+            "max_position_embeddings if you mean to extend its context"
+        )
+
+
+def preflight(config: RunConfig, world_size: int) -> None:
+    """Raise ConfigError (or DataError) for what would otherwise fail after data and weights load."""
+    if not config.model.model_name_or_path:
+        return
+    try:
+        model_config = load_model_config(config.model)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{_where(config, 'model_name_or_path')}: model_name_or_path: "
+            f"{config.model.model_name_or_path!r}: {str(err).splitlines()[0]}"
+        ) from None
+    check_model(config, model_config, world_size)
+    try:
+        if config.training.do_train or config.training.do_eval:
+            check_sources(config.data, config.finetuning.stage)
+        if config.data.template and config.finetuning.stage != "pt":
+            # A tokenizer is cheap to load, and it decides which names have a chat format.
+            resolve_chat_template(load_tokenizer(config.model), config.data.template)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
