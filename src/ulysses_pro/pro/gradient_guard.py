@@ -157,6 +157,14 @@ class GradientGuard(TrainerCallback):
 
     # -- reporting ------------------------------------------------------------------------------
 
+    def state_dict(self) -> dict:
+        """The intervention counts a resumed run continues from (the noise is seeded by step)."""
+        return {"counts": dict(self.counts), "last_mean_abs": self.last_mean_abs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.counts = Counter(state["counts"])
+        self.last_mean_abs = state["last_mean_abs"]
+
     def metrics(self) -> dict[str, float]:
         """Cumulative intervention counts (and the last mean |g|) for the training log."""
         out = {f"guard/{name}": float(self.counts[name]) for name in sorted(self.counts)}

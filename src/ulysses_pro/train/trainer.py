@@ -23,6 +23,9 @@ from ..parallel.sharding import SequenceParallelCollator
 from ..pro.torch_compat import safe_checkpoint_loading
 from .checkpoints import staged_checkpoint
 
+# Per rank, next to transformers' rng_state_N.pth: NEFTune streams and the metric sources' state.
+RANK_STATE_FILE = "ulysses_pro_rank{rank}.pt"
+
 
 def row_length(row: dict) -> int:
     """Tokens a row adds to a batch: its input ids, or all of them for pair and KTO rows."""
@@ -57,6 +60,7 @@ class UlyssesTrainer(Trainer):
         self.embedding_noise_alpha = self.neftune_noise_alpha
         self.neftune_noise_alpha = None
         self._noise_generators: dict[torch.device, torch.Generator] = {}
+        self._resumed_noise_states: dict[str, torch.Tensor] = {}
 
     def embedding_noise(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> AbstractContextManager:
         """NEFTune for one training forward; pops `document_lengths` so the model never sees it."""
@@ -72,8 +76,41 @@ class UlyssesTrainer(Trainer):
         if device not in self._noise_generators:
             generator = torch.Generator(device=device)
             generator.manual_seed(self.args.seed * 1_000_003 + self.args.process_index + 1)
+            resumed = self._resumed_noise_states.pop(str(device), None)
+            if resumed is not None:
+                generator.set_state(resumed)
             self._noise_generators[device] = generator
         return self._noise_generators[device]
+
+    # -- this rank's own state beyond transformers' (NEFTune streams, guard counts) -------------
+
+    def rank_state(self) -> dict:
+        """What a checkpoint must hold so that a resumed run continues this rank exactly."""
+        return {
+            "noise_generators": {
+                str(device): gen.get_state() for device, gen in self._noise_generators.items()
+            },
+            "metric_sources": [
+                source.state_dict() if hasattr(source, "state_dict") else None
+                for source in self.metric_sources
+            ],
+        }
+
+    def load_rank_state(self, state: dict) -> None:
+        self._resumed_noise_states = dict(state["noise_generators"])
+        for device in list(self._noise_generators):
+            if str(device) in self._resumed_noise_states:
+                self._noise_generators[device].set_state(self._resumed_noise_states.pop(str(device)))
+        for source, saved in zip(self.metric_sources, state["metric_sources"]):
+            if saved is not None:
+                source.load_state_dict(saved)
+
+    def _rank_state_file(self, checkpoint: str) -> str:
+        return os.path.join(checkpoint, RANK_STATE_FILE.format(rank=self.args.process_index))
+
+    def _save_rng_state(self, output_dir) -> None:
+        super()._save_rng_state(output_dir)
+        torch.save(self.rank_state(), self._rank_state_file(output_dir))
 
     @property
     def gradient_average_world(self) -> int:
@@ -203,7 +240,9 @@ class UlyssesTrainer(Trainer):
 
     def _load_rng_state(self, checkpoint):
         with safe_checkpoint_loading(checkpoint):
-            return super()._load_rng_state(checkpoint)
+            super()._load_rng_state(checkpoint)
+        if checkpoint is not None and os.path.isfile(self._rank_state_file(checkpoint)):
+            self.load_rank_state(torch.load(self._rank_state_file(checkpoint), weights_only=True))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         with safe_checkpoint_loading(checkpoint):
