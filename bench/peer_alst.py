@@ -280,13 +280,20 @@ def main() -> None:
         at = args.check_length or longest
         check = None if args.no_check or not math.isfinite(at) else measure(side, at, options)
         predicted = rows[top]["peak_mib"] + slope * (at - top) / 1024
+        if check is not None:  # printed at once: a check takes the longest of all rows
+            print(
+                f"| {side} | {at} (check: line predicts {predicted:.0f}) | {check['peak_mib']:.0f} | "
+                f"{check['seconds']:.2f} | {check['loss']:.4f} |",
+                flush=True,
+            )
         summary[side] = (slope, longest, check, rows[top]["seconds"], at, predicted)
     print(
-        "\n| side | slope KiB/token | longest L under the cap (extrapolated) | peak there (measured) | step s at the top L |"
+        "\n| side | slope KiB/token | longest L under the cap (extrapolated) | check: L, predicted / measured MiB "
+        "| step s at the top L |"
     )
     print("|---|---|---|---|---|")
-    for side, (slope, longest, check, seconds) in summary.items():
-        measured = f"{check['peak_mib']:.0f} MiB" if check else "-"
+    for side, (slope, longest, check, seconds, at, predicted) in summary.items():
+        measured = f"{at}: {predicted:.0f} / {check['peak_mib']:.0f}" if check else "-"
         print(f"| {side} | {slope:.1f} | {longest} | {measured} | {seconds:.2f} |")
     if {"ours", "alst"} <= summary.keys():
         ours, alst = summary["ours"], summary["alst"]
