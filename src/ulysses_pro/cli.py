@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 
 USAGE = """usage: ulysses-pro <command> [arguments]
 
@@ -76,6 +77,13 @@ def train(arguments: list[str]) -> int:
         # The traceback follows as usual; the launcher's last line names this rank and the error.
         first_line = (str(err).strip().splitlines() or [""])[0]
         report_failure(f"rank {os.environ.get('RANK', '0')}: {type(err).__name__}: {first_line}", echo=False)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # A peer may be dead or hung: tearing the process group down (here or at interpreter
+            # exit) could wait for it forever. Leave now; the launcher stops the others.
+            traceback.print_exc()
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(1)
         raise
     finally:
         import torch.distributed as dist

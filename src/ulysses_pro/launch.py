@@ -77,16 +77,17 @@ def failure_summary(failures: dict, reports: dict[int, str]) -> tuple[str, int]:
 
     def order(item):
         rank, failure = item
-        signalled = failure.exitcode < 0 and rank not in reports
-        return (failure.timestamp, not signalled or failure.exitcode == -signal.SIGTERM, rank)
+        killed = failure.exitcode < 0 and failure.exitcode != -signal.SIGTERM and rank not in reports
+        return (failure.timestamp, not killed, rank not in reports, rank)
 
     rank, failure = min(failures.items(), key=order)
-    if rank in reports and failure.exitcode >= 0:
-        return reports[rank], INPUT_ERROR_EXIT if failure.exitcode == INPUT_ERROR_EXIT else 1
-    if failure.exitcode < 0:
+    code = INPUT_ERROR_EXIT if any(f.exitcode == INPUT_ERROR_EXIT for f in failures.values()) else 1
+    if rank in reports:  # its own line, even when the agent stopped it before it could exit
+        return reports[rank], code
+    if failure.exitcode < 0 and failure.exitcode != -signal.SIGTERM:
         return _describe(rank, failure), 1
     if reports:  # this rank left no line (it died in native code, say); another rank did
-        return reports[min(reports)], 1
+        return reports[min(reports)], code
     return _describe(rank, failure), 1
 
 

@@ -57,3 +57,31 @@ def test_hybrid_groups_on_four_ranks():
         assert members["ring"] == ([0, 2] if rank % 2 == 0 else [1, 3])
         assert peers == ((rank + 2) % 4, (rank + 2) % 4)
         assert unit == 2 * 2 * 2
+
+
+def _collective_with_a_late_peer(rank, world, timeout_s):
+    import time
+    from datetime import timedelta
+
+    import torch
+
+    layout = init_sequence_parallel(
+        2, "ulysses", num_heads=2, num_kv_heads=2, timeout=timedelta(seconds=timeout_s)
+    )
+    try:
+        if rank == 1:
+            time.sleep(3 * timeout_s)  # a hung peer: alive, sockets open, not joining the collective
+        started = time.monotonic()
+        try:
+            dist.all_reduce(torch.ones(1), group=layout.ulysses_group)
+            return ("completed", time.monotonic() - started)
+        except RuntimeError as err:
+            return ("timed out" if "Timed out" in str(err) else str(err), time.monotonic() - started)
+    finally:
+        destroy_sequence_parallel(layout)
+
+
+def test_sequence_parallel_groups_honour_the_run_timeout():
+    """Without `timeout` new groups take torch's 30-minute default, whatever ddp_timeout says."""
+    waited_for_peer = run_ranks(_collective_with_a_late_peer, 2, 2.0)[0]
+    assert waited_for_peer[0] == "timed out", waited_for_peer

@@ -1,10 +1,11 @@
 """Sequence parallelism under DeepSpeed ZeRO-3 (CPU, gloo): SP=2 on two ranks whose weights are
-partitioned reproduces the single-process losses step by step. Skipped where deepspeed is not
-installed (`pip install -c constraints.txt deepspeed`); CI does not install it.
+partitioned reproduces the single-process losses and gradients step by step. Skipped where deepspeed is not
+installed (the `[deepspeed]` extra, which CI installs).
 
 The model is loaded from disk: ZeRO-3 builds a model from a config inside `zero.Init`, which draws
 other random initial weights than a plain build, while saved weights load identically. ZeRO-3 keeps
-gradients in its own partitioned buffers, so the losses after each update are what is compared.
+gradients in its own partitioned buffers: they are gathered (`safe_get_full_grad`) right before
+each engine step and compared with the single process's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ..launcher import run_ranks
-from .harness import run_training
+from .harness import relative_error, run_training
 
 pytest.importorskip("deepspeed")
 
@@ -36,9 +37,32 @@ def saved_tiny_model(tmp_path_factory):
     return str(make_tiny_model("llama", tmp_path_factory.mktemp("tiny") / "llama", seed=0))
 
 
-def _losses(rank, world_size, keys):
-    losses = run_training(**keys)["losses"]
-    return losses if rank == 0 else None
+def _losses_and_gathered_gradients(rank, world_size, keys):
+    """Train under ZeRO-3; each optimizer step's gradients, gathered from the partitions."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.utils import safe_get_full_grad
+
+    steps = []
+    step = DeepSpeedEngine.step
+
+    def gathered_then_step(engine, *args, **kwargs):
+        # accelerate's backward runs the engine's backward and step together, so the gradients are
+        # read here, between the two (every rank gathers: it is a collective).
+        if engine.is_gradient_accumulation_boundary():
+            grads = {}
+            for name, param in engine.module.named_parameters():
+                grad = safe_get_full_grad(param) if param.requires_grad else None
+                if grad is not None:
+                    grads[name] = grad.detach().clone().reshape(param.ds_shape)
+            steps.append(grads)
+        return step(engine, *args, **kwargs)
+
+    DeepSpeedEngine.step = gathered_then_step
+    try:
+        result = run_training(**keys)
+    finally:
+        DeepSpeedEngine.step = step
+    return {"losses": result["losses"], "grads": steps} if rank == 0 else None
 
 
 @pytest.mark.parametrize(
@@ -70,12 +94,15 @@ def test_zero3_with_sequence_parallelism_matches_one_process(tmp_path, saved_tin
         **keys,
     }
     single = {k: v for k, v in common.items() if not k.startswith("sequence_parallel")}
-    reference = run_training(**single, output_dir=str(tmp_path / "ref"))["losses"]
+    reference = run_training(**single, output_dir=str(tmp_path / "ref"))
     partitioned = run_ranks(
-        _losses,
+        _losses_and_gathered_gradients,
         2,
         {**common, "sequence_parallel_size": 2, "deepspeed": str(config), "output_dir": str(tmp_path / "z3")},
     )[0]
-    assert len(partitioned) == len(reference) == 3
-    for a, b in zip(reference, partitioned):
-        assert abs(a - b) / abs(a) <= 1e-5, (reference, partitioned)
+    assert len(partitioned["losses"]) == len(reference["losses"]) == 3
+    for a, b in zip(reference["losses"], partitioned["losses"]):
+        assert abs(a - b) / abs(a) <= 1e-5, (reference["losses"], partitioned["losses"])
+    assert len(partitioned["grads"]) == len(reference["grads"]) == 3
+    errors = [relative_error(a, b) for a, b in zip(reference["grads"], partitioned["grads"])]
+    assert max(errors) <= 1e-4, errors

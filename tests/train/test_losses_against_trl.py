@@ -3,8 +3,8 @@
 TRL (checked with 1.16) keeps the loss math inside `DPOTrainer._compute_loss` /
 `KTOTrainer._compute_loss`, which also run the model. The test feeds them a stand-in `self` and a
 stand-in model whose per-token log-probs sum to chosen per-sequence values, with precomputed
-reference log-probs, and compares per-example results in float64. Skipped when TRL is absent (CI
-does not install it: `pip install trl` beside the test extras runs it).
+reference log-probs, and compares per-example results in float64. Skipped when TRL is absent (the
+`[crosscheck]` extra installs it; CI does).
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ CASES = [
         },
     ),
     (2, "dpo", 2, "zigzag-ring", {"pref_loss": "ipo", "pref_bco_weight": 0.5}),
+    # DP 2 (no SP): BCO's reward shift is one running mean over the steps and both DP ranks
+    (2, "dpo", 1, "ulysses", {"pref_loss": "sigmoid", "pref_bco_weight": 0.5}),
     (2, "dpo", 2, "ulysses", {"pref_loss": "orpo", "finetuning_type": "lora"}),
     (2, "kto", 2, "zigzag-ring", {"finetuning_type": "lora", "kto_rejected_weight": 1.5}),
     (2, "rm", 2, "ulysses", {}),

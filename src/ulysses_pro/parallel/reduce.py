@@ -76,3 +76,36 @@ def sum_over_sequence_parallel(value: torch.Tensor, group: dist.ProcessGroup | N
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1):
         return value
     return _SumOverGroup.apply(value, group)
+
+
+class RunningMean:
+    """The mean of every value seen so far, the same on every rank: each update adds one value per
+    rank of `group` (the DP group), so the result does not depend on how the global batch was
+    split. This is the running mean of TRL's `RunningMoments`, which LLaMA-Factory's BCO term uses
+    as its reward shift; kept on the device, so an update never waits for the host."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        self.group = group
+        self.total: torch.Tensor | None = None  # [sum of values, number of values], float64
+
+    def update(self, value: torch.Tensor) -> torch.Tensor:
+        """Add this rank's scalar `value` (and every other rank's); return the new mean, detached."""
+        value = value.detach()
+        step = torch.stack(
+            [value.to(torch.float64), torch.ones((), dtype=torch.float64, device=value.device)]
+        )
+        step = global_sum(step, self.group)
+        self.total = step if self.total is None else self.total.to(step.device) + step
+        return (self.total[0] / self.total[1]).to(value.dtype)
+
+    def current(self, fallback: torch.Tensor) -> torch.Tensor:
+        """The mean so far without adding a value (`fallback` before the first update)."""
+        if self.total is None:
+            return fallback.detach()
+        return (self.total[0] / self.total[1]).to(device=fallback.device, dtype=fallback.dtype)
+
+    def state_dict(self) -> dict:
+        return {"total": None if self.total is None else self.total.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total = state["total"]

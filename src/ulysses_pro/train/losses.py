@@ -16,7 +16,8 @@ Formulas:
 - orpo: Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference Model",
   eqs. 4-7 (length-averaged log-probs, NLL of the chosen answer plus beta x odds-ratio loss).
 - bco: Jung et al. 2024, "Binary Classifier Optimization for Large Language Model Alignment",
-  reward shift delta = mean reward of the batch (detached).
+  reward shift delta = running mean of the batches' mean rewards (TRL's RunningMoments, as
+  LLaMA-Factory uses it), detached.
 - kto: Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", eq. 8,
   with the reference point z0 estimated from mismatched prompt/completion pairs, clamped at 0.
 - reward model: Ouyang et al. 2022 (InstructGPT), eq. 1, pairwise -log sigmoid(r_c - r_r).
@@ -24,6 +25,7 @@ Formulas:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -103,11 +105,17 @@ def orpo_loss(batch: PreferenceBatch, beta: float) -> PreferenceLoss:
     return PreferenceLoss(losses, beta * chosen.detach(), beta * rejected.detach())
 
 
-def bco_loss(batch: PreferenceBatch, beta: float) -> torch.Tensor:
-    """Per-example BCO loss on the DPO log-ratios, with delta the batch's mean reward."""
+def bco_loss(
+    batch: PreferenceBatch, beta: float, baseline: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Per-example BCO loss on the DPO log-ratios. The shift delta is `baseline(mean reward of the
+    batch)`: the batch mean itself by default; the trainer passes a running mean over steps and
+    DP ranks (`parallel.reduce.RunningMean`), as TRL and LLaMA-Factory do."""
     chosen, rejected = _log_ratios(batch)
     chosen_rewards, rejected_rewards = beta * chosen, beta * rejected
     delta = torch.cat([chosen_rewards, rejected_rewards]).mean().detach()
+    if baseline is not None:
+        delta = baseline(delta)
     return -F.logsigmoid(chosen_rewards - delta) - F.logsigmoid(-(rejected_rewards - delta))
 
 
@@ -119,6 +127,7 @@ def preference_loss(
     label_smoothing: float = 0.0,
     simpo_gamma: float = 0.5,
     bco_weight: float = 0.0,
+    bco_baseline: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ftx: float = 0.0,
 ) -> PreferenceLoss:
     """The configured `pref_loss`, plus BCO mixing (`pref_bco_weight`) and the SFT term (`pref_ftx`)."""
@@ -136,7 +145,7 @@ def preference_loss(
         raise ValueError(f"unknown pref_loss {loss_type!r}; choose from {', '.join(PREFERENCE_LOSSES)}")
     losses = result.losses
     if bco_weight > 0:
-        losses = losses + bco_weight * bco_loss(batch, beta)
+        losses = losses + bco_weight * bco_loss(batch, beta, bco_baseline)
     if ftx > 0:
         # SFT regulariser: the length-normalised NLL of the chosen answer.
         losses = losses + ftx * (-batch.chosen_logps / batch.chosen_lengths)

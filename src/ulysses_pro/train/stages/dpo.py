@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ...config import RunConfig
-from ...parallel.reduce import normalized_token_loss
+from ...parallel.reduce import RunningMean, normalized_token_loss
 from ..losses import REFERENCE_FREE_LOSSES, PreferenceBatch, preference_loss
 from ..sequence_trainer import SequenceLossTrainer
 from ..workflow import run_sequence_stage
@@ -24,6 +24,23 @@ class PreferenceTrainer(SequenceLossTrainer):
     def __init__(self, *args, finetuning=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.finetuning = finetuning
+        # BCO's reward shift: one mean over every step and DP rank (SP ranks hold the same rewards).
+        layout = self.sp_layout
+        self.bco_baseline = RunningMean(layout.dp_group if layout is not None else None)
+
+    def rank_state(self) -> dict:
+        return {**super().rank_state(), "bco_baseline": self.bco_baseline.state_dict()}
+
+    def load_rank_state(self, state: dict) -> None:
+        super().load_rank_state(state)
+        if "bco_baseline" in state:
+            self.bco_baseline.load_state_dict(state["bco_baseline"])
+
+    def _bco_shift(self, model):
+        """Training batches move the running shift; evaluation reads it without moving it."""
+        if model.training:
+            return self.bco_baseline.update
+        return lambda batch_mean: self.bco_baseline.current(batch_mean)
 
     def num_sequences(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].shape[0] // 2
@@ -47,6 +64,7 @@ class PreferenceTrainer(SequenceLossTrainer):
             label_smoothing=options.dpo_label_smoothing,
             simpo_gamma=options.simpo_gamma,
             bco_weight=options.pref_bco_weight,
+            bco_baseline=self._bco_shift(model) if options.pref_bco_weight > 0 else None,
             ftx=options.pref_ftx,
         )
         metrics = self.metrics_for(model)
