@@ -110,25 +110,22 @@ def test_rope_scaling_in_config_json_extends_the_positions(tmp_path):
     from transformers import LlamaConfig
 
     folder = tmp_path / "model"
-    LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=1,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    ).save_pretrained(folder)
+
+    def save_config(**extra):
+        sizes = {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "num_hidden_layers": 1,
+        }
+        LlamaConfig(**sizes, intermediate_size=64, max_position_embeddings=32, **extra).save_pretrained(
+            folder
+        )
+
+    save_config()
     with pytest.raises(ConfigError, match="above the 32 positions"):
         preflight(_config(tmp_path, model_name_or_path=str(folder)), 1)
-    LlamaConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_hidden_layers=1,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        rope_scaling={"rope_type": "linear", "factor": 2.0},
-    ).save_pretrained(folder)
+    save_config(rope_scaling={"rope_type": "linear", "factor": 2.0})
     preflight(_config(tmp_path, model_name_or_path=str(folder)), 1)
 
 

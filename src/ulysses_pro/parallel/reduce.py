@@ -96,7 +96,7 @@ class RunningMean:
         )
         step = global_sum(step, self.group)
         self.total = step if self.total is None else self.total.to(step.device) + step
-        return (self.total[0] / self.total[1]).to(value.dtype)
+        return self.current(value)
 
     def current(self, fallback: torch.Tensor) -> torch.Tensor:
         """The mean so far without adding a value (`fallback` before the first update)."""

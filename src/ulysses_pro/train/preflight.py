@@ -87,8 +87,9 @@ def check_model(config: RunConfig, model_config, world_size: int) -> None:
         )
 
 
-def preflight(config: RunConfig, world_size: int) -> None:
-    """Raise ConfigError (or DataError) for what would otherwise fail after data and weights load."""
+def preflight(config: RunConfig, world_size: int, tokenizer=None) -> None:
+    """Raise ConfigError for what would otherwise fail after data and weights load. `tokenizer`:
+    the run's, if it is loaded already (the template check loads it otherwise)."""
     if not config.model.model_name_or_path:
         return
     try:
@@ -104,6 +105,6 @@ def preflight(config: RunConfig, world_size: int) -> None:
             check_sources(config.data, config.finetuning.stage)
         if config.data.template and config.finetuning.stage != "pt":
             # A tokenizer is cheap to load, and it decides which names have a chat format.
-            resolve_chat_template(load_tokenizer(config.model), config.data.template)
+            resolve_chat_template(tokenizer or load_tokenizer(config.model), config.data.template)
     except DataError as err:
         raise ConfigError(str(err)) from None

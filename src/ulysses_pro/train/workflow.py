@@ -150,8 +150,8 @@ def run_workflow(
     if config.pro.debug:
         enable_debug_logging()
     stage = config.finetuning.stage
-    preflight(config, args.world_size)  # before any row is tokenized or any weight loaded
     tokenizer = load_tokenizer(config.model)
+    preflight(config, args.world_size, tokenizer)  # before any row is tokenized or any weight loaded
     started = time.perf_counter()
     bundle = build_datasets(config.data, tokenizer, stage, seed=args.seed)
     logger.info("data ready in %.1fs", time.perf_counter() - started)

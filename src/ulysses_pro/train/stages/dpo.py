@@ -38,9 +38,7 @@ class PreferenceTrainer(SequenceLossTrainer):
 
     def _bco_shift(self, model):
         """Training batches move the running shift; evaluation reads it without moving it."""
-        if model.training:
-            return self.bco_baseline.update
-        return lambda batch_mean: self.bco_baseline.current(batch_mean)
+        return self.bco_baseline.update if model.training else self.bco_baseline.current
 
     def num_sequences(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].shape[0] // 2
