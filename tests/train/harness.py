@@ -21,9 +21,8 @@ class CaptureGradients(TrainerCallback):
         )
 
 
-def run_training(callbacks: tuple = (), **keys) -> dict:
-    """Run `run_stage` on the given config keys (plus extra trainer callbacks); return per-step losses,
-    gradients and eval losses."""
+def training_config(**keys):
+    """The RunConfig of a short logged run on a tiny model: these keys over the harness defaults."""
     base = {
         "model_name_or_path": "tiny:llama",
         "stage": "sft",
@@ -38,9 +37,14 @@ def run_training(callbacks: tuple = (), **keys) -> dict:
         "disable_tqdm": True,
         "overwrite_output_dir": True,
     }
-    config = load_config({**base, **keys})
+    return load_config({**base, **keys})
+
+
+def run_training(callbacks: tuple = (), **keys) -> dict:
+    """Run `run_stage` on the given config keys (plus extra trainer callbacks); return per-step losses,
+    gradients and eval losses."""
     capture = CaptureGradients()
-    trainer = run_stage(config, callbacks=[capture, *callbacks])
+    trainer = run_stage(training_config(**keys), callbacks=[capture, *callbacks])
     history = trainer.state.log_history
     return {
         "losses": [entry["loss"] for entry in history if "loss" in entry],

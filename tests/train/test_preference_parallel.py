@@ -32,9 +32,11 @@ def preference_case(tmp_path, world: int, stage: str, sp: int, mode: str, **keys
         "cutoff_len": 64,
         **keys,
     }
-    reference = run_training(
-        **case_keys(tmp_path, "ref", per_device_train_batch_size=batch * (world // sp), **shared)
-    )
+    dp = world // sp
+    if "per_device_eval_batch_size" in keys:
+        # KTO's reference point spans one global evaluation batch, as it does in training.
+        shared["per_device_eval_batch_size"] = keys["per_device_eval_batch_size"] * dp
+    reference = run_training(**case_keys(tmp_path, "ref", per_device_train_batch_size=batch * dp, **shared))
     candidate = run_ranks(
         _train,
         world,
@@ -49,6 +51,9 @@ def preference_case(tmp_path, world: int, stage: str, sp: int, mode: str, **keys
     assert candidate["layout"] == expected_layout(sp, mode)
     return reference, candidate, compare(reference, candidate)
 
+
+# 37 rows keep 32 for training: the 4 steps read one whole epoch, split evenly over the DP ranks.
+EVAL_FIVE = {"do_eval": True, "val_size": 5, "max_samples": 37, "per_device_eval_batch_size": 2}
 
 CASES = [
     # (world, stage, sp, mode, keys)
@@ -68,13 +73,15 @@ CASES = [
         },
     ),
     (2, "dpo", 2, "zigzag-ring", {"pref_loss": "ipo", "pref_bco_weight": 0.5}),
-    # DP 2 (no SP): BCO's reward shift is one running mean over the steps and both DP ranks
-    (2, "dpo", 1, "ulysses", {"pref_loss": "sigmoid", "pref_bco_weight": 0.5}),
+    # DP 2 (no SP): BCO's reward shift is one running mean over the steps and both DP ranks;
+    # 5 held-out pairs over 2 DP ranks: one rank runs a padding batch, no pair counts twice
+    (2, "dpo", 1, "ulysses", {"pref_loss": "sigmoid", "pref_bco_weight": 0.5, **EVAL_FIVE}),
     (2, "dpo", 2, "ulysses", {"pref_loss": "orpo", "finetuning_type": "lora"}),
     (2, "kto", 2, "zigzag-ring", {"finetuning_type": "lora", "kto_rejected_weight": 1.5}),
     (2, "rm", 2, "ulysses", {}),
     (4, "dpo", 4, "hybrid", {"pref_loss": "hinge"}),
-    (4, "kto", 2, "ulysses", {}),  # DP 2 x SP 2: the KL reference point spans both DP ranks
+    # DP 2 x SP 2: the KL reference point spans both DP ranks, in training and in evaluation
+    (4, "kto", 2, "ulysses", EVAL_FIVE),
     (4, "dpo", 2, "zigzag-ring", {"pref_split_backward": True, "finetuning_type": "lora"}),  # DP 2 x SP 2
 ]
 
@@ -83,13 +90,13 @@ CASES = [
 def test_sequence_stages_match_single_process(tmp_path, world, stage, sp, mode, keys):
     reference, candidate, _ = preference_case(tmp_path, world, stage, sp, mode, **keys)
     assert candidate["metrics"].keys() == reference["metrics"].keys()
-    for key in ("rewards/chosen", "rewards/margins", "logps/rejected", "eval_rewards/accuracies"):
+    for key in ("rewards/chosen", "rewards/margins", "logps/rejected", "eval_rewards/accuracies", "eval_kl"):
         if key in reference["metrics"] or key in reference["eval_metrics"]:
             got = candidate["metrics"].get(key, candidate["eval_metrics"].get(key))
             want = reference["metrics"].get(key, reference["eval_metrics"].get(key))
             # Rewards are small differences of large log-prob sums (cancellation after a few Adam steps).
             assert got == pytest.approx(want, rel=1e-3, abs=1e-3), key
-    assert ("eval_rewards/accuracies" in candidate["eval_metrics"]) == bool(keys.get("do_eval"))
+    assert ("eval_rewards/chosen" in candidate["eval_metrics"]) == bool(keys.get("do_eval"))
 
 
 LOSSES = [("dpo", {"pref_loss": loss}) for loss in ("sigmoid", "hinge", "ipo", "simpo", "orpo")] + [

@@ -77,6 +77,11 @@ CASES = [
             "neat_packing": True,
             # DP2 x SP2 with length grouping: the grouped order is shared like the plain one
             "group_by_length": True,
+            # 5 held-out rows over 2 DP ranks: one rank runs a padding batch, no row counts twice
+            "do_eval": True,
+            "val_size": 5,
+            "max_samples": 37,  # 32 left for training: 4 steps of one whole epoch
+            "per_device_eval_batch_size": 2,
         },
     ),
     (

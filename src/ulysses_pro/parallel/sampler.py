@@ -72,3 +72,32 @@ def group_by_length(order: list[int], lengths: Sequence[int], group_size: int) -
     longest = max(range(len(groups)), key=lambda g: lengths[groups[g][0]])
     groups[0], groups[longest] = groups[longest], groups[0]
     return [index for group in groups for index in group]
+
+
+class EvaluationBatches(Sampler[list[int]]):
+    """Evaluation batches of one DP rank: over all DP ranks, every sample exactly once.
+
+    DP rank d takes samples d, d + dp, ... in order, cut into batches. No sample is repeated to even
+    out the ranks (a wrapped-around copy would be counted twice in the evaluation loss); instead a
+    rank whose share ends a batch early gets padding batches, `[length]` (an index one past the
+    end), which `EvaluationRows` serves as a marked copy that must count zero. Every rank runs the
+    same number of forwards because each forward holds collectives: SP groups exchange activations,
+    FSDP and ZeRO-3 gather weights over the whole world.
+    """
+
+    def __init__(self, length: int, batch_size: int, dp_size: int = 1, dp_rank: int = 0):
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank {dp_rank} outside 0..{dp_size - 1}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self.length, self.batch_size, self.dp_size, self.dp_rank = length, batch_size, dp_size, dp_rank
+
+    def __len__(self) -> int:
+        largest_share = -(-self.length // self.dp_size)
+        return -(-largest_share // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = list(range(self.dp_rank, self.length, self.dp_size))
+        batches = [share[start : start + self.batch_size] for start in range(0, len(share), self.batch_size)]
+        batches += [[self.length]] * (len(self) - len(batches))
+        return iter(batches)

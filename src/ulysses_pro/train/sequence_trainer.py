@@ -12,49 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..models.memory import token_loss_head
 from ..parallel.reduce import IGNORE_INDEX, global_sum, normalized_token_loss, sum_over_sequence_parallel
+from .metrics import SequenceMetrics
 from .trainer import UlyssesTrainer
-
-
-class SequenceMetrics:
-    """Means of per-sequence values (rewards, log-probs) since the last log line, over all ranks.
-
-    SP ranks hold identical values; their duplicates cancel in sum / count.
-    """
-
-    def __init__(self, device: torch.device | str = "cpu") -> None:
-        self.device = device  # where the all-reduce runs (NCCL needs CUDA tensors)
-        self.sums: dict[str, torch.Tensor] = {}  # kept on device: recording never waits for the GPU
-        self.counts: dict[str, int] = {}
-
-    def record(self, name: str, values: torch.Tensor) -> None:
-        values = values.detach().double().reshape(-1)
-        self.sums[name] = self.sums.get(name, 0.0) + values.sum()
-        self.counts[name] = self.counts.get(name, 0) + values.numel()
-
-    def metrics(self) -> dict[str, float]:
-        names = sorted(self.sums)
-        rows = [
-            torch.stack(
-                [
-                    torch.as_tensor(self.sums[n], dtype=torch.float64).to(self.device).reshape(()),
-                    torch.tensor(float(self.counts[n]), dtype=torch.float64, device=self.device),
-                ]
-            )
-            for n in names
-        ]
-        totals = torch.stack(rows) if rows else torch.zeros(0, 2, dtype=torch.float64, device=self.device)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(totals)
-        self.sums, self.counts = {}, {}
-        means = {n: float(s / c) for n, (s, c) in zip(names, totals.tolist()) if c > 0}
-        if "rewards/chosen" in means and "rewards/rejected" in means and "rewards/margins" not in means:
-            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
-        return means
 
 
 class SequenceLossTrainer(UlyssesTrainer):
@@ -64,8 +27,9 @@ class SequenceLossTrainer(UlyssesTrainer):
         super().__init__(*args, **kwargs)
         self.reference = reference.to(self.args.device) if reference is not None else None
         self.train_metrics = SequenceMetrics(self.args.device)
-        self.eval_metrics = SequenceMetrics(self.args.device)
         self.metric_sources.append(self.train_metrics)
+        # Where a padding evaluation batch records its values: never read.
+        self._discarded_metrics = SequenceMetrics(self.args.device)
 
     # -- what subclasses provide -------------------------------------------------------------------
 
@@ -117,6 +81,8 @@ class SequenceLossTrainer(UlyssesTrainer):
 
     def metrics_for(self, model: nn.Module) -> SequenceMetrics:
         """Where this forward's per-sequence values are recorded (training or evaluation)."""
+        if self.padding_batch:
+            return self._discarded_metrics
         return self.train_metrics if model.training else self.eval_metrics
 
     def reference_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -153,12 +119,9 @@ class SequenceLossTrainer(UlyssesTrainer):
         # ranks: divide the reported value (not the back-propagated one) by P.
         return super().training_step(*args, **kwargs) / self.loss_replicas
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
-        return loss / self.loss_replicas, None, None
-
-    def evaluation_loop(self, *args: Any, **kwargs: Any):
-        output = super().evaluation_loop(*args, **kwargs)
-        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        output.metrics.update({f"{prefix}_{k}": v for k, v in self.eval_metrics.metrics().items()})
-        return output
+    def evaluation_terms(self, model, inputs):
+        # Every SP rank holds the same per-sequence losses: counted P times in sum and count alike.
+        losses = self.sequence_losses(model, dict(inputs))
+        if self.padding_batch:
+            return losses.sum() * 0, 0
+        return losses.sum(), self.num_sequences(inputs)

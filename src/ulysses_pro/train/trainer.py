@@ -18,10 +18,12 @@ from ..models.memory import LossHead, token_loss_head
 from ..models.wrappers import unwrap_engine
 from ..parallel.mesh import SequenceParallelLayout
 from ..parallel.reduce import count_targets, global_sum, normalized_token_loss
-from ..parallel.sampler import SequenceParallelSampler
+from ..parallel.sampler import EvaluationBatches, SequenceParallelSampler
 from ..parallel.sharding import SequenceParallelCollator
 from ..pro.torch_compat import safe_checkpoint_loading
 from .checkpoints import staged_checkpoint
+from .evaluation import PADDING_BATCH, EvaluationCollator, EvaluationRows
+from .metrics import SequenceMetrics
 
 # Per rank, next to transformers' rng_state_N.pth: NEFTune streams and the metric sources' state.
 RANK_STATE_FILE = "ulysses_pro_rank{rank}.pt"
@@ -61,6 +63,10 @@ class UlyssesTrainer(Trainer):
         self.neftune_noise_alpha = None
         self._noise_generators: dict[torch.device, torch.Generator] = {}
         self._resumed_noise_states: dict[str, torch.Tensor] = {}
+        # Sums and counts of the evaluation loss (and the stages' evaluation metrics), read once per
+        # evaluation (train/evaluation.py); `padding_batch` is set while a padding batch runs.
+        self.eval_metrics = SequenceMetrics(self.args.device)
+        self.padding_batch = False
 
     def embedding_noise(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> AbstractContextManager:
         """NEFTune for one training forward; pops `document_lengths` so the model never sees it."""
@@ -118,7 +124,12 @@ class UlyssesTrainer(Trainer):
         return max(1, self.args.world_size)
 
     def _sharded_loader(
-        self, dataset, batch_size: int, shuffle: bool, group_by_length: bool = False
+        self,
+        dataset,
+        batch_size: int,
+        shuffle: bool,
+        group_by_length: bool = False,
+        evaluation: bool = False,
     ) -> DataLoader:
         """Batches for this rank: DP ranks take disjoint samples, SP ranks of a group the same ones."""
         layout = self.sp_layout
@@ -134,6 +145,14 @@ class UlyssesTrainer(Trainer):
                 dataset.shard(dp_size, dp_rank),
                 batch_size=batch_size,
                 collate_fn=collate,
+                num_workers=self.args.dataloader_num_workers,
+            )
+        if evaluation:
+            # Every row once over the DP ranks, in order; short ranks run padding batches.
+            return DataLoader(
+                EvaluationRows(dataset),
+                batch_sampler=EvaluationBatches(len(dataset), batch_size, dp_size, dp_rank),
+                collate_fn=EvaluationCollator(collate),
                 num_workers=self.args.dataloader_num_workers,
             )
         grouping = {}
@@ -165,7 +184,9 @@ class UlyssesTrainer(Trainer):
 
     def get_eval_dataloader(self, eval_dataset=None) -> DataLoader:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        return self._sharded_loader(dataset, self.args.per_device_eval_batch_size, shuffle=False)
+        return self._sharded_loader(
+            dataset, self.args.per_device_eval_batch_size, shuffle=False, evaluation=True
+        )
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         if not batch_samples or "shift_labels" not in batch_samples[0]:
@@ -184,17 +205,22 @@ class UlyssesTrainer(Trainer):
         if model.training:
             for observe in self.batch_observers:
                 observe(inputs)
+        loss_sum, targets, outputs = self._token_loss_sum(model, inputs)
+        if num_items_in_batch is None:
+            num_items_in_batch = global_sum(count_targets(targets))
+        loss = normalized_token_loss(loss_sum, num_items_in_batch, self.gradient_average_world)
+        return (loss, outputs) if return_outputs else loss
+
+    def _token_loss_sum(self, model: nn.Module, inputs: dict[str, torch.Tensor]):
+        """(summed token losses of this rank's shard, its targets, the model outputs)."""
         targets = inputs.pop("shift_labels")
         with (
             self.embedding_noise(model, inputs),
             token_loss_head(model, targets, head_options=self.loss_head, reduction="sum"),
         ):
             outputs = model(**inputs, use_cache=False)
-        loss_sum = outputs.logits  # the head returns the summed token losses (gradients made in forward)
-        if num_items_in_batch is None:
-            num_items_in_batch = global_sum(count_targets(targets))
-        loss = normalized_token_loss(loss_sum, num_items_in_batch, self.gradient_average_world)
-        return (loss, outputs) if return_outputs else loss
+        # The head returns the summed token losses as `logits` (gradients made in forward).
+        return outputs.logits, targets, outputs
 
     # -- saving: whole checkpoints or none (train/checkpoints.py) -------------------------------
 
@@ -258,9 +284,36 @@ class UlyssesTrainer(Trainer):
                 logs = {**logs, **source.metrics()}
         super().log(logs, start_time)
 
+    # -- evaluation: every held-out row once, one reduction per evaluation (train/evaluation.py) ----
+
+    def evaluation_terms(self, model: nn.Module, inputs: dict[str, torch.Tensor]):
+        """(loss sum, item count) of one evaluation batch on this rank, before any reduction."""
+        loss_sum, targets, _ = self._token_loss_sum(model, dict(inputs))
+        return loss_sum, count_targets(targets)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = dict(inputs)
+        self.padding_batch = inputs.pop(PADDING_BATCH, False)
         inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            count = self._get_num_items_in_batch([inputs], self.args.device)
-            loss = self.compute_loss(model, inputs, num_items_in_batch=count)
-        return loss.detach(), None, None
+        try:
+            with torch.no_grad():
+                total, count = self.evaluation_terms(model, inputs)
+        finally:
+            self.padding_batch = False
+        self.eval_metrics.add("loss", total, count)
+        # No per-batch loss for the base loop to gather: `evaluation_loop` reports the exact mean.
+        return None, None, None
+
+    def evaluation_loop(
+        self,
+        dataloader,
+        description,
+        prediction_loss_only=None,
+        ignore_keys=None,
+        metric_key_prefix: str = "eval",
+    ):
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+        )
+        output.metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self.eval_metrics.metrics().items()})
+        return output

@@ -32,6 +32,8 @@ class KtoTrainer(SequenceLossTrainer):
                 torch.tensor(policy.numel(), dtype=torch.float64, device=policy.device),
             ]
         )
+        if self.padding_batch:
+            totals = totals * 0  # an evaluation padding batch runs the collective but adds nothing
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Every DP rank's pairs count (TRL gathers them too); SP duplicates cancel in the ratio.
             dist.all_reduce(totals)
