@@ -268,6 +268,7 @@ def load_config(
         training_kwargs.setdefault("use_cpu", True)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             training_kwargs.setdefault("ddp_backend", "gloo")
+            _init_cpu_process_group(training_kwargs["ddp_backend"], training_kwargs.get("ddp_timeout", 1800))
     try:
         training = training_cls(**training_kwargs)
     except (ValueError, TypeError) as err:
@@ -304,6 +305,26 @@ def _resolve_checkpointing(model: ModelArguments, training_kwargs: dict[str, Any
 
 def _default_learning_rate(training_cls) -> float:
     return next(f.default for f in dataclasses.fields(training_cls) if f.name == "learning_rate")
+
+
+def _init_cpu_process_group(backend: str, timeout_seconds: int) -> None:
+    """Start the default process group with the run's `ddp_timeout` (before TrainingArguments does).
+
+    With `use_cpu`, transformers starts it without the timeout, so a collective on the default
+    group (the logged loss's gather, DDP's gradient all-reduce) waits 30 minutes for a hung rank
+    instead of `ddp_timeout` seconds; accelerate keeps a group that already exists.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        from datetime import timedelta
+
+        dist.init_process_group(
+            backend,
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            timeout=timedelta(seconds=int(timeout_seconds)),
+        )
 
 
 def _cuda_available() -> bool:
