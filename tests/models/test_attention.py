@@ -9,32 +9,45 @@ import torch
 from ..launcher import run_ranks
 
 
-def _count_plans(rank, world):
+def _count_plans(rank, world, arch, overrides):
     from ulysses_pro.models import attention
     from ulysses_pro.models.tiny import build_tiny_model
     from ulysses_pro.parallel import destroy_sequence_parallel, init_sequence_parallel
 
-    calls = []
-    real = attention.build_attention_plan
+    gathers, plans = [], []
+    real_gather, real_plan = attention.gather_documents, attention.plan_for
 
-    def counting(position_ids, layout, batch=None):
-        calls.append(position_ids.shape)
-        return real(position_ids, layout, batch=batch)
+    def counting_gather(position_ids, layout, batch=None):
+        gathers.append(position_ids.shape)
+        return real_gather(position_ids, layout, batch=batch)
 
-    attention.build_attention_plan = counting
-    model = build_tiny_model("llama", num_layers=3, seed=1)
+    def counting_plan(documents, layout, window=None):
+        plans.append(window)
+        return real_plan(documents, layout, window)
+
+    attention.gather_documents, attention.plan_for = counting_gather, counting_plan
+    model = build_tiny_model(arch, num_layers=3, seed=1, **overrides)
     layout = init_sequence_parallel(world, "ulysses", num_heads=4, num_kv_heads=2)
     attention.apply_sequence_parallel(model, layout)
     ids = torch.randint(3, 500, (1, 4))  # this rank's shard of an 8-token sequence
     for _ in range(2):  # two batches, each with a new position-id tensor
         model(input_ids=ids, position_ids=torch.arange(4 * rank, 4 * rank + 4)[None])
     destroy_sequence_parallel(layout)
-    return len(calls)
+    return len(gathers), plans
 
 
-def test_attention_plan_is_built_once_per_forward():
-    for plans in run_ranks(_count_plans, 2):
-        assert plans == 2  # 3 layers x 2 forwards would be 6 without the cache
+@pytest.mark.parametrize(
+    ("arch", "overrides", "windows"),
+    [
+        ("llama", {}, [None, None]),
+        # sliding, full, sliding: two plans per forward (one per window size), one gather
+        ("gemma3", {"sliding_window": 3, "sliding_window_pattern": 2}, [3, None, 3, None]),
+    ],
+)
+def test_attention_plan_is_built_once_per_forward(arch, overrides, windows):
+    for gathers, plans in run_ranks(_count_plans, 2, arch, overrides):
+        assert gathers == 2  # 3 layers x 2 forwards would be 6 without the cache
+        assert plans == windows
 
 
 def test_forward_without_position_ids_is_refused():

@@ -25,7 +25,11 @@ def test_parse_tiny_spec():
         "qwen3",
         {"hidden_size": 96, "num_layers": 3},
     )
-    with pytest.raises(ValueError, match="size_key=<integer>"):
+    assert parse_tiny_spec("tiny:gemma2?attn_logit_softcapping=2.5") == (
+        "gemma2",
+        {"attn_logit_softcapping": 2.5},
+    )
+    with pytest.raises(ValueError, match="key=<number>"):
         parse_tiny_spec("tiny:llama?hidden_size=big")
 
 

@@ -125,7 +125,10 @@ def test_head_dim_override(tok) -> None:
 
 
 def test_errors() -> None:
-    with pytest.raises(ValueError, match="valid choices: llama, qwen2, qwen3, mistral, gemma, gemma2, phi3"):
+    with pytest.raises(
+        ValueError,
+        match="valid choices: llama, qwen2, qwen3, qwen3_moe, mistral, gemma, gemma2, gemma3, phi3",
+    ):
         build_tiny_config("gpt2", 1024)
     with pytest.raises(ValueError, match="valid choices"):
         build_tiny_model("nope")

@@ -22,8 +22,10 @@ from ..launcher import run_ranks
 HEADS, DIM = 4, 8
 
 
-def naive_attention(q, k, v, position_ids):
-    """Textbook softmax attention with a mask built token by token from the position ids."""
+def naive_attention(q, k, v, position_ids, window=None, softcap=0.0):
+    """Textbook softmax attention with a mask built token by token from the position ids; a
+    `window` W hides keys W or more tokens back (transformers' sliding_window), `softcap` caps the
+    scores as Gemma 2 does."""
     batch, heads, length, _ = q.shape
     groups = heads // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -37,10 +39,12 @@ def naive_attention(q, k, v, position_ids):
             docs.append(document)
         for i in range(length):
             for j in range(i + 1):
-                if docs[i] == docs[j]:
+                if docs[i] == docs[j] and (window is None or i - j < window):
                     mask[b, 0, i, j] = 0.0
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + mask
-    return torch.softmax(scores, dim=-1) @ v
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    return torch.softmax(scores + mask, dim=-1) @ v
 
 
 def make_inputs(length, kv_heads, packed, seed=0):
@@ -59,14 +63,25 @@ def make_inputs(length, kv_heads, packed, seed=0):
     return q, k, v, weight, positions
 
 
-def _check(rank, world, mode, kv_heads, packed, real_length, backend="native", factories_on=None):
+def _check(
+    rank,
+    world,
+    mode,
+    kv_heads,
+    packed,
+    real_length,
+    backend="native",
+    factories_on=None,
+    window=None,
+    softcap=0.0,
+):
     from ulysses_pro.parallel import kernels
     from ulysses_pro.parallel.kernels import reference as reference_kernels
 
     torch.set_default_dtype(torch.float64)
     reference_kernels.QUERY_TILE = 5  # several query tiles per call, uneven last tile
     if backend == "math":
-        kernels.select_backend = lambda q: reference_kernels.REFERENCE
+        kernels.select_backend = lambda q, *_: reference_kernels.REFERENCE
     # Hybrid with ulysses 2 x ring 2 (the default degree would pick pure ulysses for 4 heads).
     degree = 2 if mode == "hybrid" else None
     layout = init_sequence_parallel(
@@ -82,7 +97,7 @@ def _check(rank, world, mode, kv_heads, packed, real_length, backend="native", f
         )
         weight[:, :, real_length:] = 0
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    reference = naive_attention(*leaves, positions)
+    reference = naive_attention(*leaves, positions, window, softcap)
     (reference * weight).sum().backward()
     index = shard_indices(
         length, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank
@@ -90,7 +105,9 @@ def _check(rank, world, mode, kv_heads, packed, real_length, backend="native", f
     local = [t[:, :, index].clone().requires_grad_(True) for t in (q, k, v)]
     local_weight, local_positions = weight[:, :, index], positions[:, index]
     with factories_default_to(factories_on) if factories_on else contextlib.nullcontext():
-        out = sequence_parallel_attention(*local, local_positions, layout, 1 / math.sqrt(DIM))
+        out = sequence_parallel_attention(
+            *local, local_positions, layout, 1 / math.sqrt(DIM), window=window, softcap=softcap
+        )
         (out * local_weight).sum().backward()
     assert out.device.type == "cpu" and all(t.grad.device.type == "cpu" for t in local)
     errors = {
@@ -134,6 +151,31 @@ def test_ring_math_kernels_match_full_attention(world, mode, kv_heads, packed, l
         assert max(errors.values()) < 1e-10, (rank, errors)
 
 
+WINDOW_CASES = [
+    # (world, mode, kv_heads, packed, length, window, softcap); windows far shorter than the sequence
+    (2, "ulysses", 2, True, 23, 5, 0.0),
+    (2, "zigzag-ring", 1, True, 29, 4, 0.0),
+    (2, "zigzag-ring", 2, False, 24, 9, 0.0),
+    (4, "zigzag-ring", 2, True, 45, 3, 0.0),
+    (4, "hybrid", 1, True, 37, 6, 0.0),
+    (2, "ulysses", 2, False, 24, None, 0.7),
+    (2, "zigzag-ring", 2, True, 27, None, 0.7),
+    (4, "hybrid", 2, True, 35, 7, 0.7),  # Gemma 2: a window and the cap
+]
+
+
+@pytest.mark.parametrize(("world", "mode", "kv_heads", "packed", "length", "window", "softcap"), WINDOW_CASES)
+@pytest.mark.parametrize("backend", ["native", "math"])
+def test_sliding_windows_and_soft_capping_match_full_attention(
+    world, mode, kv_heads, packed, length, window, softcap, backend
+):
+    """Windows in every mode (ring blocks outside every window are no pieces at all) and the Gemma 2
+    cap inside the log-sum-exp merge, forward and backward, against textbook attention."""
+    results = run_ranks(_check, world, mode, kv_heads, packed, length, backend, None, window, softcap)
+    for rank, errors in enumerate(results):
+        assert max(errors.values()) < 1e-10, (rank, errors)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_local_attention_of_packed_and_padded_rows_matches_full_attention(backend, monkeypatch):
     """SP=1 (one rank holds the whole sequence): documents become varlen problems of one call."""
@@ -142,7 +184,7 @@ def test_local_attention_of_packed_and_padded_rows_matches_full_attention(backen
     from ulysses_pro.parallel.plan import build_attention_plan
 
     if backend == "reference":
-        monkeypatch.setattr(kernels, "select_backend", lambda q: reference.REFERENCE)
+        monkeypatch.setattr(kernels, "select_backend", lambda q, *_: reference.REFERENCE)
     layout = init_sequence_parallel(1, "ulysses", num_heads=HEADS, num_kv_heads=2)
     q, k, v, weight, positions = make_inputs(40, 2, packed=True)
     positions[1, 30:] = torch.arange(10)  # row 1 gets a third document
@@ -165,7 +207,7 @@ def _bf16_check(rank, world, mode, backend):
     from ulysses_pro.parallel.kernels import reference as reference_kernels
 
     if backend == "math":
-        kernels.select_backend = lambda q: reference_kernels.REFERENCE
+        kernels.select_backend = lambda q, *_: reference_kernels.REFERENCE
     degree = 2 if mode == "hybrid" else None
     layout = init_sequence_parallel(world, mode, num_heads=HEADS, num_kv_heads=2, ulysses_degree=degree)
     length = padded_length(29, layout.split_unit)

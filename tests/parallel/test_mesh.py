@@ -6,6 +6,7 @@ import pytest
 import torch.distributed as dist
 
 from ulysses_pro.parallel.mesh import (
+    SequenceParallelLayout,
     default_ulysses_degree,
     destroy_sequence_parallel,
     init_sequence_parallel,
@@ -24,10 +25,20 @@ def test_default_ulysses_degree_prefers_the_largest_that_fits():
     assert resolve_degrees(4, "zigzag-ring", 5, 1) == (1, 4)
 
 
+def test_auto_mode_takes_the_largest_ulysses_degree_and_rings_the_rest():
+    assert resolve_degrees(4, "auto", 4, 2) == (4, 1)  # heads divide: pure ulysses
+    assert resolve_degrees(8, "auto", 12, 4) == (4, 2)  # 4 of 8 on ulysses, the ring for the rest
+    assert resolve_degrees(4, "auto", 6, 3) == (1, 4)  # no shared factor with the KV heads: pure ring
+    assert resolve_degrees(2, "auto", 9, 3) == (1, 2)
+    assert resolve_degrees(8, "auto", 32, 8, ulysses_degree=2) == (2, 4)  # an explicit degree is kept
+    layout = SequenceParallelLayout(world_size=8, rank=0, sp_size=8, ulysses_size=4, ring_size=2, mode="auto")
+    assert "mode auto -> hybrid" in layout.describe()  # the log line says what auto chose
+
+
 def test_ulysses_errors_name_a_fix():
     with pytest.raises(
         ValueError,
-        match=r"does not divide the 6 attention heads; use sequence_parallel_mode: hybrid \(ulysses 2 x ring 2\)",
+        match=r"does not divide the 6 attention heads; use sequence_parallel_mode: auto \(which picks hybrid \(ulysses 2 x ring 2\) here\)",
     ):
         resolve_degrees(4, "ulysses", 6, 6)
     with pytest.raises(ValueError, match=r"ulysses_degree=3 must divide"):

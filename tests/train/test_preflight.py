@@ -34,9 +34,10 @@ def _config(tmp_path, **keys):
             {
                 "model_name_or_path": "tiny:llama?hidden_size=72&num_heads=9&num_kv_heads=3",
                 "sequence_parallel_size": 2,
+                "sequence_parallel_mode": "ulysses",  # explicit ulysses stays strict; auto would ring
             },
             2,
-            "does not divide the 9 attention heads; use sequence_parallel_mode: zigzag-ring",
+            "does not divide the 9 attention heads; use sequence_parallel_mode: auto (which picks zigzag-ring",
         ),
         (
             {"sequence_parallel_size": 4, "sequence_parallel_mode": "hybrid", "ulysses_degree": 3},
@@ -44,11 +45,6 @@ def _config(tmp_path, **keys):
             "config dict: ulysses_degree=3 must divide sequence_parallel_size=4",
         ),
         ({"sequence_parallel_size": 2}, 3, "must divide the number of processes (3)"),
-        (
-            {"model_name_or_path": "tiny:mistral?sliding_window=32", "sequence_parallel_size": 2},
-            2,
-            "sliding-window layers (window 32) are not supported",
-        ),
         (
             {"model_name_or_path": "tiny:llama?max_position_embeddings=48"},
             1,
@@ -73,9 +69,9 @@ def test_refused_before_any_row_or_weight(tmp_path, keys, world, message):
 
 
 def test_what_sequence_parallelism_can_run_passes(tmp_path):
-    # a window no shorter than cutoff_len never limits attention; 9 heads split on the ring
+    # sliding windows shorter than cutoff_len train under SP (exact in every mode); 9 heads on the ring
     preflight(
-        _config(tmp_path, model_name_or_path="tiny:mistral?sliding_window=64", sequence_parallel_size=2), 2
+        _config(tmp_path, model_name_or_path="tiny:mistral?sliding_window=32", sequence_parallel_size=2), 2
     )
     nine_heads = "tiny:llama?hidden_size=72&num_heads=9&num_kv_heads=3"
     preflight(
@@ -89,14 +85,17 @@ def test_what_sequence_parallelism_can_run_passes(tmp_path):
     )
 
 
-def test_attention_soft_capping_is_refused_under_sequence_parallelism(tmp_path):
+def test_soft_capping_passes_and_bidirectional_attention_is_refused_under_sequence_parallelism(tmp_path):
     from ulysses_pro.models.tiny import build_tiny_config
 
     folder = tmp_path / "gemma2"
     build_tiny_config("gemma2", 512, attn_logit_softcapping=50.0).save_pretrained(folder)
-    with pytest.raises(ConfigError, match=r"soft-caps attention logits \(attn_logit_softcapping 50.0\)"):
+    preflight(_config(tmp_path, model_name_or_path=str(folder), sequence_parallel_size=2), 2)
+    config = build_tiny_config("gemma2", 512)
+    config.use_bidirectional_attention = True  # Gemma 3's embedding variants
+    config.save_pretrained(folder)
+    with pytest.raises(ConfigError, match=r"attends bidirectionally \(use_bidirectional_attention: true\)"):
         preflight(_config(tmp_path, model_name_or_path=str(folder), sequence_parallel_size=2), 2)
-    preflight(_config(tmp_path, model_name_or_path=str(folder)), 1)  # without SP it trains
 
 
 def test_a_missing_dataset_file_is_named(tmp_path):

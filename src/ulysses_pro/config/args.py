@@ -12,7 +12,7 @@ STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
 IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto")
 PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
-SEQUENCE_PARALLEL_MODES = ("ulysses", "zigzag-ring", "hybrid")
+SEQUENCE_PARALLEL_MODES = ("auto", "ulysses", "zigzag-ring", "hybrid")
 FLASH_ATTN_CHOICES = ("auto", "disabled", "sdpa", "fa2", "eager")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 
@@ -132,7 +132,7 @@ class ParallelArguments:
     """Sequence parallelism: group size, mode and (hybrid) ulysses degree."""
 
     sequence_parallel_size: int = 1
-    sequence_parallel_mode: str = "ulysses"
+    sequence_parallel_mode: str = "auto"
     ulysses_degree: int | None = None
 
 

@@ -20,33 +20,38 @@ from torch import nn
 
 from ..parallel.hybrid import sequence_parallel_attention
 from ..parallel.mesh import SequenceParallelLayout
-from ..parallel.plan import AttentionPlan, build_attention_plan
+from ..parallel.plan import AttentionPlan, DocumentLayout, gather_documents, plan_for
 from .wrappers import unwrap_model
 
 ATTENTION_NAME = "ulysses_pro_sp"
 
 
 class _PlanCache:
-    """The attention plan of the full sequence, built once per forward rather than once per layer.
+    """The attention plans of the full sequence, built once per forward (and window size) rather
+    than once per layer.
 
     Every layer of one forward (and its checkpointed recomputation) receives the same position-id
     tensor object; a weak reference to it is the key, so a new batch can never hit a stale entry
     even if its tensor reuses the old one's memory. All ranks of an SP group run the same layers
-    on the same call pattern, so they hit and miss (and so all-gather) together.
+    on the same call pattern, so they hit and miss (and so all-gather) together. The document
+    layout is gathered once per forward; each window size (Gemma 3 alternates sliding and full
+    layers) gets its own plan from it, without communication.
     """
 
     def __init__(self, layout: SequenceParallelLayout):
         self.layout = layout
         self.key: weakref.ref | None = None
         self.batch = 0
-        self.plan: AttentionPlan | None = None
+        self.documents: DocumentLayout | None = None
+        self.plans: dict[int | None, AttentionPlan] = {}
 
-    def __call__(self, position_ids: torch.Tensor, batch: int) -> AttentionPlan:
-        if self.key is not None and self.key() is position_ids and self.batch == batch:
-            return self.plan
-        plan = build_attention_plan(position_ids, self.layout, batch=batch)
-        self.key, self.batch, self.plan = weakref.ref(position_ids), batch, plan
-        return plan
+    def __call__(self, position_ids: torch.Tensor, batch: int, window: int | None = None) -> AttentionPlan:
+        if self.key is None or self.key() is not position_ids or self.batch != batch:
+            self.documents = gather_documents(position_ids, self.layout, batch=batch)
+            self.key, self.batch, self.plans = weakref.ref(position_ids), batch, {}
+        if window not in self.plans:
+            self.plans[window] = plan_for(self.documents, self.layout, window)
+        return self.plans[window]
 
 
 def _attention_function(layout: SequenceParallelLayout):
@@ -59,23 +64,16 @@ def _attention_function(layout: SequenceParallelLayout):
             raise ValueError(
                 "attention dropout is not supported with sequence parallelism; set attention_dropout: 0"
             )
-        if kwargs.get("softcap"):
-            raise ValueError(
-                "attention logit soft-capping (Gemma 2) is not supported with sequence parallelism"
-            )
         position_ids = kwargs.get("position_ids")
         if position_ids is None:
             raise ValueError("sequence-parallel attention needs position_ids (the trainer passes them)")
+        # This layer's window (None on full-attention layers) and Gemma 2's score cap.
         window = kwargs.get("sliding_window")
-        full_length = query.shape[2] * layout.sp_size
-        if window is not None and window < full_length:
-            raise ValueError(
-                f"sliding-window attention (window {window} < sequence {full_length}) is not supported with "
-                "sequence parallelism; use a model without sliding windows or shorter sequences"
-            )
+        window = int(window) if window is not None and window < query.shape[2] * layout.sp_size else None
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        plan = plan_of(position_ids, query.shape[0])
-        out = sequence_parallel_attention(query, key, value, None, layout, scale, plan=plan)
+        plan = plan_of(position_ids, query.shape[0], window)
+        softcap = float(kwargs.get("softcap") or 0.0)
+        out = sequence_parallel_attention(query, key, value, None, layout, scale, plan=plan, softcap=softcap)
         return out.transpose(1, 2), None
 
     return attention

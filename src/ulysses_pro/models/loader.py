@@ -21,15 +21,19 @@ _ATTN_IMPLEMENTATIONS = {
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
 
-def parse_tiny_spec(spec: str) -> tuple[str, dict[str, int]]:
-    """`tiny:llama?hidden_size=128&num_layers=4` -> ("llama", {"hidden_size": 128, "num_layers": 4})."""
+def parse_tiny_spec(spec: str) -> tuple[str, dict[str, int | float]]:
+    """`tiny:llama?hidden_size=128&num_layers=4` -> ("llama", {"hidden_size": 128, "num_layers": 4});
+    a value with a decimal point is a float (`tiny:gemma2?attn_logit_softcapping=5.0`)."""
     arch, _, query = spec[len(TINY_PREFIX) :].partition("?")
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int | float] = {}
     for item in filter(None, query.split("&")):
         key, _, value = item.partition("=")
-        if not value.isdigit():
-            raise ValueError(f"model_name_or_path={spec!r}: {item!r} should be size_key=<integer>")
-        sizes[key] = int(value)
+        if value.isdigit():
+            sizes[key] = int(value)
+        elif re.fullmatch(r"\d+\.\d*", value):
+            sizes[key] = float(value)
+        else:
+            raise ValueError(f"model_name_or_path={spec!r}: {item!r} should be key=<number>")
     return arch, sizes
 
 

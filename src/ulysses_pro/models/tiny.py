@@ -3,10 +3,11 @@
 They serve two purposes: fast tests that exercise the real modeling code of each supported family, and
 a quickstart model small enough (~1M parameters) to fine-tune in a couple of minutes on two CPU cores.
 
-Sliding-window attention is disabled for every family. Exact sequence parallelism (Ulysses all-to-all and,
-later, ring attention) must reproduce single-device attention bit for bit, and the ring attention merge
-cannot express a sliding window, so the tiny models use full causal attention everywhere. How each family
-does that in transformers 5.23:
+Sliding-window attention is off by default in every family (full causal attention everywhere), so a test
+sees windows only when it asks for them: a ``sliding_window`` override (``tiny:mistral?sliding_window=16``,
+``tiny:gemma3?sliding_window=16&sliding_window_pattern=2`` for alternating layers) turns them on, and
+``attn_logit_softcapping`` turns on Gemma 2's score cap. How each family is kept full by default in
+transformers 5.23:
 
 * mistral defaults to ``sliding_window=4096``; ``None`` selects the plain causal mask.
 * qwen2 / qwen3 turn it off with ``use_sliding_window=False`` (their config then stores ``None``).
@@ -28,6 +29,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
+    Gemma3TextConfig,
     GemmaConfig,
     LlamaConfig,
     MistralConfig,
@@ -37,19 +39,32 @@ from transformers import (
     PreTrainedTokenizerBase,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 from .tokenizer import load_builtin_tokenizer
 
-TINY_ARCHES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")
+TINY_ARCHES: tuple[str, ...] = (
+    "llama",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "mistral",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi3",
+)
 
 _CONFIG_CLASSES: dict[str, type[PretrainedConfig]] = {
     "llama": LlamaConfig,
     "qwen2": Qwen2Config,
     "qwen3": Qwen3Config,
+    "qwen3_moe": Qwen3MoeConfig,
     "mistral": MistralConfig,
     "gemma": GemmaConfig,
     "gemma2": Gemma2Config,
+    "gemma3": Gemma3TextConfig,
     "phi3": Phi3Config,
 }
 
@@ -59,9 +74,11 @@ _TIE_EMBEDDINGS: dict[str, bool] = {
     "llama": False,
     "qwen2": True,
     "qwen3": True,
+    "qwen3_moe": False,
     "mistral": False,
     "gemma": True,
     "gemma2": True,
+    "gemma3": True,
     "phi3": False,
 }
 
@@ -129,21 +146,30 @@ def build_tiny_config(
         "dtype": "float32",
         "attn_implementation": "sdpa",
     }
-    if arch in ("qwen2", "qwen3"):
-        kwargs["use_sliding_window"] = False
+    windowed = "sliding_window" in extra
+    if arch in ("qwen2", "qwen3", "qwen3_moe"):
+        kwargs["use_sliding_window"] = windowed
+        if windowed:
+            kwargs["max_window_layers"] = 0  # Qwen's layers from this index on use the window
+        if arch == "qwen3_moe":
+            # Four small experts, two per token, and the router's load-balancing loss switched on.
+            kwargs.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size)
+            kwargs["output_router_logits"] = True
     elif arch == "mistral":
         kwargs["sliding_window"] = None
     elif arch == "phi3":
         kwargs["sliding_window"] = None
         # Only matters for longrope scaling; keep it equal so no scaling regime is ever implied.
         kwargs["original_max_position_embeddings"] = max_position_embeddings
-    elif arch == "gemma2":
-        kwargs["layer_types"] = ["full_attention"] * num_layers
-        kwargs["sliding_window"] = max_position_embeddings
+    elif arch in ("gemma2", "gemma3"):
+        if not windowed:
+            kwargs["layer_types"] = ["full_attention"] * num_layers
+            kwargs["sliding_window"] = max_position_embeddings
         kwargs["attn_logit_softcapping"] = None
-        # Gemma2 scales queries by query_pre_attn_scalar**-0.5 (default 256); match standard 1/sqrt(head_dim).
+        # Gemma scales queries by query_pre_attn_scalar**-0.5 (default 256); match standard 1/sqrt(head_dim).
         kwargs["query_pre_attn_scalar"] = head_dim
-        kwargs["attn_implementation"] = "eager"  # transformers 5.23 rejects sdpa for Gemma2 models
+        if arch == "gemma2":
+            kwargs["attn_implementation"] = "eager"  # transformers 5.23 rejects sdpa for Gemma2 models
     kwargs.update(extra)
     return _CONFIG_CLASSES[arch](**kwargs)
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-MODES = ("ulysses", "zigzag-ring", "hybrid")
+MODES = ("auto", "ulysses", "zigzag-ring", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class SequenceParallelLayout:
     def describe(self) -> str:
         return (
             f"world {self.world_size} = dp {self.dp_size} x sp {self.sp_size} "
-            f"(ulysses {self.ulysses_size} x ring {self.ring_size}, mode {self.mode}); "
+            f"(ulysses {self.ulysses_size} x ring {self.ring_size}, mode {self.mode}"
+            f"{' -> ' + chosen_mode(self.ulysses_size, self.ring_size) if self.mode == 'auto' else ''}); "
             f"rank {self.rank}: dp_rank {self.dp_rank}, ulysses_rank {self.ulysses_rank}, ring_rank {self.ring_rank}"
         )
 
@@ -83,10 +84,20 @@ def default_ulysses_degree(sp_size: int, num_heads: int, num_kv_heads: int) -> i
     return 1
 
 
+def chosen_mode(ulysses_size: int, ring_size: int) -> str:
+    """The explicit mode a (ulysses, ring) split amounts to."""
+    if ring_size == 1:
+        return "ulysses"
+    return "zigzag-ring" if ulysses_size == 1 else "hybrid"
+
+
 def resolve_degrees(
     sp_size: int, mode: str, num_heads: int, num_kv_heads: int, ulysses_degree: int | None = None
 ) -> tuple[int, int]:
-    """(ulysses degree, ring degree) for a mode; raises naming the config key and a valid choice."""
+    """(ulysses degree, ring degree) for a mode; raises naming the config key and a valid choice.
+
+    `auto` takes the largest ulysses degree the query and KV heads allow and the ring for the rest:
+    pure ulysses when the heads divide, pure ring when they share no factor with the SP size."""
     if mode not in MODES:
         raise ValueError(f"sequence_parallel_mode={mode!r} is not one of {', '.join(MODES)}")
     if sp_size == 1:
@@ -94,21 +105,22 @@ def resolve_degrees(
     if mode == "zigzag-ring":
         return 1, sp_size
     if mode == "ulysses":
+        valid = default_ulysses_degree(sp_size, num_heads, num_kv_heads)
+        instead = (
+            f"hybrid (ulysses {valid} x ring {sp_size // valid})"
+            if valid > 1
+            else "zigzag-ring (the ring splits any head count)"
+        )
         if num_heads % sp_size:
-            valid = default_ulysses_degree(sp_size, num_heads, num_kv_heads)
-            instead = (
-                f"hybrid (ulysses {valid} x ring {sp_size // valid})"
-                if valid > 1
-                else "zigzag-ring (the ring splits any head count)"
-            )
             raise ValueError(
                 f"sequence_parallel_size={sp_size} does not divide the {num_heads} attention heads; "
-                f"use sequence_parallel_mode: {instead} or a sequence_parallel_size that divides {num_heads}"
+                f"use sequence_parallel_mode: auto (which picks {instead} here) or a "
+                f"sequence_parallel_size that divides {num_heads}"
             )
         if num_kv_heads % sp_size and sp_size % num_kv_heads:
             raise ValueError(
                 f"sequence_parallel_size={sp_size} and {num_kv_heads} KV heads: neither divides the other; "
-                "use sequence_parallel_mode: hybrid"
+                f"use sequence_parallel_mode: auto (which picks {instead} here)"
             )
         return sp_size, 1
     degree = ulysses_degree or default_ulysses_degree(sp_size, num_heads, num_kv_heads)

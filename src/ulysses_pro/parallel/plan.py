@@ -9,6 +9,12 @@ those starts, then pure Python. Every piece is a kernel call with no mask at all
 - keys after the queries: nothing.
 So causal, packed and zigzag layouts are exact without masks, and padding (which continues the
 row's last document, see `sharding.pad_for_sequence_parallel`) costs nothing extra.
+
+A sliding window (transformers' `sliding_window` W: a query sees the W - 1 tokens before it and
+itself) is planned per window size: the diagonal gets the kernel's window, and a rectangle is cut
+to the queries that see any of its keys and the keys that any of them sees, with the window left
+over expressed in the kernel's bottom-right convention; a rectangle wholly outside the window is
+no piece at all, so a ring step whose blocks no query can see computes nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Piece:
     k: slice
     causal: bool
     sequences: Sequences
+    window: int = -1  # keys more than this before a query's diagonal are hidden (-1: none)
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,11 @@ def document_starts(positions: torch.Tensor) -> list[list[int]]:
     return starts
 
 
-def _diagonal(starts, run, local, batch, device) -> Piece:
+def _diagonal(starts, run, local, batch, device, window: int | None = None) -> Piece:
     """A run against itself: causal, split at every document start inside the run."""
     first, stop = run
     size = stop - first
+    left = window - 1 if window is not None and window < size else -1
     bounds, uniform = [], True
     for row, row_starts in enumerate(starts):
         inside = row_starts[bisect.bisect_right(row_starts, first) : bisect.bisect_left(row_starts, stop)]
@@ -99,10 +107,29 @@ def _diagonal(starts, run, local, batch, device) -> Piece:
     bounds.append(batch * size)
     span = slice(local, local + size)
     sequences = Sequences.build(bounds, bounds, uniform=uniform, device=device)
-    return Piece(slice(0, batch), span, span, True, sequences)
+    return Piece(slice(0, batch), span, span, True, sequences, left)
 
 
-def _rectangles(starts, q_run, q_local, k_run, k_local, batch, device) -> list[Piece]:
+def _in_window(extent, gap: int, span: int, window: int | None):
+    """(queries, key offset, kernel window) of a rectangle cut to what a window of `window` sees.
+
+    Query i (from the rectangle's first query) is gap + 1 + i tokens after the last key, so only
+    queries i <= window - 2 - gap see a key; the first query sees keys from span + gap + 1 - window."""
+    if extent is None:
+        return None
+    queries, key_offset = extent
+    if window is None:
+        return queries, key_offset, -1
+    queries = min(queries, window - 1 - gap)
+    key_offset = max(key_offset, span + gap + 1 - window)
+    if queries <= 0 or key_offset >= span:
+        return None
+    # The last query's distance to the first key kept: within the window, every key is seen.
+    reaches_all = (span - key_offset) + gap + queries - 1 <= window - 1
+    return queries, key_offset, -1 if reaches_all else window - 1 - gap - queries
+
+
+def _rectangles(starts, q_run, q_local, k_run, k_local, batch, device, window=None) -> list[Piece]:
     """Keys wholly before the queries: per row, the one document spanning the gap, if any."""
     (q_first, q_stop), (k_first, k_stop) = q_run, k_run
     extents = []
@@ -114,6 +141,7 @@ def _rectangles(starts, q_run, q_local, k_run, k_local, batch, device) -> list[P
             continue
         ends = row_starts[document + 1] if document + 1 < len(row_starts) else q_stop
         extents.append((min(ends, q_stop) - q_first, max(begins, k_first) - k_first))
+    extents = [_in_window(extent, q_first - k_stop, k_stop - k_first, window) for extent in extents]
     groups = []
     if len(set(extents)) == 1:
         groups = [(slice(0, batch), extents[0])]
@@ -123,7 +151,7 @@ def _rectangles(starts, q_run, q_local, k_run, k_local, batch, device) -> list[P
     for rows, extent in groups:
         if extent is None:
             continue
-        queries, key_offset = extent
+        queries, key_offset, left = extent
         keys = (k_stop - k_first) - key_offset
         count = rows.stop - rows.start
         sequences = Sequences.rows(count, queries, keys, device)
@@ -134,6 +162,7 @@ def _rectangles(starts, q_run, q_local, k_run, k_local, batch, device) -> list[P
                 slice(k_local + key_offset, k_local + key_offset + keys),
                 False,
                 sequences,
+                left,
             )
         )
     return pieces
@@ -148,9 +177,15 @@ def _with_local_offsets(runs: list[tuple[int, int]]) -> list[tuple[tuple[int, in
 
 
 def build_plan(
-    starts: list[list[int]], length: int, ring_size: int, ring_rank: int, device: torch.device
+    starts: list[list[int]],
+    length: int,
+    ring_size: int,
+    ring_rank: int,
+    device: torch.device,
+    window: int | None = None,
 ) -> AttentionPlan:
-    """The pieces of every ring step for this ring rank (ring_size 1: local attention)."""
+    """The pieces of every ring step for this ring rank (ring_size 1: local attention); `window` is
+    transformers' `sliding_window` (None: full causal attention)."""
     batch = len(starts)
     q_runs = _with_local_offsets(ring_runs(length, ring_size, ring_rank))
     steps = []
@@ -160,25 +195,47 @@ def build_plan(
         for q_run, q_local in q_runs:
             for k_run, k_local in k_runs:
                 if k_run == q_run:
-                    pieces.append(_diagonal(starts, q_run, q_local, batch, device))
+                    pieces.append(_diagonal(starts, q_run, q_local, batch, device, window))
                 elif k_run[1] <= q_run[0]:
-                    pieces.extend(_rectangles(starts, q_run, q_local, k_run, k_local, batch, device))
+                    pieces.extend(_rectangles(starts, q_run, q_local, k_run, k_local, batch, device, window))
         steps.append(tuple(pieces))
     local = sum(stop - start for (start, stop), _ in q_runs)
     return AttentionPlan(tuple(steps), batch, local)
 
 
-def build_attention_plan(
+@dataclass(frozen=True)
+class DocumentLayout:
+    """Where the documents of the whole (gathered) sequence start: what every plan of a forward needs."""
+
+    starts: list[list[int]]
+    length: int
+    device: torch.device
+
+
+def gather_documents(
     position_ids: torch.Tensor, layout: SequenceParallelLayout, batch: int | None = None
-) -> AttentionPlan:
-    """Gather the SP group's position ids and plan this rank's attention (collective: call on every SP rank)."""
+) -> DocumentLayout:
+    """Gather the SP group's position ids and find the document starts (collective: every SP rank)."""
     positions = full_positions(position_ids, layout)
     if batch is not None and positions.shape[0] != batch:
         positions = positions.expand(batch, -1)
+    return DocumentLayout(document_starts(positions), positions.shape[1], position_ids.device)
+
+
+def plan_for(
+    documents: DocumentLayout, layout: SequenceParallelLayout, window: int | None = None
+) -> AttentionPlan:
+    """This rank's plan over `documents`, for one window size (no communication)."""
     return build_plan(
-        document_starts(positions),
-        positions.shape[1],
-        layout.ring_size,
-        layout.ring_rank,
-        position_ids.device,
+        documents.starts, documents.length, layout.ring_size, layout.ring_rank, documents.device, window
     )
+
+
+def build_attention_plan(
+    position_ids: torch.Tensor,
+    layout: SequenceParallelLayout,
+    batch: int | None = None,
+    window: int | None = None,
+) -> AttentionPlan:
+    """Gather the SP group's position ids and plan this rank's attention (collective: call on every SP rank)."""
+    return plan_for(gather_documents(position_ids, layout, batch), layout, window)

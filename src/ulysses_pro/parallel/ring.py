@@ -67,10 +67,20 @@ def _piece_inputs(piece, q, k, v):
     return _part(q, piece.rows, piece.q), _part(k, piece.rows, piece.k), _part(v, piece.rows, piece.k)
 
 
-def _forward(q, k, v, scale, peers: RingPeers | None, plan: AttentionPlan):
+def _forward(q, k, v, scale, softcap, peers: RingPeers | None, plan: AttentionPlan):
     whole = plan.whole
     if whole is not None:
-        return block_forward(q, k, v, scale, whole.causal, whole.sequences, path=LOCAL_PATH)
+        return block_forward(
+            q,
+            k,
+            v,
+            scale,
+            whole.causal,
+            whole.sequences,
+            window=whole.window,
+            softcap=softcap,
+            path=LOCAL_PATH,
+        )
     acc = accumulation_dtype(q)
     out = torch.zeros(q.shape, dtype=acc, device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
@@ -80,7 +90,13 @@ def _forward(q, k, v, scale, peers: RingPeers | None, plan: AttentionPlan):
         pending = _shift([block_k, block_v], peers) if step + 1 < len(plan.steps) else None
         for piece in pieces:
             partial = block_forward(
-                *_piece_inputs(piece, q, block_k, block_v), scale, piece.causal, piece.sequences, path=path
+                *_piece_inputs(piece, q, block_k, block_v),
+                scale,
+                piece.causal,
+                piece.sequences,
+                window=piece.window,
+                softcap=softcap,
+                path=path,
             )
             out_here, lse_here = _part(out, piece.rows, piece.q), _part(lse, piece.rows, piece.q)
             merged_out, merged_lse = merge(out_here, lse_here, partial[0].to(acc), partial[1].to(acc))
@@ -91,10 +107,22 @@ def _forward(q, k, v, scale, peers: RingPeers | None, plan: AttentionPlan):
     return out, lse
 
 
-def _backward(grad_out, q, k, v, out, lse, scale, peers: RingPeers | None, plan: AttentionPlan):
+def _backward(grad_out, q, k, v, out, lse, scale, softcap, peers: RingPeers | None, plan: AttentionPlan):
     whole = plan.whole
     if whole is not None:
-        return block_backward(grad_out, q, k, v, out, lse, scale, whole.causal, whole.sequences)
+        return block_backward(
+            grad_out,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            scale,
+            whole.causal,
+            whole.sequences,
+            window=whole.window,
+            softcap=softcap,
+        )
     acc = accumulation_dtype(q)
     grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
     block_k, block_v = k, v
@@ -113,6 +141,8 @@ def _backward(grad_out, q, k, v, out, lse, scale, peers: RingPeers | None, plan:
                 scale,
                 piece.causal,
                 piece.sequences,
+                window=piece.window,
+                softcap=softcap,
             )
             _part(grad_q, rows, piece.q).add_(dq)
             _part(step_k, rows, piece.k).add_(dk)
@@ -141,22 +171,24 @@ def _no_autocast(device_type: str):
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, peers, plan):
+    def forward(ctx, q, k, v, scale, softcap, peers, plan):
         with _no_autocast(q.device.type):
-            out, lse = _forward(q, k, v, scale, peers, plan)
+            out, lse = _forward(q, k, v, scale, softcap, peers, plan)
         out = out.to(q.dtype)
         # The output is saved in the input precision (as flash-attn's own autograd does); the
         # log-sum-exp stays fp32.
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.peers, ctx.plan = scale, peers, plan
+        ctx.scale, ctx.softcap, ctx.peers, ctx.plan = scale, softcap, peers, plan
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         with _no_autocast(q.device.type):
-            grad_q, grad_k, grad_v = _backward(grad_out, q, k, v, out, lse, ctx.scale, ctx.peers, ctx.plan)
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None
+            grad_q, grad_k, grad_v = _backward(
+                grad_out, q, k, v, out, lse, ctx.scale, ctx.softcap, ctx.peers, ctx.plan
+            )
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None
 
 
 def ring_attention(
@@ -167,9 +199,12 @@ def ring_attention(
     scale: float,
     peers: RingPeers | None,
     plan: AttentionPlan,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """Attention of this rank's queries q (b, h, s, d) over the keys of every ring rank (peers None:
-    the whole sequence is local). k, v may have fewer (GQA) heads than q; they are never repeated."""
+    the whole sequence is local). k, v may have fewer (GQA) heads than q; they are never repeated.
+    The plan carries the sliding window; `softcap` > 0 caps every score (the merge stays exact: each
+    block's log-sum-exp is of its capped scores)."""
     if (peers is None) != (len(plan.steps) == 1):
         raise ValueError("the plan's ring steps do not match the ring size")
-    return _RingAttention.apply(q, k, v, scale, peers, plan)
+    return _RingAttention.apply(q, k, v, scale, float(softcap or 0.0), peers, plan)

@@ -21,7 +21,7 @@ import torch
 from ..parallel import comm, kernels
 from ..parallel.kernels import cuda as cuda_kernels
 from ..parallel.mesh import SequenceParallelLayout
-from ..parallel.plan import build_plan
+from ..parallel.plan import DocumentLayout
 
 
 class _Group:
@@ -58,7 +58,7 @@ class ShapeOnlyKernel:
     def _acc(self, q):
         return q.dtype if self.cuda else kernels.accumulation_dtype(q)
 
-    def forward(self, q, k, v, scale, causal, sequences):
+    def forward(self, q, k, v, scale, causal, sequences, window=-1, softcap=0.0):
         batch = q.shape[0]
         if self.cuda:
             flat = [cuda_kernels._flat(x) for x in (q, k, v)]
@@ -73,7 +73,7 @@ class ShapeOnlyKernel:
         del converted
         return out, lse
 
-    def backward(self, grad_out, q, k, v, out, lse, scale, causal, sequences):
+    def backward(self, grad_out, q, k, v, out, lse, scale, causal, sequences, window=-1, softcap=0.0):
         acc = self._acc(q)
         if self.cuda:
             kept = [cuda_kernels._flat(x.to(q.dtype)) for x in (grad_out, q, k, v, out)]
@@ -93,10 +93,10 @@ def simulated_sequence_parallel(device: str) -> Iterator[None]:
 
     kernel = ShapeOnlyKernel(device)
 
-    def plan_of_one_document_per_row(position_ids, layout, batch=None):
+    def one_document_per_row(position_ids, layout, batch=None):
         rows = batch or position_ids.shape[0]
         length = position_ids.shape[1] * layout.sp_size
-        return build_plan([[0]] * rows, length, layout.ring_size, layout.ring_rank, position_ids.device)
+        return DocumentLayout([[0]] * rows, length, position_ids.device)
 
     patches = [
         (comm.dist, "all_to_all_single", lambda output, input, group=None: None),
@@ -105,8 +105,8 @@ def simulated_sequence_parallel(device: str) -> Iterator[None]:
         (comm.dist, "P2POp", lambda op, tensor, peer, group=None: None),
         (comm.dist, "get_world_size", lambda group=None: group.size if isinstance(group, _Group) else 1),
         (comm.dist, "is_initialized", lambda: True),
-        (kernels, "select_backend", lambda q: kernel),
-        (model_attention, "build_attention_plan", plan_of_one_document_per_row),
+        (kernels, "select_backend", lambda q, *_: kernel),
+        (model_attention, "gather_documents", one_document_per_row),
     ]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:

@@ -20,17 +20,6 @@ def _where(config: RunConfig, key: str) -> str:
     return config.origins.get(key, "default")
 
 
-def sliding_window_of(text_config) -> int | None:
-    """The window of the decoder's sliding-window layers, or None when every layer attends fully."""
-    window = getattr(text_config, "sliding_window", None)
-    if window is None or getattr(text_config, "use_sliding_window", True) is False:
-        return None
-    layer_types = getattr(text_config, "layer_types", None)
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        return None
-    return int(window)
-
-
 def trained_positions(text_config) -> int | None:
     """Positions the model's RoPE covers: max_position_embeddings, times a scaling factor if set."""
     limit = getattr(text_config, "max_position_embeddings", None)
@@ -63,19 +52,12 @@ def check_model(config: RunConfig, model_config, world_size: int) -> None:
         except ValueError as err:
             key = "ulysses_degree" if parallel.ulysses_degree else "sequence_parallel_size"
             raise ConfigError(f"{_where(config, key)}: {err}") from None
-        window = sliding_window_of(text)
-        if window is not None and window < cutoff:
-            raise ConfigError(
-                f"{_where(config, 'sequence_parallel_size')}: sequence_parallel_size: {size}: the model's "
-                f"sliding-window layers (window {window}) are not supported under sequence parallelism "
-                f"for sequences longer than the window (cutoff_len {cutoff}); use cutoff_len <= {window} "
-                "or sequence_parallel_size: 1"
-            )
-        if getattr(text, "attn_logit_softcapping", None):
+        if getattr(text, "use_bidirectional_attention", False):
             raise ConfigError(
                 f"{_where(config, 'sequence_parallel_size')}: sequence_parallel_size: {size}: the model "
-                f"soft-caps attention logits (attn_logit_softcapping {text.attn_logit_softcapping}), "
-                "which sequence parallelism does not support yet; use sequence_parallel_size: 1"
+                "attends bidirectionally (use_bidirectional_attention: true), which sequence-parallel "
+                "attention (causal, with or without sliding windows) does not compute; use "
+                "sequence_parallel_size: 1"
             )
     positions = trained_positions(text)
     if positions is not None and cutoff > positions:

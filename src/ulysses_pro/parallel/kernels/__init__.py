@@ -7,7 +7,8 @@ dS = P * (dO V^T - delta) is its share of the full softmax gradient (FlashAttent
 
 Backends, chosen per call from the query's device and dtype:
 - CUDA, fp16/bf16: the flash-attn package when installed (>= 2.6), else PyTorch's own flash
-  kernels (sm80+); both as one varlen call (`cuda.py`);
+  kernels (sm80+; not for soft-capping, nor for windows when this torch's kernel lacks window
+  arguments); both as one varlen call (`cuda.py`);
 - CPU: ATen's fused CPU flash kernel (`reference.py`);
 - otherwise (fp32 on CUDA, other devices): the pure-torch reference, tiled by query rows.
 Which backend each attention path used is logged once per run and readable from `kernels_used()`.
@@ -31,16 +32,18 @@ _LOGGED: set[tuple[str, str]] = set()
 _LAST_USED: dict[str, str] = {}
 
 
-def select_backend(q: torch.Tensor):
-    """The kernel pair for queries like `q` (see the module docstring for the order)."""
+def select_backend(q: torch.Tensor, window: int = -1, softcap: float = 0.0):
+    """The kernel pair for queries like `q` (see the module docstring for the order); a sliding
+    window or soft-capping narrows the choice to the kernels that apply them."""
     if q.device.type == "cpu":
-        return CPU_FLASH
+        return CPU_FLASH  # windows as banded masked calls, soft-capping on the reference
     if q.device.type == "cuda" and q.dtype in cuda.HALF_TYPES and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0:
         package = cuda.flash_attn_package()
         if package is not None:
-            return package
-        if cuda.aten_flash_supported(q.device.index or 0):
-            return cuda.ATEN_FLASH
+            return package  # flash-attn >= 2.6 takes window_size and softcap
+        if cuda.aten_flash_supported(q.device.index or 0) and not softcap:
+            if window < 0 or cuda.aten_flash_takes_windows():
+                return cuda.ATEN_FLASH
     return REFERENCE
 
 
@@ -64,13 +67,17 @@ def block_forward(
     causal: bool,
     sequences: Sequences,
     *,
+    window: int = -1,
+    softcap: float = 0.0,
     path: str = "attention",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, lse) of q (b, h, sq, d) over k/v (b, kv, sk, d); lse (b, h, sq) in fp32 (fp64 kept),
-    -inf for a row that sees no key."""
-    backend = select_backend(q)
+    -inf for a row that sees no key. `window` >= 0 hides keys more than `window` before a query's
+    diagonal (flash-attention's window_size_left, bottom-right aligned per problem); `softcap` > 0
+    scores cap * tanh(s / cap) (Gemma 2)."""
+    backend = select_backend(q, window, softcap)
     _record(path, backend)
-    return backend.forward(q, k, v, scale, causal, sequences)
+    return backend.forward(q, k, v, scale, causal, sequences, window, softcap)
 
 
 def block_backward(
@@ -83,9 +90,13 @@ def block_backward(
     scale: float,
     causal: bool,
     sequences: Sequences,
+    *,
+    window: int = -1,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of one call given the final (merged) out and lse; dk, dv have the KV heads of k."""
-    return select_backend(q).backward(grad_out, q, k, v, out, lse, scale, causal, sequences)
+    backend = select_backend(q, window, softcap)
+    return backend.backward(grad_out, q, k, v, out, lse, scale, causal, sequences, window, softcap)
 
 
 __all__ = [

@@ -63,10 +63,15 @@ def _lse_unflat(lse: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @functools.cache
-def _aten_window_arguments() -> bool:
+def aten_flash_takes_windows() -> bool:
     """Whether this torch's `_flash_attention_forward` takes window sizes (schema, not version)."""
     schema = torch.ops.aten._flash_attention_forward.default._schema
     return "window_size_left" in {argument.name for argument in schema.arguments}
+
+
+def window_sides(causal: bool, window: int) -> tuple[int, int]:
+    """(left, right) window of a call in flash-attention's convention: -1 is unlimited, causal is right 0."""
+    return window, 0 if causal else -1
 
 
 class AtenFlash:
@@ -74,10 +79,13 @@ class AtenFlash:
 
     name = "torch CUDA flash (aten._flash_attention_forward, varlen)"
 
-    def _window(self) -> dict:
-        return {"window_size_left": -1, "window_size_right": -1} if _aten_window_arguments() else {}
+    def _window(self, causal: bool, window: int) -> dict:
+        if not aten_flash_takes_windows():
+            return {}  # select_backend never sends a windowed call here then
+        left, right = window_sides(causal, window) if window >= 0 else (-1, -1)
+        return {"window_size_left": left, "window_size_right": right}
 
-    def forward(self, q, k, v, scale: float, causal: bool, sequences: Sequences):
+    def forward(self, q, k, v, scale: float, causal: bool, sequences: Sequences, window=-1, softcap=0.0):
         batch = q.shape[0]
         out, lse, *_ = torch.ops.aten._flash_attention_forward(
             _flat(q),
@@ -91,11 +99,24 @@ class AtenFlash:
             causal,
             False,
             scale=scale,
-            **self._window(),
+            **self._window(causal, window),
         )
         return _unflat(out, batch), _lse_unflat(lse, batch)
 
-    def backward(self, grad_out, q, k, v, out, lse, scale: float, causal: bool, sequences: Sequences):
+    def backward(
+        self,
+        grad_out,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        scale: float,
+        causal: bool,
+        sequences: Sequences,
+        window=-1,
+        softcap=0.0,
+    ):
         batch = q.shape[0]
         # Dropout is off, so the kernel never reads the RNG state (torch's own varlen wrapper does this).
         rng_state = torch.zeros(2, dtype=torch.uint64, device=q.device)
@@ -116,7 +137,7 @@ class AtenFlash:
             rng_state,
             unused,
             scale=scale,
-            **self._window(),
+            **self._window(causal, window),
         )
         return _unflat(grad_q, batch), _unflat(grad_k, batch), _unflat(grad_v, batch)
 
@@ -153,10 +174,11 @@ class FlashAttnPackage:
         convention = "window_size_left/right, custom_op" if self.split_window else "window_size tuple"
         self.name = f"flash-attn {version} (_flash_attn_varlen_forward, {convention})"
 
-    def _window(self) -> tuple:
-        return (-1, -1) if self.split_window else ((-1, -1),)
+    def _window(self, causal: bool, window: int) -> tuple:
+        sides = window_sides(causal, window) if window >= 0 else (-1, -1)
+        return sides if self.split_window else (sides,)
 
-    def forward(self, q, k, v, scale: float, causal: bool, sequences: Sequences):
+    def forward(self, q, k, v, scale: float, causal: bool, sequences: Sequences, window=-1, softcap=0.0):
         batch = q.shape[0]
         result = self.interface._flash_attn_varlen_forward(
             _flat(q),
@@ -169,8 +191,8 @@ class FlashAttnPackage:
             0.0,  # dropout_p
             scale,
             causal,
-            *self._window(),
-            0.0,  # softcap
+            *self._window(causal, window),
+            float(softcap),
             None,  # alibi_slopes
             False,  # return_softmax
         )
@@ -178,7 +200,20 @@ class FlashAttnPackage:
         out, lse = (result[0], result[1]) if self.split_window else (result[0], result[5])
         return _unflat(out, batch), _lse_unflat(lse, batch)
 
-    def backward(self, grad_out, q, k, v, out, lse, scale: float, causal: bool, sequences: Sequences):
+    def backward(
+        self,
+        grad_out,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        scale: float,
+        causal: bool,
+        sequences: Sequences,
+        window=-1,
+        softcap=0.0,
+    ):
         batch = q.shape[0]
         q_flat, k_flat, v_flat = _flat(q), _flat(k), _flat(v)
         grad_q, grad_k, grad_v = (torch.empty_like(x) for x in (q_flat, k_flat, v_flat))
@@ -199,8 +234,8 @@ class FlashAttnPackage:
             0.0,  # dropout_p
             scale,
             causal,
-            *self._window(),
-            0.0,  # softcap
+            *self._window(causal, window),
+            float(softcap),
             None,  # alibi_slopes
             False,  # deterministic
             None,  # rng_state

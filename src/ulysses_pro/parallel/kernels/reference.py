@@ -21,15 +21,38 @@ def accumulation_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _tiles(length: int):
-    for start in range(0, length, QUERY_TILE):
-        yield slice(start, min(start + QUERY_TILE, length))
+def band_tiles(queries: int, keys: int, causal: bool, window: int, device=None, tile: int = 0):
+    """(query slice, key slice, visible mask or None) per tile of queries of one problem.
 
-
-def _future(rows: slice, keys: int, device: torch.device) -> torch.Tensor:
-    """(rows x keys) True where a key comes after its query (top-left aligned causal mask)."""
-    query_at = torch.arange(rows.start, rows.stop, device=device)
-    return torch.arange(keys, device=device)[None, :] > query_at[:, None]
+    Visibility follows flash-attention's convention (Dao 2023), aligned at the bottom right: query i
+    sits at diagonal i + keys - queries; `causal` hides keys after the diagonal and `window` >= 0
+    hides keys more than `window` before it (transformers' `sliding_window` W is window W - 1). The
+    key slice of a tile spans only the keys some query of the tile sees, so a windowed call costs
+    O(queries x (tile + window)), never queries x keys. The mask is None when every key is visible.
+    """
+    tile = tile or QUERY_TILE
+    shift = keys - queries
+    for start in range(0, queries, tile):
+        rows = slice(start, min(start + tile, queries))
+        low = max(0, rows.start + shift - window) if window >= 0 else 0
+        high = min(keys, rows.stop + shift) if causal else keys
+        if high <= low:
+            yield rows, slice(low, low), None
+            continue
+        # Decided from the bounds alone: no device data is read.
+        hides_later = causal and high - 1 > rows.start + shift
+        hides_earlier = window >= 0 and low < rows.stop - 1 + shift - window
+        if not (hides_later or hides_earlier):
+            yield rows, slice(low, high), None
+            continue
+        diagonal = torch.arange(rows.start + shift, rows.stop + shift, device=device)[:, None]
+        at = torch.arange(low, high, device=device)[None, :]
+        visible = torch.ones(rows.stop - rows.start, high - low, dtype=torch.bool, device=device)
+        if hides_later:
+            visible &= at <= diagonal
+        if hides_earlier:
+            visible &= at >= diagonal - window
+        yield rows, slice(low, high), visible
 
 
 def _grouped(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
@@ -38,7 +61,19 @@ def _grouped(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return x.reshape(b, kv_heads, h // kv_heads, s, d)
 
 
-def _reference_dense_forward(q, k, v, scale, causal):
+def _capped_scores(q_rows, keys, scale, softcap, visible):
+    """Scores of a tile: scaled, soft-capped (Gemma 2: cap * tanh(s / cap)), masked; and the raw tanh."""
+    scores = torch.matmul(q_rows, keys.transpose(-1, -2)) * scale
+    squashed = None
+    if softcap:
+        squashed = torch.tanh(scores / softcap)
+        scores = squashed * softcap
+    if visible is not None:
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return scores, squashed
+
+
+def _reference_dense_forward(q, k, v, scale, causal, window=-1, softcap=0.0):
     acc = accumulation_dtype(q)
     b, h, sq, d = q.shape
     kv_heads, keys = k.shape[1], k.shape[2]
@@ -46,18 +81,18 @@ def _reference_dense_forward(q, k, v, scale, causal):
     kf, vf = k.to(acc).unsqueeze(2), v.to(acc).unsqueeze(2)
     out = torch.zeros(qg.shape, dtype=acc, device=q.device)
     lse = torch.full(qg.shape[:-1], float("-inf"), dtype=acc, device=q.device)
-    for rows in _tiles(sq):
-        scores = torch.matmul(qg[..., rows, :], kf.transpose(-1, -2)) * scale
-        if causal:
-            scores = scores.masked_fill(_future(rows, keys, q.device), float("-inf"))
+    for rows, span, visible in band_tiles(sq, keys, causal, window, q.device):
+        if span.stop == span.start:
+            continue
+        scores, _ = _capped_scores(qg[..., rows, :], kf[..., span, :], scale, softcap, visible)
         tile_lse = torch.logsumexp(scores, dim=-1)
         lse[..., rows] = tile_lse
         probs = torch.exp(scores - tile_lse.unsqueeze(-1)).nan_to_num(0.0)
-        out[..., rows, :] = torch.matmul(probs, vf)
+        out[..., rows, :] = torch.matmul(probs, vf[..., span, :])
     return out.reshape(b, h, sq, d), lse.reshape(b, h, sq)
 
 
-def _reference_dense_backward(grad_out, q, k, v, out, lse, scale, causal):
+def _reference_dense_backward(grad_out, q, k, v, out, lse, scale, causal, window=-1, softcap=0.0):
     acc = accumulation_dtype(q)
     b, h, sq, d = q.shape
     kv_heads, keys = k.shape[1], k.shape[2]
@@ -69,27 +104,37 @@ def _reference_dense_backward(grad_out, q, k, v, out, lse, scale, causal):
     grad_q = torch.zeros(qg.shape, dtype=acc, device=q.device)
     grad_k = torch.zeros(k.shape, dtype=acc, device=q.device)
     grad_v = torch.zeros(k.shape, dtype=acc, device=q.device)
-    for rows in _tiles(sq):
+    for rows, span, visible in band_tiles(sq, keys, causal, window, q.device):
+        if span.stop == span.start:
+            continue
         q_rows, grad_rows = qg[..., rows, :], grad[..., rows, :]
-        scores = torch.matmul(q_rows, kf.transpose(-1, -2)) * scale
-        probs = torch.exp(scores - lse[..., rows].unsqueeze(-1))
-        if causal:
-            probs = probs.masked_fill(_future(rows, keys, q.device), 0.0)
-        probs = probs.nan_to_num(0.0)
-        grad_v += torch.matmul(probs.transpose(-1, -2), grad_rows).sum(dim=2)
-        grad_scores = probs * (torch.matmul(grad_rows, vf.transpose(-1, -2)) - delta[..., rows, :])
-        grad_q[..., rows, :] = torch.matmul(grad_scores, kf) * scale
-        grad_k += torch.matmul(grad_scores.transpose(-1, -2), q_rows).sum(dim=2) * scale
+        k_span, v_span = kf[..., span, :], vf[..., span, :]
+        scores, squashed = _capped_scores(q_rows, k_span, scale, softcap, visible)
+        probs = torch.exp(scores - lse[..., rows].unsqueeze(-1)).nan_to_num(0.0)
+        grad_v[..., span, :] += torch.matmul(probs.transpose(-1, -2), grad_rows).sum(dim=2)
+        grad_scores = probs * (torch.matmul(grad_rows, v_span.transpose(-1, -2)) - delta[..., rows, :])
+        if squashed is not None:
+            grad_scores = grad_scores * (1 - squashed.square())  # d(cap * tanh(s / cap)) / ds
+        grad_q[..., rows, :] = torch.matmul(grad_scores, k_span) * scale
+        grad_k[..., span, :] += torch.matmul(grad_scores.transpose(-1, -2), q_rows).sum(dim=2) * scale
     return grad_q.reshape(b, h, sq, d), grad_k, grad_v
 
 
-def _cpu_dense_forward(q, k, v, scale, causal):
+def _cpu_dense_forward(q, k, v, scale, causal, window=-1, softcap=0.0):
+    if softcap:  # ATen's CPU kernel has no soft-capping
+        return _reference_dense_forward(q, k, v, scale, causal, window, softcap)
+    if window >= 0:
+        return _cpu_banded_forward(q, k, v, scale, causal, window)
     acc = accumulation_dtype(q)
     kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     return kernel(q.to(acc), k.to(acc), v.to(acc), 0.0, causal, scale=scale)
 
 
-def _cpu_dense_backward(grad_out, q, k, v, out, lse, scale, causal):
+def _cpu_dense_backward(grad_out, q, k, v, out, lse, scale, causal, window=-1, softcap=0.0):
+    if softcap:
+        return _reference_dense_backward(grad_out, q, k, v, out, lse, scale, causal, window, softcap)
+    if window >= 0:
+        return _cpu_banded_backward(grad_out, q, k, v, out, lse, scale, causal, window)
     acc = accumulation_dtype(q)
     kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
     return kernel(
@@ -103,6 +148,53 @@ def _cpu_dense_backward(grad_out, q, k, v, out, lse, scale, causal):
         causal,
         scale=scale,
     )
+
+
+def _additive(visible: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    if visible is None:
+        return None
+    zeros = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+    return zeros.masked_fill(~visible, float("-inf"))[None, None]
+
+
+def _cpu_banded_forward(q, k, v, scale, causal, window):
+    """A sliding window on ATen's CPU kernel: one masked call per query tile over the keys it sees."""
+    acc = accumulation_dtype(q)
+    out = torch.zeros(q.shape, dtype=acc, device=q.device)
+    lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
+    for rows, span, visible in band_tiles(q.shape[2], k.shape[2], causal, window, q.device):
+        if span.stop == span.start:
+            continue
+        tile_out, tile_lse = _cpu_masked_forward(
+            q[:, :, rows], k[:, :, span], v[:, :, span], scale, _additive(visible, acc)
+        )[:2]
+        out[:, :, rows] = tile_out
+        lse[:, :, rows] = tile_lse
+    return out, lse
+
+
+def _cpu_banded_backward(grad_out, q, k, v, out, lse, scale, causal, window):
+    acc = accumulation_dtype(q)
+    grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
+    grad_k = torch.zeros(k.shape, dtype=acc, device=q.device)
+    grad_v = torch.zeros(k.shape, dtype=acc, device=q.device)
+    for rows, span, visible in band_tiles(q.shape[2], k.shape[2], causal, window, q.device):
+        if span.stop == span.start:
+            continue
+        dq, dk, dv = _cpu_masked_backward(
+            grad_out[:, :, rows],
+            q[:, :, rows],
+            k[:, :, span],
+            v[:, :, span],
+            out[:, :, rows],
+            lse[:, :, rows],
+            scale,
+            _additive(visible, acc),
+        )
+        grad_q[:, :, rows] = dq
+        grad_k[:, :, span] += dk
+        grad_v[:, :, span] += dv
+    return grad_q, grad_k, grad_v
 
 
 def _cpu_masked_forward(q, k, v, scale, mask):
@@ -148,10 +240,20 @@ class DenseBackend:
             q.shape[0], q.shape[2], k.shape[2], causal, accumulation_dtype(q), q.device
         )
 
-    def forward(self, q, k, v, scale: float, causal: bool, sequences: Sequences):
+    def forward(
+        self,
+        q,
+        k,
+        v,
+        scale: float,
+        causal: bool,
+        sequences: Sequences,
+        window: int = -1,
+        softcap: float = 0.0,
+    ):
         if sequences.uniform:
-            return self._forward(q, k, v, scale, causal)
-        mask = self._mask(q, k, causal, sequences)
+            return self._forward(q, k, v, scale, causal, window, softcap)
+        mask = self._mask(q, k, causal, sequences) if window < 0 and not softcap else None
         if mask is not None:
             return self._masked[0](q, k, v, scale, mask)
         acc = accumulation_dtype(q)
@@ -160,16 +262,29 @@ class DenseBackend:
         for row, qs, ks in sequences.problems(q.shape[2], k.shape[2]):
             here = slice(row, row + 1)
             piece_out, piece_lse = self._forward(
-                q[here, :, qs], k[here, :, ks], v[here, :, ks], scale, causal
+                q[here, :, qs], k[here, :, ks], v[here, :, ks], scale, causal, window, softcap
             )
             out[here, :, qs] = piece_out
             lse[here, :, qs] = piece_lse
         return out, lse
 
-    def backward(self, grad_out, q, k, v, out, lse, scale: float, causal: bool, sequences: Sequences):
+    def backward(
+        self,
+        grad_out,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        scale: float,
+        causal: bool,
+        sequences: Sequences,
+        window: int = -1,
+        softcap: float = 0.0,
+    ):
         if sequences.uniform:
-            return self._backward(grad_out, q, k, v, out, lse, scale, causal)
-        mask = self._mask(q, k, causal, sequences)
+            return self._backward(grad_out, q, k, v, out, lse, scale, causal, window, softcap)
+        mask = self._mask(q, k, causal, sequences) if window < 0 and not softcap else None
         if mask is not None:
             return self._masked[1](grad_out, q, k, v, out, lse, scale, mask)
         acc = accumulation_dtype(q)
@@ -187,6 +302,8 @@ class DenseBackend:
                 lse[here, :, qs],
                 scale,
                 causal,
+                window,
+                softcap,
             )
             grad_q[here, :, qs] = dq
             grad_k[here, :, ks] += dk
