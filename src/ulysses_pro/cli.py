@@ -17,7 +17,8 @@ commands:
   env                                                versions and optional accelerators
 
 Multi-process: NPROC_PER_NODE=2 ulysses-pro train cfg.yaml  (relaunches under torchrun), or
-torchrun --nproc_per_node 2 -m ulysses_pro train cfg.yaml
+torchrun --nproc_per_node 2 -m ulysses_pro train cfg.yaml, or under SLURM
+srun ulysses-pro train cfg.yaml  (each task is a rank; no torchrun)
 """
 
 
@@ -47,8 +48,18 @@ def train(arguments: list[str]) -> int:
         print("usage: ulysses-pro train CONFIG.yaml [key=value | --key value ...]\n\nvalid keys:")
         print("  " + "\n  ".join(known_keys()))
         return 0
+    from .process_env import describe_slurm, expandable_cuda_segments, use_slurm_tasks
+
+    try:
+        slurm = use_slurm_tasks()  # srun tasks become ranks: no relaunch below
+    except ValueError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
     nproc = _needs_torchrun()
     _setup_logging()
+    if slurm and slurm["RANK"] == "0":
+        logging.getLogger("ulysses_pro").info(describe_slurm(slurm))
+    expandable_cuda_segments()
     from .config import ConfigError, load_config
     from .data.errors import DataError
     from .launch import INPUT_ERROR_EXIT, relaunch, report_failure
