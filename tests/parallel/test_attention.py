@@ -292,13 +292,46 @@ def _ring_events(rank, world):
 
 
 def test_ring_posts_the_next_block_before_computing():
+    """Communication overlaps compute, on the two ranks of a ring (every offset needed)."""
     for forward, backward in run_ranks(_ring_events, 2):
         # step 0 computes while block 1 is in flight; only then is it waited for
         assert forward[0] == "post" and forward.index("compute") < forward.index("wait"), forward
-        # backward: the next block is posted before step 0 computes, and the gradient accumulators of
-        # step 0 travel while step 1 computes
+        # backward: the next block is posted before step 0 computes; step 0 is this rank's own block
+        # (its gradients stay here), step 1's gradients go home after it computes and are waited for last
         assert backward[0] == "post" and backward.index("compute") < backward.index("wait"), backward
         last_compute = len(backward) - 1 - backward[::-1].index("compute")
-        assert backward.count("post") == 3 and backward[last_compute + 1 :].count("wait") >= 1, backward
-        second_post = [i for i, e in enumerate(backward) if e == "post"][1]
-        assert second_post < last_compute, backward  # step 0's gradients posted before step 1 computes
+        assert backward.count("post") == 2 and backward[last_compute + 1 :] == ["post", "wait"], backward
+
+
+def _peers_talked_to(rank, world, window):
+    """Global ranks this rank sent to / received from in one forward + backward, and the forward's posts."""
+    from ulysses_pro.parallel import ring
+
+    talked, posts = set(), []
+    real_shift = ring.start_ring_shift
+
+    def shift(tensors, send_to, receive_from, group):
+        talked.update((send_to, receive_from))
+        posts.append(send_to)
+        return real_shift(tensors, send_to, receive_from, group)
+
+    ring.start_ring_shift = shift
+    layout = init_sequence_parallel(world, "zigzag-ring", num_heads=HEADS, num_kv_heads=2)
+    q, k, v, weight, positions = make_inputs(64, 2, packed=False)
+    index = shard_indices(64, 1, world, 0, layout.ring_rank)
+    local = [t[:, :, index].clone().requires_grad_(True) for t in (q, k, v)]
+    out = sequence_parallel_attention(*local, positions[:, index], layout, 0.3, window=window)
+    forward_posts = len(posts)
+    (out * weight[:, :, index]).sum().backward()
+    destroy_sequence_parallel(layout)
+    return talked, forward_posts
+
+
+def test_a_short_window_talks_only_to_the_zigzag_neighbours():
+    """A window shorter than a block (4 ranks, blocks of 8 tokens, window 5): rank r needs only the
+    blocks of r - 1 and r + 1, so offset 2 is neither computed nor sent; full attention fetches 3."""
+    for rank, (talked, forward_posts) in enumerate(run_ranks(_peers_talked_to, 4, 5)):
+        assert talked == {(rank - 1) % 4, (rank + 1) % 4}, (rank, talked)
+        assert forward_posts == 2
+    for rank, (talked, forward_posts) in enumerate(run_ranks(_peers_talked_to, 4, None)):
+        assert forward_posts == 3 and talked == {0, 1, 2, 3} - {rank}

@@ -22,8 +22,7 @@ def ring_peers(layout: SequenceParallelLayout) -> RingPeers | None:
     return RingPeers(
         size=layout.ring_size,
         rank=layout.ring_rank,
-        send_to=layout.ring_global_rank(layout.ring_rank + 1),
-        receive_from=layout.ring_global_rank(layout.ring_rank - 1),
+        members=tuple(layout.ring_global_rank(ring_rank) for ring_rank in range(layout.ring_size)),
         group=layout.ring_group,
     )
 

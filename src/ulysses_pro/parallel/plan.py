@@ -44,11 +44,13 @@ class Piece:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """Pieces per ring step; step s computes against the key block of ring rank (rank - s) mod R."""
+    """Pieces per ring step; the step at `offsets[i]` computes against the key block of ring rank
+    (rank - offsets[i]) mod R. Offsets no rank has work at are left out (sliding windows)."""
 
     steps: tuple[tuple[Piece, ...], ...]
     batch: int
     length: int  # queries on this rank after the ulysses gather (its ring-local sequence)
+    offsets: tuple[int, ...] = (0,)
 
     @property
     def whole(self) -> Piece | None:
@@ -176,6 +178,28 @@ def _with_local_offsets(runs: list[tuple[int, int]]) -> list[tuple[tuple[int, in
     return out
 
 
+def needed_offsets(length: int, ring_size: int, window: int | None) -> tuple[int, ...]:
+    """Ring offsets at which some ring rank has keys within some query's window (all of them
+    without a window). Documents are ignored: they can only remove work, and every rank must
+    agree on the offsets, which the zigzag runs alone decide."""
+    if window is None:
+        return tuple(range(ring_size))
+    needed = [0]
+    for offset in range(1, ring_size):
+        for rank in range(ring_size):
+            q_runs = ring_runs(length, ring_size, rank)
+            k_runs = ring_runs(length, ring_size, (rank - offset) % ring_size)
+            # The nearest query-key pair of a rectangle is (gap + 1) apart; visible if <= window - 1.
+            if any(
+                k_stop <= q_first and q_first - k_stop + 1 <= window - 1
+                for q_first, _ in q_runs
+                for _, k_stop in k_runs
+            ):
+                needed.append(offset)
+                break
+    return tuple(needed)
+
+
 def build_plan(
     starts: list[list[int]],
     length: int,
@@ -189,7 +213,8 @@ def build_plan(
     batch = len(starts)
     q_runs = _with_local_offsets(ring_runs(length, ring_size, ring_rank))
     steps = []
-    for step in range(ring_size):
+    offsets = needed_offsets(length, ring_size, window)
+    for step in offsets:
         k_runs = _with_local_offsets(ring_runs(length, ring_size, (ring_rank - step) % ring_size))
         pieces: list[Piece] = []
         for q_run, q_local in q_runs:
@@ -200,7 +225,7 @@ def build_plan(
                     pieces.extend(_rectangles(starts, q_run, q_local, k_run, k_local, batch, device, window))
         steps.append(tuple(pieces))
     local = sum(stop - start for (start, stop), _ in q_runs)
-    return AttentionPlan(tuple(steps), batch, local)
+    return AttentionPlan(tuple(steps), batch, local, offsets)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,18 @@
 """Exact blockwise (zigzag) ring attention with a log-sum-exp merge, forward and backward.
 
-Each rank keeps its queries and passes key/value blocks around the ring. Block results are merged
+Each rank keeps its queries and fetches the key/value blocks of the other ring ranks. Block results are merged
 in fp32 with their log-sum-exp (the online-softmax identity of Milakov & Gimelshein 2018, used by
 Liu et al. 2023 "Ring Attention with Blockwise Transformers"); the backward recomputes each block's
-probabilities from the final log-sum-exp, as FlashAttention-2 does (Dao 2023), and sends the key /
-value gradient accumulators around the ring until they are home.
+probabilities from the final log-sum-exp, as FlashAttention-2 does (Dao 2023), and sends each
+fetched block's key / value gradients back to its owner.
 
-The next block's send/receive is posted before the current block is computed, so communication
-overlaps compute; what each step computes comes from the per-forward `AttentionPlan`, so no layer
-syncs the host. Autocast is switched off inside: the kernels pick their own precision (half
+Step s works on the block of ring rank (rank - s): every rank sends its own block to (rank + s) and
+receives from (rank - s), so the steps the plan leaves out (offsets whose blocks no query's sliding
+window reaches, on any rank) cost no communication either; with a window shorter than a block,
+zigzag ranks only exchange with their two neighbours. The next block's send/receive is posted
+before the current block is computed, and a block's gradients travel home while the next step
+computes; what each step computes comes from the per-forward `AttentionPlan`, so no layer syncs
+the host. Autocast is switched off inside: the kernels pick their own precision (half
 inputs, fp32 log-sum-exp and merge), identically in forward and backward.
 """
 
@@ -30,13 +34,17 @@ LOCAL_PATH = "local attention (whole sequence on this rank)"
 
 @dataclass(frozen=True)
 class RingPeers:
-    """The ring this rank sits in: its position and its neighbours' global ranks."""
+    """The ring this rank sits in: its position and the global rank of every ring rank."""
 
     size: int
     rank: int
-    send_to: int
-    receive_from: int
+    members: tuple[int, ...]
     group: dist.ProcessGroup | None
+
+    def exchange(self, offset: int) -> tuple[int, int]:
+        """(send to, receive from) for step `offset`: this rank's block goes `offset` ranks ahead,
+        the block of the rank `offset` behind comes in (a negative offset sends gradients home)."""
+        return self.members[(self.rank + offset) % self.size], self.members[(self.rank - offset) % self.size]
 
 
 def merge(out, lse, block_out, block_lse) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,8 +61,9 @@ def _sequence_major_zeros(like: torch.Tensor, dtype: torch.dtype) -> torch.Tenso
     return torch.zeros((b, s, h, d), dtype=dtype, device=like.device).transpose(1, 2)
 
 
-def _shift(tensors, peers: RingPeers):
-    return start_ring_shift(tensors, peers.send_to, peers.receive_from, peers.group)
+def _exchange(tensors, peers: RingPeers, offset: int):
+    send_to, receive_from = peers.exchange(offset)
+    return start_ring_shift(tensors, send_to, receive_from, peers.group)
 
 
 def _part(x: torch.Tensor, rows: slice, positions: slice) -> torch.Tensor:
@@ -84,10 +93,11 @@ def _forward(q, k, v, scale, softcap, peers: RingPeers | None, plan: AttentionPl
     acc = accumulation_dtype(q)
     out = torch.zeros(q.shape, dtype=acc, device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
-    block_k, block_v = k, v
+    block_k, block_v = k, v  # offset 0: this rank's own block
     path = RING_PATH if peers is not None else LOCAL_PATH
+    offsets = plan.offsets
     for step, pieces in enumerate(plan.steps):
-        pending = _shift([block_k, block_v], peers) if step + 1 < len(plan.steps) else None
+        pending = _exchange([k, v], peers, offsets[step + 1]) if step + 1 < len(offsets) else None
         for piece in pieces:
             partial = block_forward(
                 *_piece_inputs(piece, q, block_k, block_v),
@@ -125,12 +135,17 @@ def _backward(grad_out, q, k, v, out, lse, scale, softcap, peers: RingPeers | No
         )
     acc = accumulation_dtype(q)
     grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
+    grad_k, grad_v = _sequence_major_zeros(k, acc), _sequence_major_zeros(v, acc)  # this rank's block
     block_k, block_v = k, v
-    grad_k = grad_v = None  # the accumulators of the block this rank holds
-    pending_grads = None
+    returning = None  # the previous step's gradients, on their way home
+    offsets = plan.offsets
     for step, pieces in enumerate(plan.steps):
-        pending_kv = _shift([block_k, block_v], peers) if step + 1 < len(plan.steps) else None
-        step_k, step_v = _sequence_major_zeros(k, acc), _sequence_major_zeros(v, acc)
+        offset = offsets[step]
+        pending_kv = _exchange([k, v], peers, offsets[step + 1]) if step + 1 < len(offsets) else None
+        if offset == 0:
+            step_k, step_v = grad_k, grad_v
+        else:
+            step_k, step_v = _sequence_major_zeros(k, acc), _sequence_major_zeros(v, acc)
         for piece in pieces:
             rows = piece.rows
             dq, dk, dv = block_backward(
@@ -147,18 +162,21 @@ def _backward(grad_out, q, k, v, out, lse, scale, softcap, peers: RingPeers | No
             _part(grad_q, rows, piece.q).add_(dq)
             _part(step_k, rows, piece.k).add_(dk)
             _part(step_v, rows, piece.k).add_(dv)
-        if pending_grads is not None:
-            # The held block's accumulators, sent by the previous rank while this step computed.
-            grad_k, grad_v = pending_grads.wait()
-            step_k, step_v = step_k + grad_k, step_v + grad_v
-        grad_k, grad_v = step_k, step_v
-        if peers is not None:
-            # They travel with their block; after `size` shifts they are home.
-            pending_grads = _shift([grad_k, grad_v], peers)
+        if returning is not None:
+            # Gradients of this rank's block from the rank that held it last step.
+            home_k, home_v = returning.wait()
+            grad_k.add_(home_k)
+            grad_v.add_(home_v)
+            returning = None
+        if offset != 0:
+            # This block's gradients go back to its owner while the next step computes.
+            returning = _exchange([step_k, step_v], peers, -offset)
         if pending_kv is not None:
             block_k, block_v = pending_kv.wait()
-    if pending_grads is not None:
-        grad_k, grad_v = pending_grads.wait()
+    if returning is not None:
+        home_k, home_v = returning.wait()
+        grad_k.add_(home_k)
+        grad_v.add_(home_v)
     return grad_q, grad_k, grad_v
 
 
@@ -205,6 +223,6 @@ def ring_attention(
     the whole sequence is local). k, v may have fewer (GQA) heads than q; they are never repeated.
     The plan carries the sliding window; `softcap` > 0 caps every score (the merge stays exact: each
     block's log-sum-exp is of its capped scores)."""
-    if (peers is None) != (len(plan.steps) == 1):
-        raise ValueError("the plan's ring steps do not match the ring size")
+    if peers is None and plan.offsets != (0,):
+        raise ValueError("the plan has ring steps but there is no ring")
     return _RingAttention.apply(q, k, v, scale, float(softcap or 0.0), peers, plan)
