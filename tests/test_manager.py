@@ -54,7 +54,7 @@ def test_lifecycle_single_process(tmp_path):
     assert status["state"] == "finished" and status["step"] == 2
     assert status["last_loss"] == pytest.approx(metrics["loss"]) and status["last_loss"] > 0
     assert status["world_size"] == 1 and status["output_dir"] == str(tmp_path / "out")
-    assert status["sequence_parallel"] == {"size": 1, "mode": "ulysses", "layout": None}
+    assert status["sequence_parallel"] == {"size": 1, "mode": "auto", "layout": None}
     assert (tmp_path / "out" / "model.safetensors").is_file()
     manager.cleanup()
     assert manager.get_status()["state"] == "cleaned up"

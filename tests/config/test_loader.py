@@ -35,7 +35,7 @@ def test_yaml_values_and_defaults(config_file):
     assert config.model.trust_remote_code is False
     assert config.data.dataset_dir == "data"
     assert config.parallel.sequence_parallel_size == 1
-    assert config.parallel.sequence_parallel_mode == "ulysses"
+    assert config.parallel.sequence_parallel_mode == "auto"  # the largest ulysses degree, ring for the rest
 
 
 def test_both_override_styles_and_later_wins(config_file):

@@ -18,6 +18,7 @@ MISTRAL = "tiny:mistral?sliding_window=16"
 GEMMA3 = "tiny:gemma3?sliding_window=16&sliding_window_pattern=2"  # sliding, full, sliding, ...
 GEMMA2 = "tiny:gemma2?sliding_window=16&attn_logit_softcapping=2.0"  # a cap that bites at init
 QWEN3_MOE = "tiny:qwen3_moe"
+QWEN2_LAYERS = "tiny:qwen2?sliding_window=16&max_window_layers=1"  # layer 0 full, layer 1 windowed
 
 
 def _train(rank, world_size, keys):
@@ -64,6 +65,8 @@ SWEEP = [
     (4, GEMMA2, 4, "hybrid", {}),
     (2, QWEN3_MOE, 2, "ulysses", {}),
     (2, QWEN3_MOE, 2, "zigzag-ring", {}),
+    (2, QWEN2_LAYERS, 2, "zigzag-ring", {}),
+    (4, QWEN2_LAYERS, 4, "hybrid", {}),
 ]
 
 

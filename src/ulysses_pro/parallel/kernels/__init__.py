@@ -36,7 +36,7 @@ def select_backend(q: torch.Tensor, window: int = -1, softcap: float = 0.0):
     """The kernel pair for queries like `q` (see the module docstring for the order); a sliding
     window or soft-capping narrows the choice to the kernels that apply them."""
     if q.device.type == "cpu":
-        return CPU_FLASH  # windows as banded masked calls, soft-capping on the reference
+        return REFERENCE if softcap else CPU_FLASH  # ATen's CPU kernel has no cap; windows are banded calls
     if q.device.type == "cuda" and q.dtype in cuda.HALF_TYPES and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0:
         package = cuda.flash_attn_package()
         if package is not None:
