@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from .args import (
     ParallelArguments,
     ProArguments,
 )
+from .llamafactory_keys import LLAMAFACTORY_DEFAULTS, NO_DEFAULT
 from .parsing import ConfigError, Setting, coerce, parse_cli_tokens, parse_scalar, read_config_file
 from .validation import validate
 
@@ -94,12 +96,17 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
-def known_keys() -> list[str]:
-    """Every key a config may use."""
+@functools.cache
+def _defined_keys() -> frozenset[str]:
     keys = set(LOADER_KEYS) | set(IGNORED_KEYS) | set(UNSUPPORTED_KEYS) | set(LEGACY_RENAMES)
     for cls in (*ARGUMENT_GROUPS, _training_arguments_class()):
         keys |= set(_field_types(cls))
-    return sorted(keys)
+    return frozenset(keys)
+
+
+def known_keys() -> list[str]:
+    """Every key a config may use: ours, transformers' TrainingArguments', and LLaMA-Factory's."""
+    return sorted(_defined_keys() | set(LLAMAFACTORY_DEFAULTS))
 
 
 def _unknown_key_error(key: str, setting: Setting) -> ConfigError:
@@ -131,17 +138,43 @@ def _apply_legacy(settings: dict[str, Setting]) -> tuple[dict[str, Setting], boo
     overwrite = False
     if "overwrite_output_dir" in out:
         overwrite = coerce("overwrite_output_dir", out.pop("overwrite_output_dir"), bool)
+    llamafactory_only = _llamafactory_only_keys()
     for key in list(out):
         if key in IGNORED_KEYS:
             out.pop(key)
-        elif key in UNSUPPORTED_KEYS:
+        elif key in UNSUPPORTED_KEYS or key in llamafactory_only:
             setting = out.pop(key)
-            if setting.value not in (UNSUPPORTED_KEYS[key], None, False):
+            default = UNSUPPORTED_KEYS.get(key, llamafactory_only.get(key))
+            if not _is_default(setting.value, default):
+                shown = "unset" if default == NO_DEFAULT else repr(default)
                 raise ConfigError(
                     f"{setting.origin}: {key}={setting.value!r} is a LLaMA-Factory option Ulysses Pro does not "
-                    f"support; remove it (or set it to {UNSUPPORTED_KEYS[key]!r})"
+                    f"support; remove it (LLaMA-Factory's default: {shown})"
                 )
     return out, overwrite
+
+
+def _llamafactory_only_keys() -> dict[str, object]:
+    """LLaMA-Factory's keys that no argument group here defines (`llamafactory_keys.py`)."""
+    ours = _defined_keys()
+    return {key: default for key, default in LLAMAFACTORY_DEFAULTS.items() if key not in ours}
+
+
+def _is_default(value: Any, default: object) -> bool:
+    """Whether a config value (typed YAML, or a command-line string) equals LLaMA-Factory's default."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return default in (None, NO_DEFAULT)
+    if default in (None, NO_DEFAULT):
+        return False
+    if isinstance(default, bool):
+        text = str(value).strip().lower()
+        return text in (("true", "1", "yes", "on") if default else ("false", "0", "no", "off"))
+    if isinstance(default, (int, float)):
+        try:
+            return float(value) == float(default)
+        except (TypeError, ValueError):
+            return False
+    return value == default or str(value) == str(default)
 
 
 _BOOLEAN_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0", ""}
