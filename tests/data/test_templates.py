@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ulysses_pro.data.errors import RowRef
+from ulysses_pro.data.errors import DataError, RowRef
 from ulysses_pro.data.formats import Conversation
 from ulysses_pro.data.templates import IGNORE_INDEX, encode_conversation, resolve_chat_template
 
@@ -77,6 +77,16 @@ def test_builtin_chatml_for_tokenizers_without_a_template(tokenizer):
     assert "<|im_start|>" in resolve_chat_template(NoTemplate(), "qwen")
     with pytest.raises(ValueError, match="template: 'llama3' is not built in"):
         resolve_chat_template(NoTemplate(), "llama3")
+
+
+def test_a_misspelt_template_name_stops_with_the_closest_names(tokenizer):
+    """Even when the tokenizer ships its own chat template (which a valid name would select)."""
+    assert tokenizer.chat_template
+    with pytest.raises(
+        DataError, match=r"template: 'qwen_3' is not a LLaMA-Factory template name; did you mean 'qwen3'"
+    ):
+        resolve_chat_template(tokenizer, "qwen_3")
+    resolve_chat_template(tokenizer, "qwen3_nothink")  # every name LLaMA-Factory registers passes
 
 
 TOOLS_TEMPLATE = (

@@ -56,6 +56,11 @@ def _config(tmp_path, **keys):
             "dataset 'demo_chatt' is not defined; did you mean 'demo_chat'?",
         ),
         (
+            {"template": "lama3"},
+            1,
+            "template: 'lama3' is not a LLaMA-Factory template name; did you mean 'llama3'",
+        ),
+        (
             {"stage": "dpo", "dataset": "demo_chat"},
             1,
             "has no ranking: true; stage dpo needs preference rows",

@@ -8,11 +8,13 @@ or one answer. Pieces are tokenized separately, so the label mask is exact by co
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 from ..parallel.reduce import IGNORE_INDEX
 from .errors import DataError
 from .formats import Conversation
+from .template_names import LLAMAFACTORY_TEMPLATES
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -30,8 +32,18 @@ BUILTIN_TEMPLATES = {"chatml": CHATML_TEMPLATE, "empty": EMPTY_TEMPLATE}
 CHATML_ALIASES = ("qwen", "qwen2", "qwen2_5", "qwen3", "chatml", "yi", "default")
 
 
+def check_template_name(template: str | None) -> None:
+    """A `template` must be one LLaMA-Factory registers (or a built-in one); else name the closest."""
+    if template is None or template in BUILTIN_TEMPLATES or template in LLAMAFACTORY_TEMPLATES:
+        return
+    close = difflib.get_close_matches(template, sorted(LLAMAFACTORY_TEMPLATES | set(BUILTIN_TEMPLATES)), n=3)
+    hint = f"did you mean {', '.join(repr(name) for name in close)}?" if close else "see LLaMA-Factory's list"
+    raise DataError(f"template: {template!r} is not a LLaMA-Factory template name; {hint}")
+
+
 def resolve_chat_template(tokenizer, template: str | None) -> str:
     """Pick the Jinja template: the tokenizer's own unless a built-in one is named."""
+    check_template_name(template)
     if template in BUILTIN_TEMPLATES:
         return BUILTIN_TEMPLATES[template]
     own = getattr(tokenizer, "chat_template", None)
