@@ -5,6 +5,7 @@ do_train)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -46,3 +47,14 @@ def test_llamafactory_keys_at_their_default_are_accepted_and_otherwise_named(tmp
     # a command-line string compares with the typed default
     load_config(None, ["model_name_or_path=tiny:llama", f"output_dir={tmp_path}", "use_muon=false"])
     assert {"use_galore", "ppo_epochs", "tensor_model_parallel_size"} <= set(LLAMAFACTORY_DEFAULTS)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("flash_attn_interface") is not None, reason="FlashAttention-3 here"
+)
+def test_cheap_llamafactory_keys_take_effect(tmp_path):
+    base = {"model_name_or_path": "tiny:llama", "output_dir": str(tmp_path), "stage": "sft"}
+    assert load_config({**base, "disable_shuffling": True}).training.train_sampling_strategy == "sequential"
+    assert load_config({**base, "fsdp": ["full_shard", "auto_wrap"]}).training.fsdp  # a YAML list
+    with pytest.raises(ConfigError, match=r"flash_attn: fa3 needs FlashAttention-3 .* not installed"):
+        load_config({**base, "flash_attn": "fa3"})

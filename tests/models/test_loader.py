@@ -71,3 +71,19 @@ def test_lora_named_targets_and_bad_target():
     assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names} == {"q_proj", "v_proj"}
     with pytest.raises(ValueError, match="available Linear modules"):
         build(finetuning_type="lora", lora_target="nonexistent_proj")
+
+
+def test_train_from_scratch_builds_the_architecture_with_fresh_weights(tmp_path):
+    import torch
+
+    from ulysses_pro.models.tiny import make_tiny_model
+
+    folder = make_tiny_model("qwen2", tmp_path / "model", seed=3)
+    saved = build(model_name_or_path=str(folder), finetuning_type="full")
+    fresh = build(model_name_or_path=str(folder), finetuning_type="full", train_from_scratch=True)
+    again = build(model_name_or_path=str(folder), finetuning_type="full", train_from_scratch=True)
+    assert type(fresh) is type(saved) and fresh.config.num_hidden_layers == saved.config.num_hidden_layers
+    weights = dict(saved.named_parameters())
+    changed = [n for n, p in fresh.named_parameters() if p.dim() > 1 and not torch.equal(p, weights[n])]
+    assert changed and len(changed) == sum(p.dim() > 1 for p in fresh.parameters())  # every matrix is new
+    assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), again.parameters()))  # seeded

@@ -13,7 +13,7 @@ IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto")
 PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
 SEQUENCE_PARALLEL_MODES = ("auto", "ulysses", "zigzag-ring", "hybrid")
-FLASH_ATTN_CHOICES = ("auto", "disabled", "sdpa", "fa2", "eager")
+FLASH_ATTN_CHOICES = ("auto", "disabled", "sdpa", "fa2", "fa3", "eager")
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 
 
@@ -33,7 +33,11 @@ class ModelArguments:
     model_revision: str = "main"
     hf_hub_token: str | None = None
     flash_attn: str = field(
-        default="auto", metadata={"help": "auto | disabled | sdpa | fa2 | eager (LLaMA-Factory meanings)."}
+        default="auto",
+        metadata={"help": "auto | disabled | sdpa | fa2 | fa3 | eager (LLaMA-Factory meanings)."},
+    )
+    train_from_scratch: bool = field(
+        default=False, metadata={"help": "Randomly initialise the model from its config (no weights loaded)."}
     )
     enable_liger_kernel: bool = field(
         default=False,

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 # Keys that LLaMA-Factory configs still carry although transformers 5 renamed or dropped them.
 LEGACY_RENAMES = {"evaluation_strategy": "eval_strategy", "no_cuda": "use_cpu"}
 # Handled by the loader itself rather than any dataclass.
-LOADER_KEYS = ("overwrite_output_dir", "warmup_ratio", "group_by_length")
+LOADER_KEYS = ("overwrite_output_dir", "warmup_ratio", "group_by_length", "disable_shuffling")
 # Keys LLaMA-Factory knows that change nothing for text-only training here: accepted, ignored.
 IGNORED_KEYS = {
     "logging_dir": "tensorboard writes under output_dir/runs in transformers 5",
@@ -131,6 +131,16 @@ def _apply_legacy(settings: dict[str, Setting]) -> tuple[dict[str, Setting], boo
             raise ConfigError(f"{setting.origin}: warmup_ratio={ratio} must be in [0, 1)")
         # transformers 5 reads warmup_steps < 1 as a fraction of the total steps.
         out["warmup_steps"] = Setting(ratio, setting.origin)
+    if "disable_shuffling" in out:  # LLaMA-Factory's key for an unshuffled training set
+        setting = out.pop("disable_shuffling")
+        if coerce("disable_shuffling", setting, bool):
+            if "group_by_length" in out and coerce("group_by_length", out["group_by_length"], bool):
+                raise ConfigError(
+                    f"{setting.origin}: disable_shuffling and group_by_length both set; keep one"
+                )
+            out["train_sampling_strategy"] = Setting("sequential", setting.origin)
+    if isinstance(out.get("fsdp") and out["fsdp"].value, list):  # `fsdp: [full_shard, auto_wrap]`
+        out["fsdp"] = Setting(" ".join(str(option) for option in out["fsdp"].value), out["fsdp"].origin)
     if "group_by_length" in out:
         setting = out.pop("group_by_length")
         if coerce("group_by_length", setting, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from .args import (
@@ -56,6 +57,12 @@ def validate(
         )
     choose("finetuning_type", finetuning.finetuning_type, FINETUNING_TYPES)
     choose("flash_attn", model.flash_attn, FLASH_ATTN_CHOICES)
+    if model.flash_attn == "fa3" and importlib.util.find_spec("flash_attn_interface") is None:
+        fail(
+            "flash_attn",
+            "fa3 needs FlashAttention-3 (the `flash_attn_interface` module of flash-attn's "
+            "hopper build), which is not installed; use fa2, sdpa or auto",
+        )
     choose("sequence_parallel_mode", parallel.sequence_parallel_mode, SEQUENCE_PARALLEL_MODES)
     choose("mix_strategy", data.mix_strategy, MIX_STRATEGIES)
     if pro is not None:
@@ -115,8 +122,6 @@ def validate(
     if training.get("bf16") and training.get("fp16"):
         fail("fp16", "bf16 and fp16 are both true; keep one")
     if training.get("deepspeed"):
-        import importlib.util
-
         if importlib.util.find_spec("deepspeed") is None:
             fail("deepspeed", "needs the deepspeed package: pip install deepspeed")
     sp = parallel.sequence_parallel_size
@@ -197,7 +202,6 @@ def _validate_streaming(data: DataArguments, training: dict[str, Any], fail) -> 
 
 
 def _validate_memory(model: ModelArguments, memory: MemoryArguments, fail) -> None:
-    import importlib.util
 
     if memory.gradient_checkpointing_offload and model.disable_gradient_checkpointing:
         fail(

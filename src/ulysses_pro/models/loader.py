@@ -17,6 +17,7 @@ _ATTN_IMPLEMENTATIONS = {
     "eager": "eager",
     "disabled": "eager",
     "fa2": "flash_attention_2",
+    "fa3": "flash_attention_3",
 }
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
@@ -112,6 +113,17 @@ def load_model(
             overrides["attn_implementation"] = attn
         model = build_tiny_model(arch, tokenizer, seed=seed, **overrides)
         model = model.to(dtype)
+    elif model_args.train_from_scratch:
+        from transformers import AutoModelForCausalLM
+
+        # LLaMA-Factory's train_from_scratch: the architecture from config.json, fresh weights.
+        config = load_model_config(model_args)
+        kwargs = {"attn_implementation": attn} if attn else {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, trust_remote_code=model_args.trust_remote_code, **kwargs
+            )
     else:
         from transformers import AutoModelForCausalLM
 
