@@ -25,6 +25,7 @@ from .commands import start_cli, write_config
         ("node7", "node7"),
         ("a[1,3]-ib,b2", "a1-ib"),
         ("127.0.0.1", "127.0.0.1"),
+        ("rack[1-2]-node[01-04]", "rack1-node01"),
     ],
 )
 def test_the_first_host_of_a_slurm_hostlist(nodelist, host):
@@ -35,6 +36,8 @@ def test_tasks_per_node_is_read_per_node():
     assert [tasks_on_node("8(x2),4", node) for node in range(3)] == [8, 8, 4]
     with pytest.raises(ValueError, match="cannot read 'x'"):
         tasks_on_node("8,x", 0)
+    with pytest.raises(ValueError, match="lists 2 nodes, not node 2"):
+        tasks_on_node("8(x2)", 2)
 
 
 def _srun_task(procid: int, **extra) -> dict[str, str]:
@@ -42,6 +45,7 @@ def _srun_task(procid: int, **extra) -> dict[str, str]:
     return {
         "SLURM_PROCID": str(procid),
         "SLURM_NTASKS": "16",
+        "SLURM_STEP_NUM_TASKS": "16",
         "SLURM_LOCALID": str(procid % 8),
         "SLURM_NODEID": str(procid // 8),
         "SLURM_TASKS_PER_NODE": "8(x2)",
@@ -63,7 +67,10 @@ def test_srun_tasks_map_onto_torch_distributed_ranks():
     # what the user sets wins; torchrun inside srun, or a single task, is left alone
     assert slurm_ranks(_srun_task(0, MASTER_PORT="4000", MASTER_ADDR="10.0.0.1"))["MASTER_ADDR"] == "10.0.0.1"
     assert slurm_ranks({**_srun_task(0), "RANK": "0", "LOCAL_RANK": "0"}) is None
-    assert slurm_ranks({**_srun_task(0), "SLURM_NTASKS": "1"}) is None
+    assert slurm_ranks({**_srun_task(0), "SLURM_STEP_NUM_TASKS": "1"}) is None
+    # the sbatch script itself (not an srun step): left alone, so NPROC_PER_NODE still relaunches
+    batch_script = {k: v for k, v in _srun_task(0).items() if k != "SLURM_STEP_NUM_TASKS"}
+    assert slurm_ranks(batch_script) is None
     assert slurm_ranks({}) is None
 
 
@@ -92,6 +99,7 @@ def test_two_srun_tasks_train_one_sequence_parallel_job_without_torchrun(tmp_pat
         srun_variables = {
             "SLURM_PROCID": str(procid),
             "SLURM_NTASKS": "2",
+            "SLURM_STEP_NUM_TASKS": "2",
             "SLURM_LOCALID": str(procid),
             "SLURM_NODEID": "0",
             "SLURM_TASKS_PER_NODE": "2",

@@ -27,12 +27,8 @@ def first_host(nodelist: str) -> str:
             end = index
             break
     host = nodelist[:end].strip()
-    match = re.fullmatch(r"([^\[]*)\[([^\]]+)\](.*)", host)
-    if not match:
-        return host
-    prefix, ranges, suffix = match.groups()
-    first = ranges.split(",")[0].split("-")[0]  # zero padding kept: it is part of the name
-    return f"{prefix}{first}{suffix}"
+    # Every bracket group gives its first value (zero padding kept: it is part of the name).
+    return re.sub(r"\[([^\]]+)\]", lambda group: group.group(1).split(",")[0].split("-")[0], host)
 
 
 def tasks_on_node(tasks_per_node: str, node: int) -> int:
@@ -43,22 +39,29 @@ def tasks_on_node(tasks_per_node: str, node: int) -> int:
         if not match:
             raise ValueError(f"SLURM_TASKS_PER_NODE={tasks_per_node!r}: cannot read {part!r}")
         counts += [int(match.group(1))] * int(match.group(2) or 1)
+    if not 0 <= node < len(counts):
+        raise ValueError(
+            f"SLURM_TASKS_PER_NODE={tasks_per_node!r} lists {len(counts)} nodes, not node {node}"
+        )
     return counts[node]
 
 
 def slurm_ranks(env: Mapping[str, str]) -> dict[str, str] | None:
     """torch.distributed's variables for this SLURM task, or None when the process is not one task of
-    a multi-task srun step (or torchrun has set them already)."""
+    a multi-task srun step (or torchrun has set them already). The step's own variables decide: an
+    sbatch script itself also has SLURM_PROCID 0 and the job's SLURM_NTASKS, but no step task count,
+    and must stay free to relaunch with NPROC_PER_NODE."""
     if "RANK" in env or "LOCAL_RANK" in env or "SLURM_PROCID" not in env:
         return None
-    world = int(env.get("SLURM_NTASKS") or env.get("SLURM_NPROCS") or 1)
+    world = int(env.get("SLURM_STEP_NUM_TASKS") or 1)
     if world <= 1:
         return None
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST")
     if not nodelist and "MASTER_ADDR" not in env:
         raise ValueError("srun task without SLURM_NODELIST: set MASTER_ADDR to the first node's address")
-    if env.get("SLURM_TASKS_PER_NODE"):
-        local_world = tasks_on_node(env["SLURM_TASKS_PER_NODE"], int(env.get("SLURM_NODEID", "0")))
+    tasks_per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    if tasks_per_node:
+        local_world = tasks_on_node(tasks_per_node, int(env.get("SLURM_NODEID", "0")))
     else:
         local_world = int(env.get("SLURM_NTASKS_PER_NODE") or world)
     port = env.get("MASTER_PORT") or str(29500 + int(env.get("SLURM_JOB_ID", "0")) % PORT_SPREAD)

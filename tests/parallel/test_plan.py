@@ -30,30 +30,45 @@ def _document_of(starts: list[int], length: int) -> list[int]:
     return docs
 
 
+def _flash_sees(qi: int, ki: int, queries: int, keys: int, causal: bool, window: int) -> bool:
+    """Whether a flash kernel lets query qi see key ki of one problem (bottom-right aligned; a
+    windowed call's unlimited right side becomes the key count, as flash-attn and ATen do)."""
+    diagonal = qi + keys - queries
+    if causal and ki > diagonal:
+        return False
+    return window < 0 or diagonal - window <= ki <= diagonal + keys
+
+
 def _covered_pairs(plan, length, ring_size, ring_rank):
     """{(row, global query, global key): times covered} from every piece of every step."""
     q_global = [g for start, stop in ring_runs(length, ring_size, ring_rank) for g in range(start, stop)]
     counts: dict[tuple[int, int, int], int] = {}
-    for step, pieces in enumerate(plan.steps):
-        k_runs = ring_runs(length, ring_size, (ring_rank - step) % ring_size)
+    for offset, pieces in zip(plan.offsets, plan.steps):
+        k_runs = ring_runs(length, ring_size, (ring_rank - offset) % ring_size)
         k_global = [g for start, stop in k_runs for g in range(start, stop)]
         for piece in pieces:
             sub_q = q_global[piece.q]
             sub_k = k_global[piece.k]
             for problem_row, qs, ks in piece.sequences.problems(len(sub_q), len(sub_k)):
                 row = piece.rows.start + problem_row
+                size_q, size_k = qs.stop - qs.start, ks.stop - ks.start
                 for qi in range(qs.start, qs.stop):
                     for ki in range(ks.start, ks.stop):
                         query, key = sub_q[qi], sub_k[ki]
-                        if piece.causal and (ki - ks.start) > (qi - qs.start):
+                        if not _flash_sees(
+                            qi - qs.start, ki - ks.start, size_q, size_k, piece.causal, piece.window
+                        ):
                             continue
                         counts[(row, query, key)] = counts.get((row, query, key), 0) + 1
     return counts, q_global
 
 
+@pytest.mark.parametrize("window", [None, 1, 3, 7, 20])
 @pytest.mark.parametrize("ring_size", [1, 2, 3, 4])
-def test_plan_covers_each_allowed_pair_once(ring_size):
-    generator = random.Random(ring_size)
+def test_plan_covers_each_allowed_pair_once(ring_size, window):
+    """Every piece read with flash's own window rules (what the CUDA kernels do), with sliding
+    windows too: a query sees the window - 1 keys before it and itself, in its own document."""
+    generator = random.Random(ring_size * 100 + (window or 0))
     length = 24 * ring_size
     for trial in range(6):
         starts = [sorted({0, *generator.sample(range(1, length), generator.randint(0, 6))}) for _ in range(2)]
@@ -61,13 +76,14 @@ def test_plan_covers_each_allowed_pair_once(ring_size):
             starts = [[0], [0]]  # unpacked rows
         documents = [_document_of(row, length) for row in starts]
         for ring_rank in range(ring_size):
-            plan = build_plan(starts, length, ring_size, ring_rank, CPU)
+            plan = build_plan(starts, length, ring_size, ring_rank, CPU, window)
             counts, q_global = _covered_pairs(plan, length, ring_size, ring_rank)
             assert set(counts.values()) <= {1}, "a pair covered twice"
             for row in range(2):
                 for query in q_global:
                     for key in range(length):
                         allowed = key <= query and documents[row][key] == documents[row][query]
+                        allowed = allowed and (window is None or query - key < window)
                         assert ((row, query, key) in counts) == allowed, (starts, ring_rank, row, query, key)
 
 

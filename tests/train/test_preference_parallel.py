@@ -73,6 +73,21 @@ CASES = [
         },
     ),
     (2, "dpo", 2, "zigzag-ring", {"pref_loss": "ipo", "pref_bco_weight": 0.5}),
+    # one held-out pair on 2 DP ranks: rank 1 runs only a padding batch (its rows have no answer
+    # tokens, so ipo's length-normalised log-probs are 0 / 0 there) and still reduces every metric
+    (
+        2,
+        "dpo",
+        1,
+        "ulysses",
+        {
+            "pref_loss": "ipo",
+            "do_eval": True,
+            "val_size": 1,
+            "max_samples": 33,
+            "per_device_eval_batch_size": 2,
+        },
+    ),
     # DP 2 (no SP): BCO's reward shift is one running mean over the steps and both DP ranks;
     # 5 held-out pairs over 2 DP ranks: one rank runs a padding batch, no pair counts twice
     (2, "dpo", 1, "ulysses", {"pref_loss": "sigmoid", "pref_bco_weight": 0.5, **EVAL_FIVE}),

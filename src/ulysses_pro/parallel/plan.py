@@ -156,18 +156,30 @@ def _rectangles(starts, q_run, q_local, k_run, k_local, batch, device, window=No
         queries, key_offset, left = extent
         keys = (k_stop - k_first) - key_offset
         count = rows.stop - rows.start
-        sequences = Sequences.rows(count, queries, keys, device)
-        pieces.append(
-            Piece(
-                rows,
-                slice(q_local, q_local + queries),
-                slice(k_local + key_offset, k_local + key_offset + keys),
-                False,
-                sequences,
-                left,
+        key_span = slice(k_local + key_offset, k_local + key_offset + keys)
+        for first, stop, window_left in _window_split(queries, keys, left):
+            sequences = Sequences.rows(count, stop - first, keys, device)
+            pieces.append(
+                Piece(rows, slice(q_local + first, q_local + stop), key_span, False, sequences, window_left)
             )
-        )
     return pieces
+
+
+def _window_split(queries: int, keys: int, left: int) -> list[tuple[int, int, int]]:
+    """(first query, stop, kernel window) parts of a non-causal rectangle.
+
+    Flash kernels bound a windowed call's right side by the key count (window_size_right
+    unlimited becomes seqlen_k), so a windowed call must not have more than keys + 1 queries. The
+    leading queries that see every key (i <= queries - keys + left) run unwindowed; the rest,
+    fewer than `keys`, keep the same left window in the bottom-right convention.
+    """
+    if left < 0:
+        return [(0, queries, -1)]
+    sees_all = max(0, min(queries, queries - keys + left + 1))
+    parts = [(0, sees_all, -1)] if sees_all else []
+    if sees_all < queries:
+        parts.append((sees_all, queries, left))
+    return parts
 
 
 def _with_local_offsets(runs: list[tuple[int, int]]) -> list[tuple[tuple[int, int], int]]:

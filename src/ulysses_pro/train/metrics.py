@@ -29,6 +29,11 @@ class SequenceMetrics:
         self.sums[name] = self.sums.get(name, 0.0) + total.detach().double().reshape(())
         self.counts[name] = self.counts.get(name, 0) + count
 
+    def muted(self) -> _Muted:
+        """A recorder that names values without counting them (padding batches): every rank must
+        all-reduce the same names, and a rank with only padding batches still has them."""
+        return _Muted(self)
+
     def metrics(self) -> dict[str, float]:
         """The means since the last call, over all ranks; names without any count are left out."""
         names = sorted(self.sums)
@@ -49,3 +54,12 @@ class SequenceMetrics:
         if "rewards/chosen" in means and "rewards/rejected" in means and "rewards/margins" not in means:
             means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
         return means
+
+
+class _Muted:
+    def __init__(self, target: SequenceMetrics) -> None:
+        self.target = target
+
+    def record(self, name: str, values: torch.Tensor) -> None:
+        # Zero total and zero count: the values themselves (NaN on padding rows) never enter.
+        self.target.add(name, torch.zeros((), dtype=torch.float64, device=values.device), 0)

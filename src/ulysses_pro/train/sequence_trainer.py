@@ -28,8 +28,6 @@ class SequenceLossTrainer(UlyssesTrainer):
         self.reference = reference.to(self.args.device) if reference is not None else None
         self.train_metrics = SequenceMetrics(self.args.device)
         self.metric_sources.append(self.train_metrics)
-        # Where a padding evaluation batch records its values: never read.
-        self._discarded_metrics = SequenceMetrics(self.args.device)
 
     # -- what subclasses provide -------------------------------------------------------------------
 
@@ -82,7 +80,7 @@ class SequenceLossTrainer(UlyssesTrainer):
     def metrics_for(self, model: nn.Module) -> SequenceMetrics:
         """Where this forward's per-sequence values are recorded (training or evaluation)."""
         if self.padding_batch:
-            return self._discarded_metrics
+            return self.eval_metrics.muted()
         return self.train_metrics if model.training else self.eval_metrics
 
     def reference_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -123,5 +121,7 @@ class SequenceLossTrainer(UlyssesTrainer):
         # Every SP rank holds the same per-sequence losses: counted P times in sum and count alike.
         losses = self.sequence_losses(model, dict(inputs))
         if self.padding_batch:
-            return losses.sum() * 0, 0
+            # Its rows have no targets: length-normalised losses are 0 / 0 there, so nothing of them
+            # may enter (NaN * 0 is NaN). The forward ran for its collectives.
+            return torch.zeros((), dtype=torch.float64, device=losses.device), 0
         return losses.sum(), self.num_sequences(inputs)
