@@ -60,14 +60,12 @@ def _calls(batch, length):
 
 
 @pytest.mark.parametrize("kind", ["causal", "full", "varlen"])
-@pytest.mark.parametrize("backend", ["cpu", "cpu per document", "reference"])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
 def test_block_kernels_match_textbook_attention(kind, backend, monkeypatch):
     """Forward equals textbook attention; two key blocks merged by lse then back-propagated one by one
     with the final (out, lse) give exactly the gradient of attention over both blocks (GQA 4/2).
-    The CPU backend runs a small varlen call as one masked call, a large one document by document."""
+    Varlen calls run document by document."""
     monkeypatch.setattr(reference, "QUERY_TILE", 4)
-    if backend == "cpu per document":
-        monkeypatch.setattr(reference, "MASKED_CALL_LIMIT", 0)
     backend = reference.REFERENCE if backend == "reference" else reference.CPU_FLASH
     batch, length = 2, 11
     causal, sequences = _calls(batch, length)[kind]

@@ -220,25 +220,11 @@ def _cpu_masked_backward(grad_out, q, k, v, out, lse, scale, mask):
     )
 
 
-# Below this many (batch x queries x keys) elements a varlen call on the CPU is one masked kernel
-# call (the mask is built once per forward) instead of one call per document.
-MASKED_CALL_LIMIT = 1 << 22
-
-
 class DenseBackend:
-    """A dense kernel pair, run once for uniform calls and problem by problem otherwise (or, with a
-    masked pair, as one masked call when the mask is small)."""
+    """A dense kernel pair, run once for uniform calls and problem by problem otherwise."""
 
-    def __init__(self, name: str, forward, backward, masked=None):
+    def __init__(self, name: str, forward, backward):
         self.name, self._forward, self._backward = name, forward, backward
-        self._masked = masked
-
-    def _mask(self, q, k, causal, sequences):
-        if self._masked is None or q.shape[0] * q.shape[2] * k.shape[2] > MASKED_CALL_LIMIT:
-            return None
-        return sequences.additive_mask(
-            q.shape[0], q.shape[2], k.shape[2], causal, accumulation_dtype(q), q.device
-        )
 
     def forward(
         self,
@@ -253,9 +239,6 @@ class DenseBackend:
     ):
         if sequences.uniform:
             return self._forward(q, k, v, scale, causal, window, softcap)
-        mask = self._mask(q, k, causal, sequences) if window < 0 and not softcap else None
-        if mask is not None:
-            return self._masked[0](q, k, v, scale, mask)
         acc = accumulation_dtype(q)
         out = torch.zeros(q.shape, dtype=acc, device=q.device)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=acc, device=q.device)
@@ -284,9 +267,6 @@ class DenseBackend:
     ):
         if sequences.uniform:
             return self._backward(grad_out, q, k, v, out, lse, scale, causal, window, softcap)
-        mask = self._mask(q, k, causal, sequences) if window < 0 and not softcap else None
-        if mask is not None:
-            return self._masked[1](grad_out, q, k, v, out, lse, scale, mask)
         acc = accumulation_dtype(q)
         grad_q = torch.zeros(q.shape, dtype=acc, device=q.device)
         grad_k = torch.zeros(k.shape, dtype=acc, device=q.device)

@@ -29,8 +29,6 @@ class Sequences:
     cu_k: torch.Tensor = field(repr=False)
     max_q: int = 0
     max_k: int = 0
-    # Masks built from the bounds, once per forward (the plan is per forward) and reused by every layer.
-    _masks: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -64,21 +62,6 @@ class Sequences:
     @property
     def count(self) -> int:
         return len(self.q_bounds) - 1
-
-    def additive_mask(self, batch: int, queries: int, keys: int, causal: bool, dtype, device) -> torch.Tensor:
-        """(b, 1, sq, sk) mask: 0 inside a problem (causal: on and below its diagonal), -inf elsewhere."""
-        key = (batch, queries, keys, causal, dtype, str(device))
-        if key not in self._masks:
-            mask = torch.full((batch, 1, queries, keys), float("-inf"), dtype=dtype, device=device)
-            for row, qs, ks in self.problems(queries, keys):
-                block = torch.zeros((qs.stop - qs.start, ks.stop - ks.start), dtype=dtype, device=device)
-                if causal:
-                    block = block.masked_fill(
-                        torch.ones(block.shape, dtype=torch.bool, device=device).triu(1), float("-inf")
-                    )
-                mask[row, 0, qs, ks] = block
-            self._masks[key] = mask
-        return self._masks[key]
 
     def problems(self, queries: int, keys: int) -> Iterator[tuple[int, slice, slice]]:
         """(batch row, query slice, key slice) of every problem, in row-local positions."""
