@@ -155,7 +155,7 @@ def _apply_legacy(settings: dict[str, Setting]) -> tuple[dict[str, Setting], boo
         elif key in UNSUPPORTED_KEYS or key in llamafactory_only:
             setting = out.pop(key)
             default = UNSUPPORTED_KEYS.get(key, llamafactory_only.get(key))
-            if not _is_default(setting.value, default):
+            if not _is_default(key, setting, default):
                 shown = "unset" if default == NO_DEFAULT else repr(default)
                 raise ConfigError(
                     f"{setting.origin}: {key}={setting.value!r} is a LLaMA-Factory option Ulysses Pro does not "
@@ -170,19 +170,17 @@ def _llamafactory_only_keys() -> dict[str, object]:
     return {key: default for key, default in LLAMAFACTORY_DEFAULTS.items() if key not in ours}
 
 
-def _is_default(value: Any, default: object) -> bool:
+def _is_default(key: str, setting: Setting, default: object) -> bool:
     """Whether a config value (typed YAML, or a command-line string) equals LLaMA-Factory's default."""
+    value = setting.value
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return default in (None, NO_DEFAULT)
     if default in (None, NO_DEFAULT):
         return False
-    if isinstance(default, bool):
-        text = str(value).strip().lower()
-        return text in (("true", "1", "yes", "on") if default else ("false", "0", "no", "off"))
-    if isinstance(default, (int, float)):
+    if isinstance(default, (bool, int, float)):
         try:
-            return float(value) == float(default)
-        except (TypeError, ValueError):
+            return coerce(key, setting, type(default)) == default
+        except ConfigError:
             return False
     return value == default or str(value) == str(default)
 
