@@ -11,9 +11,27 @@ from ulysses_pro.data.collators import KtoCollator, PairwiseCollator
 from ulysses_pro.data.errors import DataError
 from ulysses_pro.data.files import read_rows
 from ulysses_pro.data.pipeline import build_datasets
-from ulysses_pro.data.preference import encode_kto, encode_pair, to_kto_example, to_preference_pair
+from ulysses_pro.config.args import DataArguments
+from ulysses_pro.data.encoding import to_document
+from ulysses_pro.data.preference import (
+    kto_pieces,
+    pair_kto,
+    pair_pieces,
+    pair_row,
+    to_kto_example,
+    to_preference_pair,
+)
 from ulysses_pro.data.registry import load_dataset_specs
-from ulysses_pro.data.templates import IGNORE_INDEX, resolve_chat_template
+from ulysses_pro.data.templates import IGNORE_INDEX, chat_format
+
+
+def encode_pair(tokenizer, template, pair, cutoff_len):
+    return to_document(pair_row(*pair_pieces(tokenizer, template, pair), cutoff_len))
+
+
+def encode_kto(tokenizer, template, examples, cutoff_len):
+    pieces = [kto_pieces(tokenizer, template, example) for example in examples]
+    return [to_document(row) for row in pair_kto(examples, pieces, cutoff_len)]
 from ulysses_pro.parallel.sharding import pad_for_sequence_parallel
 
 from ..conftest import LF_DATA
@@ -134,7 +152,7 @@ def test_kto_rows_and_their_errors(write_dataset, tmp_path):
 
 
 def test_pair_tokens_share_the_prompt_and_train_only_answers(write_dataset, tokenizer):
-    template = resolve_chat_template(tokenizer, None)
+    template = chat_format(tokenizer, DataArguments())
     folder = write_dataset(
         "a", [{"instruction": "Add 2 and 3", "chosen": "five", "rejected": "six or seven"}], ALPACA_RANKING
     )
@@ -151,17 +169,18 @@ def test_pair_tokens_share_the_prompt_and_train_only_answers(write_dataset, toke
     assert row["chosen_input_ids"][: prompt_length + 1] == row["rejected_input_ids"][: prompt_length + 1]
 
 
-def test_long_pairs_fit_cutoff_and_keep_the_question(write_dataset, tokenizer):
-    template = resolve_chat_template(tokenizer, None)
-    long_prompt = " ".join(["word"] * 200) + " final question"
+def test_long_pairs_fit_cutoff_and_keep_the_prompt_start(write_dataset, tokenizer):
+    template = chat_format(tokenizer, DataArguments())
+    long_prompt = "first words " + " ".join(["word"] * 200) + " final question"
     folder = write_dataset(
         "a", [{"instruction": long_prompt, "chosen": "yes " * 50, "rejected": "no"}], ALPACA_RANKING
     )
     (pair,) = load(folder, "a", to_preference_pair)
     row = encode_pair(tokenizer, template, pair, 64)
     assert len(row["chosen_input_ids"]) <= 64 and len(row["rejected_input_ids"]) <= 64
+    # LLaMA-Factory's rule: the prompt keeps its beginning, both answers are cut to one length.
     text = tokenizer.decode(row["rejected_input_ids"])
-    assert "final question" in text and text.endswith("no<|im_end|>\n")
+    assert "first words" in text and "final question" not in text and text.endswith("no<|im_end|>\n")
     assert any(t != IGNORE_INDEX for t in row["chosen_shift_labels"])
 
 
@@ -174,7 +193,7 @@ def test_kto_mismatched_pairs_take_the_next_answer(tokenizer):
         messages = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return KtoExample(Conversation(messages, RowRef("m", 0)), label)
 
-    template = resolve_chat_template(tokenizer, None)
+    template = chat_format(tokenizer, DataArguments())
     rows = encode_kto(tokenizer, template, [example("q1", "a1", True), example("q2", "a2", False)], 128)
     decoded = [tokenizer.decode(r["kl_input_ids"]) for r in rows]
     assert "q1" in decoded[0] and decoded[0].endswith("a2<|im_end|>\n")

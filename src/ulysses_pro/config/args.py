@@ -60,8 +60,16 @@ class DataArguments:
     """Which datasets, and how rows become token ids."""
 
     template: str | None = field(
-        default=None, metadata={"help": "Chat template; omitted or `default` uses the tokenizer's own."}
+        default=None,
+        metadata={
+            "help": "A LLaMA-Factory template name (its tokens exactly); omitted: the tokenizer's own."
+        },
     )
+    enable_thinking: bool | None = field(
+        default=True, metadata={"help": "Reasoning templates (qwen3): train the empty thought block."}
+    )
+    preserve_thinking: bool = False
+    tool_format: str | None = None
     dataset: str | None = field(
         default=None, metadata={"help": "Comma-separated names from dataset_info.json."}
     )

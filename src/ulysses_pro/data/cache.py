@@ -22,12 +22,15 @@ from .errors import DataError
 from .files import dataset_files
 from .registry import load_dataset_specs
 
-CACHE_FORMAT = 2  # 2: list fields stored as int32
+CACHE_FORMAT = 3  # 2: list fields stored as int32; 3: LLaMA-Factory templates and truncation
 # Data settings that change the tokenized rows; anything else may differ between runs.
 SETTING_KEYS = (
     "dataset",
     "eval_dataset",
     "template",
+    "enable_thinking",
+    "preserve_thinking",
+    "tool_format",
     "cutoff_len",
     "max_samples",
     "val_size",

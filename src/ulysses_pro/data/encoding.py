@@ -14,10 +14,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..parallel.reduce import IGNORE_INDEX
+from .chat_format import ChatFormat
 from .errors import DataError
-from .packing import Document, shifted, windows
-from .preference import pair_pieces, pair_row, prompt_and_answer
-from .templates import encode_turns, split_turns, turns_length
+from .packing import Document, windows
+from .preference import kto_pieces, pair_pieces, pair_row
+from .truncation import supervised_row, turns_length
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,67 @@ class EncodeSettings:
     """Everything a worker needs besides the tokenizer."""
 
     stage: str
-    template: str | None
+    template: ChatFormat | None
     cutoff_len: int
     train_on_prompt: bool = False
     mask_history: bool = False
     skip_invalid_rows: bool = False
+    pretrain_eos: str | None = None  # appended to each pretraining text
+
+
+SEQUENCE_PREFIXES = ("", "chosen_", "rejected_", "kl_")
+
+
+def to_document(row: dict) -> Document:
+    """A row in LLaMA-Factory's convention (unshifted `labels`, `kto_tag`) as this package trains it:
+    each `*labels` shifted left by one into `*shift_labels`, so packing never predicts across
+    documents."""
+    document: Document = {}
+    for prefix in SEQUENCE_PREFIXES:
+        if prefix + "input_ids" in row:
+            labels = row[prefix + "labels"]
+            document[prefix + "input_ids"] = list(row[prefix + "input_ids"])
+            document[prefix + "shift_labels"] = list(labels[1:]) + [IGNORE_INDEX]
+    if "kto_tag" in row:
+        document["kto_label"] = row["kto_tag"]
+    return document
+
+
+def pretrain_ids(tokenizer, text: str, eos: str | None) -> list[int]:
+    """A pretraining text with the eos appended, tokenized as LLaMA-Factory does: no specials
+    added, except a bos in front when the tokenizer asks for one (`add_bos_token`)."""
+    ids = tokenizer.encode(text + (eos or ""), add_special_tokens=False)
+    if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids
+
+
+def llamafactory_rows(tokenizer, settings: EncodeSettings, item: Any) -> tuple[list[dict], bool]:
+    """One normalised row as LLaMA-Factory's processors emit it (unshifted labels, -100 where masked),
+    and whether cutoff_len cut it. pt: one row per window; KTO: without its mismatched `kl_*`
+    sequence, which pairs rows (`preference.pair_kto`)."""
+    stage, cutoff = settings.stage, settings.cutoff_len
+    if stage == "pt":
+        ids = pretrain_ids(tokenizer, item, settings.pretrain_eos)
+        # A document longer than a row becomes several windows, so no text is dropped.
+        return [{"input_ids": w, "labels": list(w)} for w in windows(ids, cutoff)], len(ids) > cutoff
+    if stage in ("dpo", "rm"):
+        prompt, chosen, rejected = pair_pieces(tokenizer, settings.template, item)
+        cut = len(prompt) + max(len(chosen), len(rejected)) > cutoff
+        return [pair_row(prompt, chosen, rejected, cutoff)], cut
+    if stage == "kto":
+        raise ValueError("KTO rows are paired across the dataset; use preference.pair_kto")
+    template = settings.template
+    turns = template.turns(tokenizer, item, mask_history=settings.mask_history)
+    input_ids, labels = supervised_row(
+        turns,
+        cutoff,
+        item.ref,
+        train_on_prompt=settings.train_on_prompt,
+        mask_history=settings.mask_history,
+        efficient_eos_id=tokenizer.eos_token_id if template.efficient_eos else None,
+    )
+    return [{"input_ids": input_ids, "labels": labels}], turns_length(turns) > cutoff
 
 
 @dataclass
@@ -44,28 +102,11 @@ class Encoded:
 
 def encode_item(tokenizer, settings: EncodeSettings, item: Any) -> Encoded:
     """Tokenize one normalised row (str, Conversation, PreferencePair or KtoExample)."""
-    stage, cutoff = settings.stage, settings.cutoff_len
-    if stage == "pt":
-        eos = tokenizer.eos_token_id
-        ids = tokenizer.encode(item, add_special_tokens=True) + ([eos] if eos is not None else [])
-        # A document longer than a row becomes several windows, so no text is dropped.
-        return Encoded([shifted(w, w) for w in windows(ids, cutoff)], cut=len(ids) > cutoff)
-    if stage in ("dpo", "rm"):
-        prompt, chosen, rejected = pair_pieces(tokenizer, settings.template, item)
-        cut = len(prompt) + max(len(chosen), len(rejected)) > cutoff
-        return Encoded([pair_row(prompt, chosen, rejected, cutoff)], cut=cut)
-    if stage == "kto":
-        prompt, answer = prompt_and_answer(tokenizer, settings.template, item.conversation)
-        return Encoded([(prompt, answer)], cut=len(prompt) + len(answer) > cutoff)
-    turns = split_turns(tokenizer, settings.template, item)
-    input_ids, labels = encode_turns(
-        turns,
-        cutoff,
-        item.ref,
-        train_on_prompt=settings.train_on_prompt,
-        mask_history=settings.mask_history,
-    )
-    return Encoded([shifted(input_ids, labels)], cut=turns_length(turns) > cutoff)
+    if settings.stage == "kto":
+        prompt, answer = kto_pieces(tokenizer, settings.template, item)
+        return Encoded([(prompt, answer)], cut=len(prompt) + len(answer) > settings.cutoff_len)
+    rows, cut = llamafactory_rows(tokenizer, settings, item)
+    return Encoded([to_document(row) for row in rows], cut=cut)
 
 
 def _encode_checked(tokenizer, settings: EncodeSettings, item: Any) -> Encoded:
@@ -137,3 +178,20 @@ def encode_all(
 def documents_of(encoded: list[Encoded]) -> tuple[list[Document], int]:
     """All documents of token stages, and how many rows cutoff_len cut."""
     return [doc for e in encoded for doc in e.outputs], sum(e.cut for e in encoded)
+
+
+def encode_conversation(
+    tokenizer,
+    template: ChatFormat,
+    conversation,
+    cutoff_len: int,
+    *,
+    train_on_prompt: bool = False,
+    mask_history: bool = False,
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one supervised chat, labels unshifted."""
+    settings = EncodeSettings(
+        "sft", template, cutoff_len, train_on_prompt=train_on_prompt, mask_history=mask_history
+    )
+    (row,), _ = llamafactory_rows(tokenizer, settings, conversation)
+    return row["input_ids"], row["labels"]

@@ -14,7 +14,8 @@ from .errors import DataError, RowRef
 from .registry import DatasetSpec
 
 USER_SIDE = ("user", "tool")
-ASSISTANT_SIDE = ("assistant",)
+# "tool" is an observation (a tool's output); "function" is an assistant turn that calls a tool.
+ASSISTANT_SIDE = ("assistant", "function")
 
 
 @dataclass
@@ -118,7 +119,7 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
         tags["user_tag"]: "user",
         tags["observation_tag"]: "tool",
         tags["assistant_tag"]: "assistant",
-        tags["function_tag"]: "assistant",
+        tags["function_tag"]: "function",
         tags["system_tag"]: "system",
     }
     messages: list[dict[str, str]] = []
@@ -152,7 +153,7 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
                 ref, f"{column}[{position}]: wrong role order: expected {expected} here, got {tag!r}"
             )
         content = message_content(message, tags, ref, f"{column}[{position}]")
-        if role == "assistant":
+        if role in ASSISTANT_SIDE:
             nonempty_answer(content, ref, f"{column}[{position}]")
         messages.append({"role": role, "content": content})
     return messages
@@ -161,7 +162,7 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
 def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
     """A sharegpt chat that ends with an assistant answer."""
     messages = sharegpt_messages(row, spec, ref)
-    if messages[-1]["role"] != "assistant":
+    if messages[-1]["role"] not in ASSISTANT_SIDE:
         column = spec.column("messages") or "conversations"
         raise DataError.at(
             ref, f"{column}: the last message must be an assistant turn ({spec.tags['assistant_tag']!r})"

@@ -6,7 +6,7 @@ import logging
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -14,8 +14,9 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .cache import cache_exists, fingerprint, load_cache, save_cache
+from .chat_format import ChatFormat
 from .columns import ColumnarRows
-from .encoding import EncodeSettings, documents_of, encode_all
+from .encoding import EncodeSettings, documents_of, encode_all, to_document
 from .errors import DataError, RowRef, SkippedRows
 from .files import dataset_files, read_rows
 from .formats import Conversation, to_conversation, to_text
@@ -24,7 +25,7 @@ from .packing import Document, PackingReport, pack_documents, report
 from .preference import KtoExample, PreferencePair, pair_kto, to_kto_example, to_preference_pair
 from .registry import load_dataset_specs
 from .streaming import StreamingDataset, StreamSettings
-from .templates import renders_tools, resolve_chat_template
+from .templates import chat_format, pretrain_eos
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class DatasetBundle:
     train: TokenizedDataset | StreamingDataset | None
     eval: TokenizedDataset | None
     sample_prompts: list[Conversation]
+    template: ChatFormat | None = None  # how the sample prompts are written for generation
 
 
 PAIRWISE_STAGES = ("dpo", "rm")
@@ -160,6 +162,14 @@ def _load_raw(
     return mixed
 
 
+def load_rows(data_args, stage: str, seed: int = 42) -> list[tuple[RowRef, Any]]:
+    """The training datasets' rows, normalised for `stage` and mixed, not yet tokenized."""
+    skipped = SkippedRows()
+    rows = _load_raw(data_args.dataset, data_args, stage, skipped, seed)
+    skipped.log()
+    return rows
+
+
 def _split(items: list, val_size: float, seed: int) -> tuple[list, list]:
     """Hold out `val_size` rows (a fraction in (0, 1), or a count >= 1) chosen by a seeded shuffle."""
     if not val_size:
@@ -204,7 +214,8 @@ def _tokenize(
         )
     stage = settings.stage
     if stage == "kto":
-        rows = pair_kto([item for item, _ in kept], [r.outputs[0] for _, r in kept], settings.cutoff_len)
+        pairs = pair_kto([item for item, _ in kept], [r.outputs[0] for _, r in kept], settings.cutoff_len)
+        rows = [to_document(row) for row in pairs]
         desirable = sum(item.desirable for item, _ in kept)
         logger.info(
             "%s: %d KTO rows (%d desirable, %d undesirable), %s",
@@ -288,9 +299,9 @@ def _build_streaming(
     return DatasetBundle(StreamingDataset(sources, tokenizer, settings, stream), evaluation, samples)
 
 
-def _warn_if_tools_are_dropped(items: list, tokenizer, template: str | None) -> None:
+def _warn_if_tools_are_dropped(items: list, tokenizer, template) -> None:
     with_tools = sum(1 for _, item in items if getattr(_sample_conversation(item), "tools", None))
-    if with_tools and not renders_tools(tokenizer, template):
+    if with_tools and template is not None and not template.renders_tools(tokenizer):
         logger.warning(
             "%d rows carry a tools column but the chat template does not render tools, so the model will not "
             "see the tool definitions; use a template that renders `tools` (the model's own, e.g. qwen)",
@@ -327,26 +338,34 @@ def _save_cached(cache: str, bundle: DatasetBundle, built_from: dict) -> None:
     logger.info("tokenized data saved to %s", cache)
 
 
+def encode_settings(data_args, tokenizer, stage: str) -> EncodeSettings:
+    """How rows of this run become ids. A named template fixes the tokenizer (eos, pad, stop
+    words) first, as LLaMA-Factory does, for pretraining too: it decides the appended eos."""
+    template = chat_format(tokenizer, data_args)
+    return EncodeSettings(
+        stage=stage,
+        template=None if stage == "pt" else template,
+        cutoff_len=data_args.cutoff_len,
+        train_on_prompt=data_args.train_on_prompt,
+        mask_history=data_args.mask_history,
+        skip_invalid_rows=data_args.skip_invalid_rows,
+        pretrain_eos=pretrain_eos(tokenizer, data_args.template),
+    )
+
+
 def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetBundle:
     """Load, normalise, tokenize, split and pack the configured datasets (or reload them from
     `tokenized_path`)."""
     packing = data_args.packing if data_args.packing is not None else stage == "pt"
     packing = (packing or data_args.neat_packing) and stage in ("pt", "sft")
-    template = None if stage == "pt" else resolve_chat_template(tokenizer, data_args.template)
-    settings = EncodeSettings(
-        stage=stage,
-        template=template,
-        cutoff_len=data_args.cutoff_len,
-        train_on_prompt=data_args.train_on_prompt,
-        mask_history=data_args.mask_history,
-        skip_invalid_rows=data_args.skip_invalid_rows,
-    )
+    settings = encode_settings(data_args, tokenizer, stage)
+    template = settings.template
     if data_args.streaming:
-        return _build_streaming(data_args, tokenizer, settings, packing, seed)
+        return replace(_build_streaming(data_args, tokenizer, settings, packing, seed), template=template)
     cache = data_args.tokenized_path
     built_from = fingerprint(data_args, tokenizer, stage, seed) if cache else None
     if cache and cache_exists(cache) and not data_args.overwrite_cache:
-        return _load_cached(cache, built_from)
+        return replace(_load_cached(cache, built_from), template=template)
     skipped = SkippedRows()
     train_items = _load_raw(data_args.dataset, data_args, stage, skipped, seed) if data_args.dataset else []
     eval_items = (
@@ -365,7 +384,7 @@ def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetB
     samples = (
         [_sample_conversation(item) for _, item in (eval_items or train_items)[:3]] if stage != "pt" else []
     )
-    bundle = DatasetBundle(train, evaluation, samples)
+    bundle = DatasetBundle(train, evaluation, samples, template)
     if cache and _is_main_process():
         _save_cached(cache, bundle, built_from)
     return bundle

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .chat_format import ChatFormat
 from .errors import DataError, RowRef
 from .formats import (
+    ASSISTANT_SIDE,
     Conversation,
     alpaca_prompt,
     message_content,
@@ -22,9 +24,8 @@ from .formats import (
     sharegpt_messages,
     to_conversation,
 )
-from .packing import Document, shifted
 from .registry import DatasetSpec
-from .templates import IGNORE_INDEX, fit_lengths, split_turns
+from .truncation import labelled, prompt_answer_row
 
 
 @dataclass
@@ -76,7 +77,7 @@ def to_preference_pair(row: Any, spec: DatasetSpec, ref: RowRef) -> PreferencePa
     row = require_mapping(row, ref)
     if spec.formatting == "sharegpt":
         prompt = sharegpt_messages(row, spec, ref)
-        if prompt[-1]["role"] == "assistant":
+        if prompt[-1]["role"] in ASSISTANT_SIDE:
             column = spec.column("messages") or "conversations"
             raise DataError.at(
                 ref,
@@ -112,81 +113,64 @@ def to_kto_example(row: Any, spec: DatasetSpec, ref: RowRef) -> KtoExample:
     return KtoExample(to_conversation(row, spec, ref), label)
 
 
-# -- token ids --------------------------------------------------------------------------------------
+# -- token ids (rows in LLaMA-Factory's convention: unshifted labels, -100 where masked) -----------
 
 
-def prompt_and_answer(tokenizer, template: str, conversation: Conversation) -> tuple[list[int], list[int]]:
-    """Token ids of everything before the last assistant answer, and of that answer."""
-    turns = split_turns(tokenizer, template, conversation)
-    prompt = [token for turn in turns[:-1] for token in turn.prompt + turn.answer] + turns[-1].prompt
-    return prompt, turns[-1].answer
+def _with_eos(tokenizer, template: ChatFormat, answer: list[int]) -> list[int]:
+    # Templates whose answers carry no eos of their own (GLM-4's efficient_eos) get one here.
+    return answer + [tokenizer.eos_token_id] if template.efficient_eos else answer
 
 
-def _document(prompt: list[int], answer: list[int]) -> Document:
-    """Prompt + answer with labels on the answer only (shifted)."""
-    return shifted(prompt + answer, [IGNORE_INDEX] * len(prompt) + answer)
-
-
-def truncate(
-    prompt: list[int], answers: list[list[int]], cutoff_len: int
-) -> tuple[list[int], list[list[int]]]:
-    """Fit the prompt and the longest answer into cutoff_len; a long prompt keeps its end (the question
-    next to the answer), long answers keep their beginning."""
-    prompt_keep, answer_keep = fit_lengths(len(prompt), max(len(a) for a in answers), cutoff_len)
-    return prompt[len(prompt) - prompt_keep :], [a[:answer_keep] for a in answers]
-
-
-def encode_pair(tokenizer, template: str, pair: PreferencePair, cutoff_len: int) -> dict[str, list[int]]:
-    """`chosen_*` and `rejected_*` documents sharing one prompt, each at most cutoff_len tokens."""
-    return pair_row(*pair_pieces(tokenizer, template, pair), cutoff_len)
-
-
-def pair_pieces(tokenizer, template: str, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
+def pair_pieces(
+    tokenizer, template: ChatFormat, pair: PreferencePair
+) -> tuple[list[int], list[int], list[int]]:
     """Token ids of the shared prompt, the chosen answer and the rejected answer, untruncated."""
-    prompt, chosen = prompt_and_answer(tokenizer, template, pair.conversation(pair.chosen))
-    other_prompt, rejected = prompt_and_answer(tokenizer, template, pair.conversation(pair.rejected))
+    prompt, chosen = template.one_turn(tokenizer, pair.conversation(pair.chosen))
+    other_prompt, rejected = template.one_turn(tokenizer, pair.conversation(pair.rejected))
     if other_prompt != prompt:
         raise DataError.at(
             pair.ref, "the chat template renders the prompt differently for chosen and rejected"
         )
-    return prompt, chosen, rejected
+    return prompt, _with_eos(tokenizer, template, chosen), _with_eos(tokenizer, template, rejected)
 
 
 def pair_row(
     prompt: list[int], chosen: list[int], rejected: list[int], cutoff_len: int
 ) -> dict[str, list[int]]:
-    """The two documents of a pair, fitted into cutoff_len."""
-    prompt, (chosen, rejected) = truncate(prompt, [chosen, rejected], cutoff_len)
+    """`chosen_*` and `rejected_*` sequences sharing one prompt, fitted into cutoff_len."""
+    prompt, (chosen, rejected) = prompt_answer_row(prompt, [chosen, rejected], cutoff_len)
     row = {}
     for name, answer in (("chosen", chosen), ("rejected", rejected)):
-        for key, value in _document(prompt, answer).items():
-            row[f"{name}_{key}"] = value
+        row[f"{name}_input_ids"], row[f"{name}_labels"] = labelled(prompt, answer)
     return row
 
 
-def encode_kto(tokenizer, template: str, examples: list[KtoExample], cutoff_len: int) -> list[dict]:
-    """Each example's (prompt, answer) document plus a mismatched one, (its prompt, the next example's
-    answer), whose log-ratio estimates KTO's reference point."""
-    return pair_kto(
-        examples, [prompt_and_answer(tokenizer, template, e.conversation) for e in examples], cutoff_len
-    )
+def kto_pieces(tokenizer, template: ChatFormat, example: KtoExample) -> tuple[list[int], list[int]]:
+    """Token ids of a KTO row's prompt and answer, untruncated."""
+    prompt, answer = template.one_turn(tokenizer, example.conversation)
+    return prompt, _with_eos(tokenizer, template, answer)
 
 
 def pair_kto(
     examples: list[KtoExample], pieces: list[tuple[list[int], list[int]]], cutoff_len: int
 ) -> list[dict]:
-    """KTO rows from each example's tokenized (prompt, answer); row i's mismatched answer is row i+1's."""
+    """KTO rows from each example's (prompt, answer): row i's mismatched `kl_*` sequence is its prompt
+    with row i+1's answer, whose log-ratio estimates KTO's reference point. Both sequences are
+    fitted into cutoff_len on their own, as in LLaMA-Factory (which pairs within a batch instead)."""
     rows = []
     for index, (example, (prompt, answer)) in enumerate(zip(examples, pieces)):
         other = pieces[(index + 1) % len(pieces)][1]
-        kept_prompt, (answer, other) = truncate(prompt, [answer, other], cutoff_len)
-        matched, mismatched = _document(kept_prompt, answer), _document(kept_prompt, other)
+        kept, (answer,) = prompt_answer_row(prompt, [answer], cutoff_len)
+        kl_kept, (other,) = prompt_answer_row(prompt, [other], cutoff_len)
+        input_ids, labels = labelled(kept, answer)
+        kl_input_ids, kl_labels = labelled(kl_kept, other)
         rows.append(
             {
-                **matched,
-                "kl_input_ids": mismatched["input_ids"],
-                "kl_shift_labels": mismatched["shift_labels"],
-                "kto_label": example.desirable,
+                "input_ids": input_ids,
+                "labels": labels,
+                "kl_input_ids": kl_input_ids,
+                "kl_labels": kl_labels,
+                "kto_tag": example.desirable,
             }
         )
     return rows

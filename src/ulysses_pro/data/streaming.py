@@ -19,7 +19,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .encoding import EncodeSettings, encode_item
+from .encoding import EncodeSettings, encode_item, to_document
 from .errors import DataError, SkippedRows
 from .mixing import mix_stream
 from .packing import Document, pack_documents
@@ -119,7 +119,8 @@ class StreamingDataset(IterableDataset):
             if not chunk:
                 return
             if stage == "kto":
-                yield from pair_kto([item for item, _ in chunk], [outputs[0] for _, outputs in chunk], cutoff)
+                pairs = pair_kto([item for item, _ in chunk], [outputs[0] for _, outputs in chunk], cutoff)
+                yield from map(to_document, pairs)
                 continue
             documents = [doc for _, outputs in chunk for doc in outputs]
             if self.stream.packing:

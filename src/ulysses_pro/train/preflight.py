@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
 from ..data.pipeline import check_sources
-from ..data.templates import resolve_chat_template
+from ..data.templates import chat_format
 from ..models.loader import load_model_config, load_tokenizer
 from ..parallel.mesh import resolve_degrees
 
@@ -85,8 +85,8 @@ def preflight(config: RunConfig, world_size: int, tokenizer=None) -> None:
     try:
         if config.training.do_train or config.training.do_eval:
             check_sources(config.data, config.finetuning.stage)
-        if config.data.template and config.finetuning.stage != "pt":
-            # A tokenizer is cheap to load, and it decides which names have a chat format.
-            resolve_chat_template(tokenizer or load_tokenizer(config.model), config.data.template)
+        if config.data.template:
+            # A tokenizer is cheap to load, and it decides whether the template's tokens exist.
+            chat_format(tokenizer or load_tokenizer(config.model), config.data)
     except DataError as err:
         raise ConfigError(str(err)) from None

@@ -192,13 +192,14 @@ def run_workflow(
     show_samples = (
         trainer.is_world_process_zero()
         and bundle.sample_prompts
+        and bundle.template is not None
         and args.do_train
         and stage != "rm"
         and not weights_are_sharded(trainer)
     )
     if show_samples:
         with unsharded_attention(model, plain_attention):
-            sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "before training")
+            sample_answers(model, tokenizer, bundle.template, bundle.sample_prompts, "before training")
     if args.do_train:
         try:
             result = trainer.train(resume_from_checkpoint=resolve_resume(config))
@@ -219,7 +220,7 @@ def run_workflow(
                     logger.info("loss plot written to %s", path)
     if show_samples:
         with unsharded_attention(model, plain_attention):
-            sample_answers(model, tokenizer, config.data.template, bundle.sample_prompts, "after training")
+            sample_answers(model, tokenizer, bundle.template, bundle.sample_prompts, "after training")
     if args.do_eval and bundle.eval is not None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)

@@ -1,0 +1,181 @@
+"""How LLaMA-Factory writes tool definitions into the system prompt and tool calls into answers.
+
+One `ToolStyle` per `tool_format` value LLaMA-Factory defines for the templates we implement
+(`default`, `qwen`, `llama3`, `mistral`, `glm4`). The prompt texts are LLaMA-Factory's
+(`src/llamafactory/data/tool_utils.py`), since the point is to produce its tokens exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..errors import DataError
+
+DEFAULT_PROMPT = (
+    "You have access to the following tools:\n{tool_text}"
+    "Use the following format if using a tool:\n"
+    "```\n"
+    "Action: tool name (one of [{tool_names}])\n"
+    "Action Input: the input to the tool, in a JSON format representing the kwargs "
+    '(e.g. ```{{"input": "hello world", "num_beams": 5}}```)\n'
+    "```\n"
+)
+QWEN_PROMPT = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>{tool_text}"
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{{"name": <function-name>, '
+    '"arguments": <args-json-object>}}\n</tool_call>'
+)
+LLAMA3_PROMPT = (
+    "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
+    "You have access to the following functions. To call a function, please respond with JSON for a function call. "
+    'Respond in the format {{"name": function name, "parameters": dictionary of argument name and its value}}. '
+    "Do not use variables.\n\n{tool_text}"
+)
+GLM4_PROMPT = (
+    "你是一个名为 ChatGLM 的人工智能助手。你是基于智谱 AI 公司训练的语言模型 GLM-4 模型开发的，"
+    "你的任务是针对用户的问题和要求提供适当的答复和支持。\n\n# 可用工具{tool_text}"
+)
+
+
+def today() -> str:
+    """The date Llama 3's tool prompt carries (a function, so tests can fix it)."""
+    return datetime.now().strftime("%d %b %Y")
+
+
+def _plain(tool: dict) -> dict:
+    """A tool as {name, description, parameters}, whether or not it is wrapped as OpenAI's function."""
+    return tool.get("function", "") if tool.get("type") == "function" else tool
+
+
+def _wrapped(tool: dict) -> dict:
+    return tool if tool.get("type") == "function" else {"type": "function", "function": tool}
+
+
+def _default_tools(tools: list[dict]) -> str:
+    tool_text, names = "", []
+    for tool in map(_plain, tools):
+        params = ""
+        parameters = tool["parameters"]
+        for name, param in parameters["properties"].items():
+            required = ", required" if name in parameters.get("required", []) else ""
+            enum = ", should be one of [{}]".format(", ".join(param["enum"])) if param.get("enum") else ""
+            items = (
+                ", where each item should be {}".format(param["items"].get("type", ""))
+                if param.get("items")
+                else ""
+            )
+            params += f"  - {name} ({param.get('type', '')}{required}): {param.get('description', '')}{enum}{items}\n"
+        tool_text += f"> Tool Name: {tool['name']}\nTool Description: {tool.get('description', '')}\nTool Args:\n{params}\n"
+        names.append(tool["name"])
+    return DEFAULT_PROMPT.format(tool_text=tool_text, tool_names=", ".join(names))
+
+
+def _default_calls(calls: list[tuple[str, str]]) -> str:
+    return "\n".join(f"Action: {name}\nAction Input: {arguments}" for name, arguments in calls)
+
+
+def _qwen_tools(tools: list[dict]) -> str:
+    text = "".join("\n" + json.dumps(_wrapped(tool), ensure_ascii=False) for tool in tools)
+    return QWEN_PROMPT.format(tool_text=text)
+
+
+def _qwen_calls(calls: list[tuple[str, str]]) -> str:
+    texts = [json.dumps({"name": n, "arguments": json.loads(a)}, ensure_ascii=False) for n, a in calls]
+    return "\n".join(f"<tool_call>\n{text}\n</tool_call>" for text in texts)
+
+
+def _llama3_tools(tools: list[dict]) -> str:
+    text = "".join(json.dumps(_wrapped(tool), indent=4, ensure_ascii=False) + "\n\n" for tool in tools)
+    return LLAMA3_PROMPT.format(date=today(), tool_text=text)
+
+
+def _llama3_calls(calls: list[tuple[str, str]]) -> str:
+    objects = [{"name": n, "parameters": json.loads(a)} for n, a in calls]
+    return json.dumps(objects[0] if len(objects) == 1 else objects, ensure_ascii=False)
+
+
+def _mistral_tools(tools: list[dict]) -> str:
+    return (
+        "[AVAILABLE_TOOLS] "
+        + json.dumps([_wrapped(t) for t in tools], ensure_ascii=False)
+        + "[/AVAILABLE_TOOLS]"
+    )
+
+
+def _mistral_calls(calls: list[tuple[str, str]]) -> str:
+    return json.dumps([{"name": n, "arguments": json.loads(a)} for n, a in calls], ensure_ascii=False)
+
+
+def _glm4_tools(tools: list[dict]) -> str:
+    text = "".join(
+        "\n\n## {name}\n\n{body}\n在调用上述函数时，请使用 Json 格式表示调用的参数。".format(
+            name=tool["name"], body=json.dumps(tool, indent=4, ensure_ascii=False)
+        )
+        for tool in map(_plain, tools)
+    )
+    return GLM4_PROMPT.format(tool_text=text)
+
+
+def _glm4_calls(calls: list[tuple[str, str]]) -> str:
+    if len(calls) > 1:
+        raise ValueError("GLM-4's tool format has no parallel calls")
+    return f"{calls[0][0]}\n{calls[0][1]}"
+
+
+@dataclass(frozen=True)
+class ToolStyle:
+    """The system-prompt text for a list of tools, and the answer text for a list of calls."""
+
+    name: str
+    describe: Callable[[list[dict]], str]
+    calls: Callable[[list[tuple[str, str]]], str]
+
+
+TOOL_STYLES = {
+    style.name: style
+    for style in (
+        ToolStyle("default", _default_tools, _default_calls),
+        ToolStyle("qwen", _qwen_tools, _qwen_calls),
+        ToolStyle("llama3", _llama3_tools, _llama3_calls),
+        ToolStyle("mistral", _mistral_tools, _mistral_calls),
+        ToolStyle("glm4", _glm4_tools, _glm4_calls),
+    )
+}
+
+
+def tool_style(name: str) -> ToolStyle:
+    if name not in TOOL_STYLES:
+        raise DataError(f"tool_format: {name!r} is not implemented; use one of {sorted(TOOL_STYLES)}")
+    return TOOL_STYLES[name]
+
+
+def tools_text(style: ToolStyle, tools: str) -> str:
+    """The tools column (a JSON list) as the system-prompt text; an empty list writes nothing."""
+    try:
+        parsed: Any = json.loads(tools)
+    except json.JSONDecodeError as err:
+        raise DataError(f"column tools: not valid JSON ({err.msg} at character {err.pos})") from None
+    return style.describe(parsed) if len(parsed) != 0 else ""
+
+
+def parse_calls(content: str) -> list[tuple[str, str]]:
+    """A function message's JSON ({name, arguments} or a list of them) -> (name, arguments JSON) pairs."""
+    try:
+        calls = json.loads(content)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"a function_call message is not valid JSON ({err.msg} at character {err.pos}): {content[:80]!r}"
+        ) from None
+    calls = calls if isinstance(calls, list) else [calls]
+    try:
+        return [(call["name"], json.dumps(call["arguments"], ensure_ascii=False)) for call in calls]
+    except (KeyError, TypeError):
+        raise DataError(
+            f"a function_call message needs objects with 'name' and 'arguments': {content[:80]!r}"
+        ) from None
