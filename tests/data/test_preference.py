@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
+from ulysses_pro.config.args import DataArguments
 from ulysses_pro.data.collators import KtoCollator, PairwiseCollator
+from ulysses_pro.data.encoding import to_document
 from ulysses_pro.data.errors import DataError
 from ulysses_pro.data.files import read_rows
 from ulysses_pro.data.pipeline import build_datasets
-from ulysses_pro.config.args import DataArguments
-from ulysses_pro.data.encoding import to_document
 from ulysses_pro.data.preference import (
     kto_pieces,
     pair_kto,
@@ -23,6 +23,10 @@ from ulysses_pro.data.preference import (
 )
 from ulysses_pro.data.registry import load_dataset_specs
 from ulysses_pro.data.templates import IGNORE_INDEX, chat_format
+from ulysses_pro.parallel.sharding import pad_for_sequence_parallel
+
+from ..conftest import LF_DATA
+from .test_formats import MESSAGES_ENTRY
 
 
 def encode_pair(tokenizer, template, pair, cutoff_len):
@@ -32,10 +36,7 @@ def encode_pair(tokenizer, template, pair, cutoff_len):
 def encode_kto(tokenizer, template, examples, cutoff_len):
     pieces = [kto_pieces(tokenizer, template, example) for example in examples]
     return [to_document(row) for row in pair_kto(examples, pieces, cutoff_len)]
-from ulysses_pro.parallel.sharding import pad_for_sequence_parallel
 
-from ..conftest import LF_DATA
-from .test_formats import MESSAGES_ENTRY
 
 ALPACA_RANKING = {
     "ranking": True,

@@ -34,7 +34,9 @@ def template(tokenizer):
 def test_full_text_equals_template_rendering(tokenizer, template):
     conversation = chat(("Count from 1 to 3.", "1 2 3"), ("And back?", "3 2 1"), system="Be brief.")
     input_ids, _ = encode_conversation(tokenizer, template, conversation, 512)
-    rendered = tokenizer.apply_chat_template(conversation.messages, chat_template=template.template, tokenize=False)
+    rendered = tokenizer.apply_chat_template(
+        conversation.messages, chat_template=template.template, tokenize=False
+    )
     assert tokenizer.decode(input_ids) == rendered
 
 
@@ -111,7 +113,9 @@ def test_a_misspelt_template_name_stops_with_the_closest_names(tokenizer):
 
 
 def test_a_llamafactory_template_not_implemented_is_refused_by_name(tokenizer):
-    with pytest.raises(DataError, match=r"'vicuna' is a LLaMA-Factory template Ulysses Pro does not implement"):
+    with pytest.raises(
+        DataError, match=r"'vicuna' is a LLaMA-Factory template Ulysses Pro does not implement"
+    ):
         chat_format(tokenizer, DataArguments(template="vicuna"))
 
 
@@ -134,7 +138,11 @@ def test_named_templates_write_llamafactory_formats(tokenizer, name, text):
     template = chat_format(tokenizer, DataArguments(template=name))
     input_ids, labels = encode_conversation(tokenizer, template, chat(("Hi", "Hello")), 512)
     assert tokenizer.decode(input_ids) == text
-    answer = "Hello<|im_end|>\n" if name in ("default", "chatml") else text[text.index("Hello") - (name == "mistral") :]
+    answer = (
+        "Hello<|im_end|>\n"
+        if name in ("default", "chatml")
+        else text[text.index("Hello") - (name == "mistral") :]
+    )
     assert trained_text(tokenizer, input_ids, labels) == answer
 
 
@@ -180,6 +188,7 @@ def tool_chat_dataset(write_dataset):
 def test_tool_calls_and_observations(write_dataset, tokenizer, caplog):
     from ulysses_pro.config.args import DataArguments
     from ulysses_pro.data.pipeline import build_datasets
+
     folder = tool_chat_dataset(write_dataset)
     own = tokenizer.chat_template
     try:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ulysses_pro.config.args import DataArguments
 from ulysses_pro.data.collators import PaddingCollator
+from ulysses_pro.data.encoding import encode_conversation
 from ulysses_pro.data.errors import RowRef
 from ulysses_pro.data.formats import Conversation
 from ulysses_pro.data.packing import pack_documents, shifted
-from ulysses_pro.config.args import DataArguments
-from ulysses_pro.data.encoding import encode_conversation
 from ulysses_pro.data.templates import chat_format
 from ulysses_pro.models.memory import token_loss_head
 from ulysses_pro.models.tiny import build_tiny_model
