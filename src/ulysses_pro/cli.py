@@ -1,4 +1,4 @@
-"""`ulysses-pro train | plan | make-tiny-model | env`, with torchrun self-launch."""
+"""`ulysses-pro train | plan | preview | make-tiny-model | env`, with torchrun self-launch."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ USAGE = """usage: ulysses-pro <command> [arguments]
 commands:
   train CONFIG.yaml [key=value | --key value ...]   train a stage (LLaMA-Factory config keys)
   plan CONFIG.yaml [--gpu-memory 80GiB] [--nproc 8]  per-rank peak memory and longest length (no weights)
+  preview CONFIG.yaml [key=value ...] [--rows N] [--jsonl OUT]
+                                                    the first training rows as the model sees them
   make-tiny-model --arch ARCH --out DIR [options]    build a tiny random model locally
   env                                                versions and optional accelerators
 
@@ -156,6 +158,23 @@ def env_command() -> int:
     return 0
 
 
+def _input_command(name: str, arguments: list[str]) -> int:
+    """A command that reads a config and data: bad input is one line, exit code 2."""
+    import importlib
+
+    from .config import ConfigError
+    from .data.errors import DataError
+    from .launch import INPUT_ERROR_EXIT, report_failure
+
+    _setup_logging()
+    module = importlib.import_module(f".commands.{name}", __package__)
+    try:
+        return module.run(arguments)
+    except (ConfigError, DataError) as err:
+        report_failure(f"{type(err).__name__}: {err}")
+        return INPUT_ERROR_EXIT
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -171,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         from .planner.report import run
 
         return run(rest)
+    if command == "preview":
+        return _input_command("preview", rest)
     if command == "make-tiny-model":
         return make_tiny_model_command(rest)
     if command == "env":
