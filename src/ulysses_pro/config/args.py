@@ -213,6 +213,50 @@ class ProArguments:
         return self.gradient_guard or self.debug
 
 
+@dataclass
+class ExportArguments:
+    """`ulysses-pro export`: where and how the merged model is written (LLaMA-Factory's keys)."""
+
+    export_dir: str | None = None
+    export_size: float = field(default=5, metadata={"help": "Largest shard, in GB."})
+    export_device: str = field(default="cpu", metadata={"help": "cpu | auto (the GPU when there is one)."})
+    export_legacy_format: bool = field(
+        default=False, metadata={"help": "pytorch_model.bin instead of safetensors."}
+    )
+
+
+@dataclass
+class GeneratingArguments:
+    """Decoding for `ulysses-pro chat` (LLaMA-Factory's keys and defaults)."""
+
+    do_sample: bool = True
+    temperature: float = 0.95
+    top_p: float = 0.7
+    top_k: int = 50
+    num_beams: int = 1
+    max_length: int = 1024
+    max_new_tokens: int = 1024
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+    skip_special_tokens: bool = True
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments for `model.generate` (a set `max_new_tokens` wins over `max_length`)."""
+        kwargs = {
+            "do_sample": self.do_sample,
+            "num_beams": self.num_beams,
+            "repetition_penalty": self.repetition_penalty,
+            "length_penalty": self.length_penalty,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.max_new_tokens > 0:
+            kwargs["max_new_tokens"] = self.max_new_tokens
+        else:
+            kwargs["max_length"] = self.max_length
+        return kwargs
+
+
 ARGUMENT_GROUPS = (
     ModelArguments,
     DataArguments,
@@ -220,4 +264,6 @@ ARGUMENT_GROUPS = (
     ParallelArguments,
     ProArguments,
     MemoryArguments,
+    ExportArguments,
+    GeneratingArguments,
 )

@@ -16,7 +16,9 @@ from typing import Any
 from .args import (
     ARGUMENT_GROUPS,
     DataArguments,
+    ExportArguments,
     FinetuningArguments,
+    GeneratingArguments,
     MemoryArguments,
     ModelArguments,
     ParallelArguments,
@@ -76,11 +78,23 @@ class RunConfig:
     memory: MemoryArguments = dataclasses.field(default_factory=MemoryArguments)
     # Where each key was set (`cfg.yaml:12`, `command line (--lr 3)`), for later checks' messages.
     origins: dict[str, str] = dataclasses.field(default_factory=dict)
+    export: ExportArguments = dataclasses.field(default_factory=ExportArguments)
+    generating: GeneratingArguments = dataclasses.field(default_factory=GeneratingArguments)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict of every key of our argument groups (for logs and `get_status`)."""
         flat: dict[str, Any] = {}
-        for group in (self.model, self.data, self.finetuning, self.parallel, self.pro, self.memory):
+        groups = (
+            self.model,
+            self.data,
+            self.finetuning,
+            self.parallel,
+            self.pro,
+            self.memory,
+            self.export,
+            self.generating,
+        )
+        for group in groups:
             flat.update(dataclasses.asdict(group))
         return flat
 
@@ -291,7 +305,9 @@ def load_config(
         else:
             raise _unknown_key_error(key, setting)
 
-    model, data, finetuning, parallel, pro, memory = (cls(**groups[cls]) for cls in ARGUMENT_GROUPS)
+    model, data, finetuning, parallel, pro, memory, export, generating = (
+        cls(**groups[cls]) for cls in ARGUMENT_GROUPS
+    )
     origins = {key: setting.origin for key, setting in settings.items()}
     _resolve_checkpointing(model, training_kwargs, settings)
     validate(model, data, finetuning, parallel, training_kwargs, origins, pro, memory)
@@ -315,7 +331,18 @@ def load_config(
     except (ValueError, TypeError) as err:
         raise ConfigError(f"invalid training arguments: {err}") from None
     return RunConfig(
-        model, data, finetuning, parallel, training, overwrite, config_file, pro, memory, origins
+        model,
+        data,
+        finetuning,
+        parallel,
+        training,
+        overwrite,
+        config_file,
+        pro,
+        memory,
+        origins,
+        export,
+        generating,
     )
 
 
