@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .commands import run_cli, write_config
+from .cli_runner import run_cli, write_config
 
 
 def test_two_process_sft_writes_hf_outputs(tmp_path):

@@ -11,9 +11,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from ulysses_pro.launch import failure_summary
 
-from .commands import processes_with, run_cli, start_cli, write_config
+from .cli_runner import processes_with, run_cli, start_cli, write_config
 
 
 @dataclass
@@ -134,3 +136,27 @@ def test_a_hung_rank_ends_the_job_after_ddp_timeout(tmp_path):
     assert code != 0
     assert seconds < 60, seconds
     assert "Timed out" in _last_line(output) and _last_line(output).startswith("rank 0: "), output[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("env", "devices", "expected"),
+    [
+        ({}, 0, 0),  # CPU: train in this process
+        ({}, 1, 0),  # one GPU: no torchrun
+        ({}, 8, 8),  # LLaMA-Factory: every visible GPU
+        ({"NPROC_PER_NODE": "2"}, 8, 2),  # an explicit count wins
+        ({"NPROC_PER_NODE": "1"}, 8, 0),
+        ({"FORCE_TORCHRUN": "1"}, 1, 1),
+        ({"FORCE_TORCHRUN": "1"}, 0, 1),
+        ({"RANK": "0"}, 8, 0),  # already a torchrun worker
+    ],
+)
+def test_relaunch_decision_follows_llamafactory(monkeypatch, env, devices, expected):
+    from ulysses_pro import cli
+
+    for key in ("NPROC_PER_NODE", "FORCE_TORCHRUN", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(cli, "visible_device_count", lambda: devices)
+    assert cli._needs_torchrun() == expected

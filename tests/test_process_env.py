@@ -15,7 +15,7 @@ from ulysses_pro.process_env import (
     tasks_on_node,
 )
 
-from .commands import start_cli, write_config
+from .cli_runner import start_cli, write_config
 
 
 @pytest.mark.parametrize(
@@ -123,7 +123,7 @@ def test_the_slurm_example_is_a_valid_two_node_sp8_job():
     from ulysses_pro.config import load_config
     from ulysses_pro.parallel.mesh import resolve_degrees
 
-    from .commands import REPO
+    from .cli_runner import REPO
 
     script = (REPO / "examples/slurm/sft_2x8.sbatch").read_text()
     nodes = int(re.search(r"#SBATCH --nodes=(\d+)", script).group(1))

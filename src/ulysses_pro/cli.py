@@ -26,13 +26,30 @@ srun ulysses-pro train cfg.yaml  (each task is a rank; no torchrun)
 """
 
 
+def visible_device_count() -> int:
+    """CUDA devices this process sees (0 on a CPU machine)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _needs_torchrun() -> int:
-    """Number of processes to relaunch with, or 0 when this process should train itself."""
+    """Number of processes to relaunch with, or 0 when this process should train itself.
+
+    LLaMA-Factory's rule: with more than one visible GPU (or FORCE_TORCHRUN), relaunch under
+    torchrun with NPROC_PER_NODE workers, by default one per visible GPU.
+    """
     if "LOCAL_RANK" in os.environ or "RANK" in os.environ:
         return 0
-    nproc = int(os.environ.get("NPROC_PER_NODE", "1") or 1)
-    force = os.environ.get("FORCE_TORCHRUN", "").lower() in ("1", "true")
-    return nproc if nproc > 1 or force else 0
+    force = os.environ.get("FORCE_TORCHRUN", "").lower() in ("1", "true", "y", "yes")
+    configured = os.environ.get("NPROC_PER_NODE")
+    if configured:
+        nproc = int(configured)
+        return nproc if nproc > 1 or force else 0
+    devices = visible_device_count()
+    if devices > 1 or force:
+        return max(1, devices)
+    return 0
 
 
 def _setup_logging() -> None:

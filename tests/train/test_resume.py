@@ -15,7 +15,7 @@ import pytest
 
 from ulysses_pro.train.checkpoints import last_checkpoint
 
-from ..commands import processes_with, run_cli, start_cli, write_config
+from ..cli_runner import processes_with, run_cli, start_cli, write_config
 
 STEPS = 8
 
