@@ -173,3 +173,54 @@ def test_preference_examples_train(tmp_path, example, metric):
     assert metric in logs[0] and "loss" in logs[0]
     if example == "reward_model":
         assert (out / "value_head.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("yaml_name", "ds_name"),
+    [
+        ("llama3_lora_dpo_ulysses.yaml", "ds_z3_ulysses_config_improved.json"),
+        ("llama3_lora_dpo.yaml", "ds_z3_ulysses_config_enhanced.json"),
+    ],
+)
+def test_the_original_ulysses_pro_command_runs_as_written(tmp_path, yaml_name, ds_name):
+    """`python train_with_ulysses_pro.py --config_file ... --deepspeed ... --adjust-lr 3.0 --pref_beta 0.15`
+    with the shipped files. What a CPU test must change is overridden on the command line: a tiny
+    local model (its tokenizer is ChatML, so template chatml), SP=2 on two gloo ranks (the DeepSpeed
+    JSON's 8, in a copy, must agree), fp32, a short sequence and two steps."""
+    pytest.importorskip("deepspeed")
+    from ulysses_pro.models.tiny import make_tiny_model
+
+    from .cli_runner import REPO
+
+    model = make_tiny_model("llama", tmp_path / "llama3-tiny")
+    ds_config = json.loads((REPO / "examples" / "deepspeed" / ds_name).read_text())
+    assert ds_config["sequence_parallel_size"] == 8 and ds_config["zero_optimization"]["stage"] == 3
+    ds_config["sequence_parallel_size"] = 2
+    ds_path = tmp_path / ds_name
+    ds_path.write_text(json.dumps(ds_config))
+    result = run_cli(
+        [
+            "train_with_ulysses_pro.py",
+            "--config_file",
+            str(REPO / "examples" / "train_lora" / yaml_name),
+            "--deepspeed",
+            str(ds_path),
+            "--adjust-lr",
+            "3.0",
+            "--pref_beta",
+            "0.15",
+            *("--model_name_or_path", str(model), "--template", "chatml", "--bf16", "false"),
+            *("--cutoff_len", "64", "--max_steps", "2", "--gradient_accumulation_steps", "1"),
+            *("--output_dir", str(tmp_path / "out"), "--preprocessing_num_workers", "1"),
+            *("--dataloader_num_workers", "0", "--plot_loss", "false"),
+        ]
+        + (["--sequence_parallel_size", "2"] if "ulysses" in yaml_name else []),
+        {"NPROC_PER_NODE": "2"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "learning rate adjusted from 5e-06 to 1.5e-05" in result.stdout
+    assert "dp 1 x sp 2" in result.stdout
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()

@@ -252,6 +252,11 @@ def _sequence_parallel_from_deepspeed(settings: dict[str, Setting]) -> None:
     if "sequence_parallel_size" not in ds_config:
         return
     from_ds = Setting(ds_config["sequence_parallel_size"], f"{ds.value} (sequence_parallel_size)")
+    # DeepSpeed reads this key as its own (it divides its data-parallel world by it); sequence
+    # parallelism here is ours, and DeepSpeed sees the plain ZeRO config.
+    settings["deepspeed"] = Setting(
+        {k: v for k, v in ds_config.items() if k != "sequence_parallel_size"}, ds.origin
+    )
     if "sequence_parallel_size" in settings:
         ours = coerce("sequence_parallel_size", settings["sequence_parallel_size"], int)
         if ours != coerce("sequence_parallel_size", from_ds, int):
@@ -326,6 +331,8 @@ def load_config(
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             training_kwargs.setdefault("ddp_backend", "gloo")
             _init_cpu_process_group(training_kwargs["ddp_backend"], training_kwargs.get("ddp_timeout", 1800))
+            if training_kwargs.get("deepspeed"):
+                _init_cpu_deepspeed_comm(training_kwargs["ddp_backend"])
     try:
         training = training_cls(**training_kwargs)
     except (ValueError, TypeError) as err:
@@ -373,6 +380,15 @@ def _resolve_checkpointing(model: ModelArguments, training_kwargs: dict[str, Any
 
 def _default_learning_rate(training_cls) -> float:
     return next(f.default for f in dataclasses.fields(training_cls) if f.name == "learning_rate")
+
+
+def _init_cpu_deepspeed_comm(backend: str) -> None:
+    """DeepSpeed's own communicator over the group started above. On GPUs TrainingArguments starts it;
+    with `use_cpu` it does not, and DeepSpeed then takes the world for one process when it fills
+    `train_batch_size: auto` (its batch check fails on every config that sets it)."""
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 def _init_cpu_process_group(backend: str, timeout_seconds: int) -> None:
