@@ -55,9 +55,18 @@ def _tokenizer_digest(tokenizer) -> str:
     return digest.hexdigest()[:16]
 
 
-def _file_stats(names: str | None, dataset_dir: str) -> dict[str, list[int]]:
+def _file_stats(names: str | None, dataset_dir: str) -> dict[str, list]:
     stats = {}
     for spec in load_dataset_specs(names, dataset_dir) if names else []:
+        if spec.load_from != "file":
+            # A hub dataset is named by what selects it; a new revision upstream is not seen here.
+            stats[f"{spec.load_from}:{spec.location}"] = [
+                spec.subset,
+                spec.split,
+                spec.folder,
+                spec.num_samples,
+            ]
+            continue
         for file in dataset_files(spec.path):
             info = file.stat()
             stats[str(file)] = [info.st_size, info.st_mtime_ns]

@@ -9,7 +9,8 @@ from typing import Any
 
 from .errors import DataError, RowRef
 
-SUPPORTED_SUFFIXES = (".json", ".jsonl", ".txt")
+STRICT_SUFFIXES = (".json", ".jsonl", ".txt")  # read here, with file:line in errors
+SUPPORTED_SUFFIXES = (*STRICT_SUFFIXES, ".csv", ".parquet", ".arrow")  # the rest: Hugging Face datasets
 
 
 def dataset_files(path: Path) -> list[Path]:
@@ -32,7 +33,8 @@ def _json_error(path: Path, err: json.JSONDecodeError, line_offset: int = 0) -> 
     return DataError(f"{path}:{err.lineno + line_offset}:{err.colno}: invalid JSON: {err.msg}")
 
 
-def _read_one(path: Path) -> Iterator[tuple[RowRef, Any]]:
+def read_file_rows(path: Path) -> Iterator[tuple[RowRef, Any]]:
+    """The rows of one JSON, JSONL or text file."""
     name = str(path)
     if path.suffix == ".txt":
         # One document per non-empty line, as LLaMA-Factory's text loader does.
@@ -120,6 +122,6 @@ def _json_array_rows(path: Path, text: str, start: int) -> Iterator[tuple[RowRef
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[RowRef, Any]]:
-    """Yield every row of a dataset file (or folder of files) with its reference."""
+    """Yield every row of a JSON / JSONL / text file (or a folder of them) with its reference."""
     for file in dataset_files(Path(path)):
-        yield from _read_one(file)
+        yield from read_file_rows(file)

@@ -115,6 +115,8 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
             ref, f"column {column!r} must be a non-empty list of messages; columns: {sorted(row)}"
         )
     tags = spec.tags
+    if spec.formatting == "openai":
+        raw = openai_turns(raw, tags, ref, column)
     roles = {
         tags["user_tag"]: "user",
         tags["observation_tag"]: "tool",
@@ -127,7 +129,8 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
     start = 0
     first = raw[0]
     if isinstance(first, dict) and first.get(tags["role_tag"]) == tags["system_tag"]:
-        system = system or message_content(first, tags, ref, f"{column}[0]")
+        # LLaMA-Factory: a leading system message wins over the system column.
+        system = message_content(first, tags, ref, f"{column}[0]")
         start = 1
     if system:
         messages.append({"role": "system", "content": system})
@@ -159,6 +162,48 @@ def sharegpt_messages(row: Any, spec: DatasetSpec, ref: RowRef) -> list[dict[str
     return messages
 
 
+TOOL_RESPONSE_SEPARATOR = "\n</tool_response>\n<tool_response>\n"
+
+
+def openai_turns(raw: list, tags: dict[str, str], ref: RowRef, column: str) -> list[dict]:
+    """OpenAI chat messages as sharegpt-style turns, as LLaMA-Factory converts them: an assistant
+    message with `tool_calls` becomes a function turn holding the calls' `function` objects as JSON,
+    and consecutive tool messages become one observation joined by the tool-response separator."""
+    role_tag, content_tag = tags["role_tag"], tags["content_tag"]
+    turns: list[dict] = []
+    responses: list = []
+    for position, message in enumerate(raw):
+        if not isinstance(message, dict):
+            raise DataError.at(ref, f"{column}[{position}] must be an object, got {type(message).__name__}")
+        role, content = message.get(role_tag), message.get(content_tag)
+        calls = message.get("tool_calls")
+        if role in (tags["assistant_tag"], tags["function_tag"]) and calls:
+            if not isinstance(calls, list) or not all(isinstance(c, dict) and "function" in c for c in calls):
+                raise DataError.at(
+                    ref, f'{column}[{position}]: tool_calls must be a list of {{"function": {{...}}}} objects'
+                )
+            role, content = (
+                tags["function_tag"],
+                json.dumps([c["function"] for c in calls], ensure_ascii=False),
+            )
+        if role == tags["observation_tag"]:
+            responses.append(content)
+            continue
+        if responses:
+            turns.append({role_tag: tags["observation_tag"], content_tag: _joined(responses, ref, column)})
+            responses = []
+        turns.append({role_tag: role, content_tag: content})
+    if responses:
+        turns.append({role_tag: tags["observation_tag"], content_tag: _joined(responses, ref, column)})
+    return turns
+
+
+def _joined(responses: list, ref: RowRef, column: str) -> str:
+    if not all(isinstance(r, str) for r in responses):
+        raise DataError.at(ref, f"{column}: a tool message's content must be a string")
+    return TOOL_RESPONSE_SEPARATOR.join(responses)
+
+
 def sharegpt_to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
     """A sharegpt chat that ends with an assistant answer."""
     messages = sharegpt_messages(row, spec, ref)
@@ -182,7 +227,7 @@ def message_content(message: dict, tags: dict[str, str], ref: RowRef, where: str
 
 def to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
     """Dispatch on the dataset's formatting."""
-    if spec.formatting == "sharegpt":
+    if spec.formatting in ("sharegpt", "openai"):
         return sharegpt_to_conversation(row, spec, ref)
     return alpaca_to_conversation(row, spec, ref)
 

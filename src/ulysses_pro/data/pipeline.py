@@ -18,12 +18,12 @@ from .chat_format import ChatFormat
 from .columns import ColumnarRows
 from .encoding import EncodeSettings, documents_of, encode_all, to_document
 from .errors import DataError, RowRef, SkippedRows
-from .files import dataset_files, read_rows
 from .formats import Conversation, to_conversation, to_text
 from .mixing import mix, mix_stream, parse_probabilities
 from .packing import Document, PackingReport, pack_documents, report
 from .preference import KtoExample, PreferencePair, pair_kto, to_kto_example, to_preference_pair
 from .registry import load_dataset_specs
+from .sources import check_source, spec_rows
 from .streaming import StreamingDataset, StreamSettings
 from .templates import chat_format, pretrain_eos
 
@@ -87,7 +87,7 @@ def check_sources(data_args, stage: str) -> None:
     for names in (data_args.dataset, data_args.eval_dataset):
         for spec in load_dataset_specs(names, data_args.dataset_dir) if names else []:
             _check_layout(spec, stage)
-            dataset_files(spec.path)
+            check_source(spec)
 
 
 def _convert(row, spec, ref, stage: str):
@@ -108,10 +108,12 @@ def _prompt_messages(item) -> list[dict[str, str]]:
     return item.messages
 
 
-def _rows_of(spec, data_args, stage: str, skipped: SkippedRows) -> Iterator[tuple[RowRef, Any]]:
+def _rows_of(spec, data_args, stage: str, skipped: SkippedRows, seed: int) -> Iterator[tuple[RowRef, Any]]:
     """One dataset's normalised rows, read lazily, at most `max_samples` of them."""
     count = 0
-    for ref, row in read_rows(spec.path):
+    # Hub access uses the usual Hugging Face settings (HF_TOKEN, HF_DATASETS_CACHE, HF_HUB_OFFLINE).
+    rows = spec_rows(spec, seed=seed, streaming=data_args.streaming)
+    for ref, row in rows:
         if data_args.max_samples is not None and count >= data_args.max_samples:
             return
         try:
@@ -130,12 +132,14 @@ def _rows_of(spec, data_args, stage: str, skipped: SkippedRows) -> Iterator[tupl
         raise DataError(f"{spec.path}: dataset {spec.name!r} has no {'valid ' if skipped.count else ''}rows")
 
 
-def _sources(names: str, data_args, stage: str, skipped: SkippedRows) -> list[Callable[[], Iterator]]:
+def _sources(
+    names: str, data_args, stage: str, skipped: SkippedRows, seed: int = 42
+) -> list[Callable[[], Iterator]]:
     """Per dataset, a factory of fresh row iterators (mixing may start a dataset over)."""
     specs = load_dataset_specs(names, data_args.dataset_dir)
     for spec in specs:
         _check_layout(spec, stage)
-    return [partial(_rows_of, spec, data_args, stage, skipped) for spec in specs]
+    return [partial(_rows_of, spec, data_args, stage, skipped, seed) for spec in specs]
 
 
 def _probabilities(data_args, count: int) -> list[float]:
@@ -150,7 +154,7 @@ def _load_raw(
 ) -> list[tuple[Any, Any]]:
     """Read and normalise every row (str for pt, PreferencePair for dpo/rm, KtoExample for kto,
     Conversation for sft), then mix the datasets by `mix_strategy`."""
-    sources = [list(open_source()) for open_source in _sources(names, data_args, stage, skipped)]
+    sources = [list(open_source()) for open_source in _sources(names, data_args, stage, skipped, seed)]
     mixed = mix(sources, data_args.mix_strategy, _probabilities(data_args, len(sources)), seed)
     if len(sources) > 1:
         logger.info(
@@ -270,7 +274,7 @@ def _build_streaming(
     """Train rows as a `StreamingDataset`; the `val_size` rows at the head of the stream (or
     `eval_dataset`) are held in memory for evaluation."""
     stage = settings.stage
-    sources = _sources(data_args.dataset, data_args, stage, SkippedRows(live=True))
+    sources = _sources(data_args.dataset, data_args, stage, SkippedRows(live=True), seed)
     probabilities = _probabilities(data_args, len(sources))
     held = int(data_args.val_size)
     head = list(islice(mix_stream(sources, data_args.mix_strategy, probabilities, seed), max(held, 3)))

@@ -57,7 +57,7 @@ def _answer(row: dict, spec: DatasetSpec, ref: RowRef, key: str) -> str:
             ref, f"missing column {column!r} ({key} answer); a ranking dataset needs chosen and rejected"
         )
     value = row[column]
-    if isinstance(value, dict) and spec.formatting == "sharegpt":
+    if isinstance(value, dict) and spec.formatting in ("sharegpt", "openai"):
         tags = spec.tags
         role = value.get(tags["role_tag"])
         if role not in (tags["assistant_tag"], tags["function_tag"]):
@@ -75,7 +75,7 @@ def _answer(row: dict, spec: DatasetSpec, ref: RowRef, key: str) -> str:
 def to_preference_pair(row: Any, spec: DatasetSpec, ref: RowRef) -> PreferencePair:
     """One `ranking: true` row -> prompt, chosen and rejected answers."""
     row = require_mapping(row, ref)
-    if spec.formatting == "sharegpt":
+    if spec.formatting in ("sharegpt", "openai"):
         prompt = sharegpt_messages(row, spec, ref)
         if prompt[-1]["role"] in ASSISTANT_SIDE:
             column = spec.column("messages") or "conversations"
