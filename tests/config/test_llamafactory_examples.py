@@ -13,6 +13,8 @@ import pytest
 
 from ulysses_pro.config import ConfigError, load_config
 from ulysses_pro.config.llamafactory_keys import LLAMAFACTORY_DEFAULTS
+from ulysses_pro.data.errors import DataError
+from ulysses_pro.data.templates import check_template_name
 
 EXAMPLES = json.loads((Path(__file__).parent / "fixtures/llamafactory_examples.json").read_text())["configs"]
 
@@ -23,9 +25,10 @@ def _load(name: str, tmp_path: Path):
         (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
         keys["deepspeed"] = str(tmp_path / "ds.json")
     try:
-        load_config(keys)
+        config = load_config(keys)
+        check_template_name(config.data.template)  # what the data step would stop on
         return None
-    except ConfigError as err:
+    except (ConfigError, DataError) as err:
         return str(err)
 
 

@@ -114,9 +114,9 @@ def test_a_misspelt_template_name_stops_with_the_closest_names(tokenizer):
 
 def test_a_llamafactory_template_not_implemented_is_refused_by_name(tokenizer):
     with pytest.raises(
-        DataError, match=r"'vicuna' is a LLaMA-Factory template Ulysses Pro does not implement"
+        DataError, match=r"'falcon' is a LLaMA-Factory template Ulysses Pro does not implement"
     ):
-        chat_format(tokenizer, DataArguments(template="vicuna"))
+        chat_format(tokenizer, DataArguments(template="falcon"))
 
 
 def test_a_template_whose_tokens_the_tokenizer_lacks_stops(tokenizer):

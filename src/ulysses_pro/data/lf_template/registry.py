@@ -92,6 +92,9 @@ TEMPLATES: dict[str, LfTemplate] = {
         _qwen("qwen2_vl", default_system="You are a helpful assistant."),
         _qwen("qwen3", reasoning=True),
         _qwen("qwen3_nothink"),
+        # Qwen3-VL's text format is Qwen3's (images and videos are not trained here).
+        _qwen("qwen3_vl", reasoning=True),
+        _qwen("qwen3_vl_nothink"),
         _llama3_family("llama3", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
         _llama3_family("llama4", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|eom|>"),
         define(
@@ -137,6 +140,30 @@ TEMPLATES: dict[str, LfTemplate] = {
             prefix=(BOS,),
         ),
         define("deepseek3", user=("<｜User｜>{{content}}<｜Assistant｜>",), prefix=(BOS,)),
+        define("deepseekr1", user=("<｜User｜>{{content}}<｜Assistant｜>",), prefix=(BOS,), reasoning=True),
+        define(
+            "alpaca",
+            user=("### Instruction:\n{{content}}\n\n### Response:\n",),
+            assistant=("{{content}}", EOS, "\n\n"),
+            default_system=(
+                "Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request.\n\n"
+            ),
+        ),
+        define(
+            "vicuna",
+            user=("USER: {{content}} ASSISTANT:",),
+            default_system=(
+                "A chat between a curious user and an artificial intelligence assistant. "
+                "The assistant gives helpful, detailed, and polite answers to the user's questions."
+            ),
+        ),
+        define(
+            "zephyr",
+            user=("<|user|>\n{{content}}", EOS, "<|assistant|>\n"),
+            system=("<|system|>\n{{content}}", EOS),
+            default_system="You are Zephyr, a helpful assistant.",
+        ),
         define(
             "glm4",
             user=("<|user|>\n{{content}}<|assistant|>",),
