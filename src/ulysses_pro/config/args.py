@@ -45,6 +45,20 @@ class ModelArguments:
     )
     low_cpu_mem_usage: bool = True
     use_fast_tokenizer: bool = True
+    add_tokens: str | None = field(
+        default=None, metadata={"help": "Comma-separated tokens to add (resizes the vocabulary)."}
+    )
+    add_special_tokens: str | None = field(
+        default=None, metadata={"help": "Comma-separated special tokens to add (resizes the vocabulary)."}
+    )
+    resize_vocab: bool = field(
+        default=False,
+        metadata={"help": "Grow the embeddings to the tokenizer (noisy-mean initialised rows)."},
+    )
+    upcast_layernorm: bool = field(
+        default=False,
+        metadata={"help": "Keep normalisation weights in fp32 when the model loads in half precision."},
+    )
     disable_gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Gradient checkpointing of every decoder layer is on unless this is set."},
@@ -113,6 +127,17 @@ class FinetuningArguments:
     additional_target: str | None = None
     use_rslora: bool = False
     use_dora: bool = False
+    loraplus_lr_ratio: float | None = field(
+        default=None, metadata={"help": "LoRA+: LoRA B matrices learn this many times faster than A."}
+    )
+    loraplus_lr_embedding: float = 1e-6
+    create_new_adapter: bool = field(
+        default=False,
+        metadata={"help": "Merge adapter_name_or_path into the weights and train a fresh LoRA on top."},
+    )
+    pure_bf16: bool = field(
+        default=False, metadata={"help": "Weights, gradients and optimizer state all in bf16 (no fp32 copy)."}
+    )
     freeze_trainable_layers: int = field(
         default=2, metadata={"help": "Positive: the last n layers train; negative: the first n."}
     )

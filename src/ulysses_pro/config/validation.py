@@ -70,6 +70,16 @@ def validate(
     if memory is not None:
         _validate_memory(model, memory, fail)
     _validate_preference(finetuning, data, fail)
+    if finetuning.pure_bf16 and training.get("deepspeed"):
+        # LLaMA-Factory refuses the same: ZeRO-3 keeps its own fp32 master weights.
+        fail(
+            "pure_bf16",
+            "is incompatible with DeepSpeed (its bf16 section keeps fp32 master weights); remove one",
+        )
+    if finetuning.loraplus_lr_ratio is not None and (
+        finetuning.finetuning_type != "lora" or finetuning.loraplus_lr_ratio <= 0
+    ):
+        fail("loraplus_lr_ratio", "needs finetuning_type: lora and a positive ratio (e.g. 16)")
     if finetuning.pref_split_backward and training.get("deepspeed"):
         fail(
             "pref_split_backward",

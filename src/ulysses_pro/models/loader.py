@@ -8,6 +8,8 @@ import re
 import torch
 from torch import nn
 
+from .vocabulary import embedding_module_names, extend_tokenizer, resize_embeddings, wants_resize
+
 logger = logging.getLogger(__name__)
 
 TINY_PREFIX = "tiny:"
@@ -65,7 +67,9 @@ def load_tokenizer(model_args):
     if path.startswith(TINY_PREFIX):
         from .tokenizer import load_builtin_tokenizer
 
-        return load_builtin_tokenizer()
+        tokenizer = load_builtin_tokenizer()
+        extend_tokenizer(tokenizer, model_args)
+        return tokenizer
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -79,10 +83,15 @@ def load_tokenizer(model_args):
     if tokenizer.pad_token_id is None:
         # Padding is always masked out of the loss, so any id works; eos is the usual choice.
         tokenizer.pad_token = tokenizer.eos_token
+    added = extend_tokenizer(tokenizer, model_args)
+    if added:
+        logger.info("added %d tokens to the tokenizer; the embeddings grow to match", added)
     return tokenizer
 
 
-def _compute_dtype(training_args) -> torch.dtype:
+def _compute_dtype(training_args, finetuning_args=None) -> torch.dtype:
+    if finetuning_args is not None and getattr(finetuning_args, "pure_bf16", False):
+        return torch.bfloat16
     if getattr(training_args, "bf16", False):
         return torch.bfloat16
     if getattr(training_args, "fp16", False):
@@ -103,7 +112,7 @@ def load_model(
             raise ImportError(
                 "flash_attn: fa2 needs the flash-attn package; install it or use sdpa"
             ) from None
-    dtype = _compute_dtype(training_args)
+    dtype = _compute_dtype(training_args, finetuning_args)
     seed = getattr(training_args, "seed", 42)
     if path.startswith(TINY_PREFIX):
         from .tiny import build_tiny_model
@@ -138,6 +147,15 @@ def load_model(
             low_cpu_mem_usage=model_args.low_cpu_mem_usage,
             **kwargs,
         )
+    if wants_resize(model_args):
+        rows = resize_embeddings(model, tokenizer, seed)
+        if rows:
+            logger.info("embeddings resized by %d rows to %d (noisy-mean initialised)", rows, len(tokenizer))
+    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding {model.get_input_embeddings().weight.shape[0]} "
+            "rows; set resize_vocab: true"
+        )
     # Packed rows rely on position-id restarts, which transformers honours only without a KV cache.
     model.config.use_cache = False
     # Adapter weights (LoRA A) are drawn from the RNG: seed them, so every process and every run
@@ -145,13 +163,38 @@ def load_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = _apply_finetuning(model, model_args, finetuning_args, is_trainable)
-    if is_trainable:
-        # Optimizer state and updates of trainable weights stay in fp32 (LLaMA-Factory's upcast).
+    if is_trainable and not finetuning_args.pure_bf16:
+        # Optimizer state and updates of trainable weights stay in fp32 (LLaMA-Factory's upcast);
+        # pure_bf16 keeps them in bf16, as LLaMA-Factory does.
         for param in model.parameters():
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
+    if is_trainable and model_args.upcast_layernorm:
+        _upcast_norms(model)
     _log_trainable(model)
     return model
+
+
+def _upcast_norms(model: nn.Module) -> None:
+    """LLaMA-Factory's `upcast_layernorm`: 1-D weights of modules named like a norm go to fp32. Their
+    output is cast back to the input's dtype, so the next half-precision layer also works without
+    autocast (pure_bf16), where an fp32 weight would otherwise promote it."""
+    for module_name, module in model.named_modules():
+        if not any(part in module_name.rsplit(".", 1)[-1] for part in ("norm", "ln")):
+            continue
+        upcast = False
+        for param in module.parameters(recurse=False):
+            if param.ndim == 1 and param.dtype != torch.float32:
+                param.data = param.data.float()
+                upcast = True
+        if upcast:
+            module.register_forward_hook(_output_in_input_dtype)
+
+
+def _output_in_input_dtype(module: nn.Module, inputs: tuple, output):
+    if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+        return output.to(inputs[0].dtype)
+    return output
 
 
 def adapter_paths(model_args) -> list[str]:
@@ -173,7 +216,7 @@ def _apply_finetuning(model, model_args, finetuning_args, is_trainable: bool):
     if kind == "freeze":
         _freeze(model, finetuning_args)
         return model
-    return _lora(model, finetuning_args, adapters)
+    return _lora(model, model_args, finetuning_args, adapters)
 
 
 def _load_adapters(model, adapters: list[str], resume_last: bool):
@@ -196,11 +239,21 @@ def _linear_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def _lora(model, finetuning_args, adapters: list[str]):
+def _modules_to_save(model, model_args, finetuning_args) -> list[str] | None:
+    if finetuning_args.additional_target:
+        return [m.strip() for m in finetuning_args.additional_target.split(",")]
+    if wants_resize(model_args):
+        return embedding_module_names(model)  # new token rows must train (LLaMA-Factory's rule)
+    return None
+
+
+def _lora(model, model_args, finetuning_args, adapters: list[str]):
     from peft import LoraConfig, get_peft_model
 
     if adapters:
-        model = _load_adapters(model, adapters, resume_last=True)
+        # create_new_adapter: every given adapter is merged and a fresh one trains on top;
+        # otherwise the last one resumes training (LLaMA-Factory's rule).
+        model = _load_adapters(model, adapters, resume_last=not finetuning_args.create_new_adapter)
         if hasattr(model, "peft_config"):
             return model
     target = finetuning_args.lora_target
@@ -211,9 +264,7 @@ def _lora(model, finetuning_args, adapters: list[str]):
         lora_alpha=finetuning_args.lora_alpha or 2 * finetuning_args.lora_rank,
         lora_dropout=finetuning_args.lora_dropout,
         target_modules=modules,
-        modules_to_save=[m.strip() for m in finetuning_args.additional_target.split(",")]
-        if finetuning_args.additional_target
-        else None,
+        modules_to_save=_modules_to_save(model, model_args, finetuning_args),
         use_rslora=finetuning_args.use_rslora,
         use_dora=finetuning_args.use_dora,
     )

@@ -149,6 +149,19 @@ def tiled_loss_sum(
     return _SummedLossWithGradients.apply(hidden, head.weight, head.bias, targets, softcap, chunk)
 
 
+def _active_head(head: nn.Module) -> nn.Linear:
+    """The Linear that computes logits: the head itself, or, when LoRA trains it in full
+    (`modules_to_save`: additional_target, a resized vocabulary), the copy of the active adapter,
+    or the original while adapters are disabled."""
+    copies = getattr(head, "modules_to_save", None)
+    if copies is not None and hasattr(head, "original_module"):
+        active = head.active_adapters if not head.disable_adapters else []
+        head = copies[active[0]] if active and active[0] in copies else head.original_module
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"tiled loss needs a Linear output head, found {type(head).__name__}")
+    return head
+
+
 @contextlib.contextmanager
 def token_loss_head(
     model: nn.Module,
@@ -164,15 +177,15 @@ def token_loss_head(
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     options = head_options or LossHead(chunk_tokens=chunk_tokens)
     hf_model = unwrap_model(model)
-    head = hf_model.get_output_embeddings()
-    if not isinstance(head, nn.Linear):
-        raise TypeError(f"tiled loss needs a Linear output head, found {type(head).__name__}")
+    wrapper = hf_model.get_output_embeddings()
+    _active_head(wrapper)  # fails now, not inside the forward, on a head that is not a Linear
     config = hf_model.config
     # Gemma 2 soft-caps logits after the head; apply the cap inside the tiles instead.
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     softcap = getattr(text_config, "final_logit_softcapping", None)
 
     def forward(hidden: torch.Tensor) -> torch.Tensor:
+        head = _active_head(wrapper)  # per call: a reference forward disables the adapters
         if hidden.shape[:2] != targets.shape:
             raise ValueError(
                 f"hidden states {tuple(hidden.shape[:2])} do not match targets {tuple(targets.shape)}"
@@ -185,12 +198,12 @@ def token_loss_head(
             return tiled_loss_sum(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
         return tiled_token_losses(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
 
-    head.forward = forward
+    wrapper.forward = forward
     if softcap:
         text_config.final_logit_softcapping = None
     try:
         yield
     finally:
-        del head.forward  # back to the class's forward
+        del wrapper.forward  # back to the class's forward
         if softcap:
             text_config.final_logit_softcapping = softcap

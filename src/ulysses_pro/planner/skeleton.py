@@ -97,7 +97,7 @@ def build_skeleton(model_args, finetuning_args, training_args, config=None) -> n
     from ..models.loader import _apply_finetuning, _compute_dtype
 
     config = load_model_config(model_args) if config is None else config
-    dtype = _compute_dtype(training_args)
+    dtype = _compute_dtype(training_args, finetuning_args)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, trust_remote_code=model_args.trust_remote_code
@@ -105,7 +105,7 @@ def build_skeleton(model_args, finetuning_args, training_args, config=None) -> n
         model.config.use_cache = False
         model = _apply_finetuning(model, model_args, finetuning_args, is_trainable=True)
     for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
+        if param.requires_grad and param.dtype != torch.float32 and not finetuning_args.pure_bf16:
             param.data = param.data.float()  # the loader's fp32 upcast of trainable weights
     return model
 

@@ -23,6 +23,7 @@ from ..parallel.sharding import SequenceParallelCollator
 from ..pro.torch_compat import safe_checkpoint_loading
 from .checkpoints import staged_checkpoint
 from .evaluation import PADDING_BATCH, EvaluationCollator, EvaluationRows
+from .loraplus import loraplus_param_groups
 from .metrics import SequenceMetrics
 
 # Per rank, next to transformers' rng_state_N.pth: NEFTune streams and the metric sources' state.
@@ -44,9 +45,12 @@ class UlyssesTrainer(Trainer):
         metric_sources: list | None = None,
         batch_observers: list | None = None,
         loss_head: LossHead | None = None,
+        loraplus: tuple[float, float] | None = None,
         **kwargs: Any,
     ) -> None:
         self.sp_layout = sp_layout
+        # (loraplus_lr_ratio, loraplus_lr_embedding) when LoRA+ is on (train/loraplus.py).
+        self.loraplus = loraplus
         # Chunking of the tiled loss head, or liger's fused loss (models/memory_stack.py).
         self.loss_head = loss_head or LossHead()
         # Objects with `metrics() -> dict` whose values join every training log line.
@@ -67,6 +71,24 @@ class UlyssesTrainer(Trainer):
         # evaluation (train/evaluation.py); `padding_batch` is set while a padding batch runs.
         self.eval_metrics = SequenceMetrics(self.args.device)
         self.padding_batch = False
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.loraplus is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        ratio, embedding_lr = self.loraplus
+        groups = loraplus_param_groups(
+            opt_model,
+            self.args.learning_rate,
+            ratio,
+            embedding_lr,
+            self.args.weight_decay,
+            self.get_decay_parameter_names(opt_model),
+        )
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs.pop("lr", None)  # each group carries its own
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def embedding_noise(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> AbstractContextManager:
         """NEFTune for one training forward; pops `document_lengths` so the model never sees it."""

@@ -178,6 +178,11 @@ def run_workflow(
         metric_sources=pro["metric_sources"],
         batch_observers=pro["batch_observers"],
         loss_head=loss_head,
+        loraplus=(
+            (config.finetuning.loraplus_lr_ratio, config.finetuning.loraplus_lr_embedding)
+            if config.finetuning.loraplus_lr_ratio
+            else None
+        ),
         **extra,
     )
     # What SP replaced, so an owner (UlyssesTrainingManager.cleanup) can put it back.
