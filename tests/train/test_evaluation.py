@@ -51,6 +51,31 @@ def test_eval_loss_is_the_token_mean_whatever_the_batch_size(tmp_path):
     assert eval_losses == pytest.approx([expected] * 3, rel=1e-6)
 
 
+def test_compute_accuracy_is_the_share_of_targets_predicted_exactly(tmp_path):
+    config = training_config(
+        dataset="demo_chat",
+        dataset_dir=DATA,
+        max_samples=24,
+        val_size=5,
+        do_eval=True,
+        max_steps=3,
+        per_device_eval_batch_size=2,
+        compute_accuracy=True,
+        output_dir=str(tmp_path / "acc"),
+    )
+    trainer = run_stage(config)
+    reported = trainer.state.log_history[-1]["eval_accuracy"]
+    hits, count = 0, 0
+    with torch.no_grad():
+        for row in trainer.eval_dataset:
+            logits = trainer.model.eval()(input_ids=torch.tensor([row["input_ids"]])).logits[0]
+            targets = torch.tensor(row["shift_labels"])
+            kept = targets.ne(IGNORE_INDEX)
+            hits += int((logits.argmax(-1)[kept] == targets[kept]).sum())
+            count += int(kept.sum())
+    assert reported == pytest.approx(hits / count, abs=1e-12) and 0 < reported < 1
+
+
 def test_a_padding_batch_has_no_targets_and_says_so():
     rows = [{"input_ids": [5, 6, 7], "shift_labels": [6, 7, IGNORE_INDEX]}]
 

@@ -82,6 +82,7 @@ CASES = [
             "val_size": 5,
             "max_samples": 37,  # 32 left for training: 4 steps of one whole epoch
             "per_device_eval_batch_size": 2,
+            "compute_accuracy": True,  # counted over every rank's shards, once per row
         },
     ),
     (
@@ -116,6 +117,11 @@ def test_sequence_parallel_matches_single_process(tmp_path, world, keys):
         keys["sequence_parallel_size"], keys["sequence_parallel_mode"]
     )
     assert bool(reference["eval_losses"]) == bool(keys.get("do_eval"))
+    if keys.get("compute_accuracy"):
+        assert 0 < reference["eval_metrics"]["eval_accuracy"] < 1
+        assert candidate["eval_metrics"]["eval_accuracy"] == pytest.approx(
+            reference["eval_metrics"]["eval_accuracy"], abs=1e-12
+        )
 
 
 def test_pretraining_stage_under_sequence_parallelism(tmp_path):

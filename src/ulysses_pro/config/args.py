@@ -135,6 +135,9 @@ class FinetuningArguments:
         default=False,
         metadata={"help": "Merge adapter_name_or_path into the weights and train a fresh LoRA on top."},
     )
+    compute_accuracy: bool = field(
+        default=False, metadata={"help": "Evaluation also reports eval_accuracy (next-token argmax, sft/pt)."}
+    )
     pure_bf16: bool = field(
         default=False, metadata={"help": "Weights, gradients and optimizer state all in bf16 (no fp32 copy)."}
     )

@@ -76,6 +76,8 @@ def validate(
             "pure_bf16",
             "is incompatible with DeepSpeed (its bf16 section keeps fp32 master weights); remove one",
         )
+    if finetuning.compute_accuracy and finetuning.stage not in ("sft", "pt"):
+        fail("compute_accuracy", f"reports next-token accuracy for sft and pt, not stage {finetuning.stage}")
     if finetuning.loraplus_lr_ratio is not None and (
         finetuning.finetuning_type != "lora" or finetuning.loraplus_lr_ratio <= 0
     ):

@@ -8,7 +8,13 @@ import re
 import torch
 from torch import nn
 
-from .vocabulary import embedding_module_names, extend_tokenizer, resize_embeddings, wants_resize
+from .vocabulary import (
+    embedding_module_names,
+    embedding_rows,
+    extend_tokenizer,
+    resize_embeddings,
+    wants_resize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +157,9 @@ def load_model(
         rows = resize_embeddings(model, tokenizer, seed)
         if rows:
             logger.info("embeddings resized by %d rows to %d (noisy-mean initialised)", rows, len(tokenizer))
-    elif len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    elif len(tokenizer) > embedding_rows(model):
         raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding {model.get_input_embeddings().weight.shape[0]} "
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding {embedding_rows(model)} "
             "rows; set resize_vocab: true"
         )
     # Packed rows rely on position-id restarts, which transformers honours only without a KV cache.

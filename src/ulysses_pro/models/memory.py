@@ -149,6 +149,23 @@ def tiled_loss_sum(
     return _SummedLossWithGradients.apply(hidden, head.weight, head.bias, targets, softcap, chunk)
 
 
+@torch.no_grad()
+def tiled_token_hits(
+    hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor, chunk_tokens: int | None = None
+) -> torch.Tensor:
+    """How many targets (not IGNORE_INDEX) are the argmax of their logits, chunk by chunk (the full
+    logits never exist). A soft-cap is monotonic, so it does not change the argmax."""
+    chunk = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    hits = torch.zeros((), dtype=torch.long, device=hidden.device)
+    for start in range(0, flat_targets.shape[0], chunk):
+        logits = F.linear(flat_hidden[start : start + chunk].to(head.weight.dtype), head.weight, head.bias)
+        piece = flat_targets[start : start + chunk]
+        hits += ((logits.argmax(-1) == piece) & (piece != IGNORE_INDEX)).sum()
+    return hits
+
+
 def _active_head(head: nn.Module) -> nn.Linear:
     """The Linear that computes logits: the head itself, or, when LoRA trains it in full
     (`modules_to_save`: additional_target, a resized vocabulary), the copy of the active adapter,
@@ -170,9 +187,11 @@ def token_loss_head(
     head_options: LossHead | None = None,
     *,
     reduction: str = "none",
+    hits: list | None = None,
 ) -> Iterator[None]:
     """Within the block, `model(...).logits` holds per-token losses for `targets` (already shifted),
-    or with `reduction="sum"` their sum (gradients then computed in forward, see above)."""
+    or with `reduction="sum"` their sum (gradients then computed in forward, see above). `hits`: a
+    list that receives each forward's count of targets that are their logits' argmax (accuracy)."""
     if reduction not in ("none", "sum"):
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     options = head_options or LossHead(chunk_tokens=chunk_tokens)
@@ -190,6 +209,8 @@ def token_loss_head(
             raise ValueError(
                 f"hidden states {tuple(hidden.shape[:2])} do not match targets {tuple(targets.shape)}"
             )
+        if hits is not None:
+            hits.append(tiled_token_hits(hidden, head, targets, options.chunk_tokens))
         if options.fused is not None:
             flat = hidden.reshape(-1, hidden.shape[-1])
             losses = options.fused(flat, head.weight, targets.reshape(-1), head.bias, softcap, reduction)

@@ -40,11 +40,21 @@ def _noisy_mean(weight: torch.Tensor, new_rows: int, generator: torch.Generator)
     weight[-new_rows:] = (mean.float() + noise.to(weight.device)).to(weight.dtype)
 
 
+def embedding_rows(model: nn.Module) -> int:
+    """Rows of the input embedding (its full size also when ZeRO-3 holds only a partition)."""
+    weight = model.get_input_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
+
+
 def resize_embeddings(model: nn.Module, tokenizer, seed: int) -> int:
     """Grow the input (and an untied output) embedding to the tokenizer; the rows added."""
-    old_rows = model.get_input_embeddings().weight.shape[0]
+    old_rows = embedding_rows(model)
     if len(tokenizer) <= old_rows:
         return 0
+    if hasattr(model.get_input_embeddings().weight, "ds_shape"):
+        raise ValueError(
+            "resize_vocab under DeepSpeed ZeRO-3 is not supported; resize without ZeRO-3 and export first"
+        )
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=False)
     new_rows = model.get_input_embeddings().weight.shape[0] - old_rows
     generator = torch.Generator().manual_seed(seed)

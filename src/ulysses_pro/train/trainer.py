@@ -46,8 +46,11 @@ class UlyssesTrainer(Trainer):
         batch_observers: list | None = None,
         loss_head: LossHead | None = None,
         loraplus: tuple[float, float] | None = None,
+        compute_accuracy: bool = False,
         **kwargs: Any,
     ) -> None:
+        # LLaMA-Factory's compute_accuracy: evaluation also reports the next-token accuracy.
+        self.compute_accuracy = compute_accuracy
         self.sp_layout = sp_layout
         # (loraplus_lr_ratio, loraplus_lr_embedding) when LoRA+ is on (train/loraplus.py).
         self.loraplus = loraplus
@@ -233,12 +236,13 @@ class UlyssesTrainer(Trainer):
         loss = normalized_token_loss(loss_sum, num_items_in_batch, self.gradient_average_world)
         return (loss, outputs) if return_outputs else loss
 
-    def _token_loss_sum(self, model: nn.Module, inputs: dict[str, torch.Tensor]):
-        """(summed token losses of this rank's shard, its targets, the model outputs)."""
+    def _token_loss_sum(self, model: nn.Module, inputs: dict[str, torch.Tensor], hits: list | None = None):
+        """(summed token losses of this rank's shard, its targets, the model outputs); `hits` receives
+        the count of targets predicted exactly (argmax)."""
         targets = inputs.pop("shift_labels")
         with (
             self.embedding_noise(model, inputs),
-            token_loss_head(model, targets, head_options=self.loss_head, reduction="sum"),
+            token_loss_head(model, targets, head_options=self.loss_head, reduction="sum", hits=hits),
         ):
             outputs = model(**inputs, use_cache=False)
         # The head returns the summed token losses as `logits` (gradients made in forward).
@@ -310,8 +314,12 @@ class UlyssesTrainer(Trainer):
 
     def evaluation_terms(self, model: nn.Module, inputs: dict[str, torch.Tensor]):
         """(loss sum, item count) of one evaluation batch on this rank, before any reduction."""
-        loss_sum, targets, _ = self._token_loss_sum(model, dict(inputs))
-        return loss_sum, count_targets(targets)
+        hits: list | None = [] if self.compute_accuracy else None
+        loss_sum, targets, _ = self._token_loss_sum(model, dict(inputs), hits)
+        count = count_targets(targets)
+        if hits is not None:
+            self.eval_metrics.add("accuracy", sum(hits), count)
+        return loss_sum, count
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = dict(inputs)

@@ -183,6 +183,7 @@ def run_workflow(
             if config.finetuning.loraplus_lr_ratio
             else None
         ),
+        compute_accuracy=config.finetuning.compute_accuracy,
         **extra,
     )
     # What SP replaced, so an owner (UlyssesTrainingManager.cleanup) can put it back.
