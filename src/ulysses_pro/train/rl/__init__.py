@@ -1,0 +1,1 @@
+"""Reinforcement-learning stages (grpo, ppo): their objectives first (`objectives.py`)."""
