@@ -179,7 +179,7 @@ def test_preference_examples_train(tmp_path, example, metric):
     ("yaml_name", "ds_name"),
     [
         ("llama3_lora_dpo_ulysses.yaml", "ds_z3_ulysses_config_improved.json"),
-        ("llama3_lora_dpo.yaml", "ds_z3_ulysses_config_enhanced.json"),
+        pytest.param("llama3_lora_dpo.yaml", "ds_z3_ulysses_config_enhanced.json", marks=pytest.mark.slow),
     ],
 )
 def test_the_original_ulysses_pro_command_runs_as_written(tmp_path, yaml_name, ds_name):

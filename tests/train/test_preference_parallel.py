@@ -94,7 +94,7 @@ CASES = [
     (2, "dpo", 2, "ulysses", {"pref_loss": "orpo", "finetuning_type": "lora"}),
     (2, "kto", 2, "zigzag-ring", {"finetuning_type": "lora", "kto_rejected_weight": 1.5}),
     (2, "rm", 2, "ulysses", {}),
-    (4, "dpo", 4, "hybrid", {"pref_loss": "hinge"}),
+    pytest.param(4, "dpo", 4, "hybrid", {"pref_loss": "hinge"}, marks=pytest.mark.slow),
     # DP 2 x SP 2: the KL reference point spans both DP ranks, in training and in evaluation
     (4, "kto", 2, "ulysses", EVAL_FIVE),
     (4, "dpo", 2, "zigzag-ring", {"pref_split_backward": True, "finetuning_type": "lora"}),  # DP 2 x SP 2

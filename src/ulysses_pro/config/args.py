@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo")
-IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto")
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
+IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "grpo")
+LOSS_NORMALIZATIONS = ("token", "sequence")
 PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
 SEQUENCE_PARALLEL_MODES = ("auto", "ulysses", "zigzag-ring", "hybrid")
@@ -165,6 +166,33 @@ class FinetuningArguments:
     kto_rejected_weight: float = 1.0
     ref_model: str | None = None
     reward_model: str | None = None
+    # grpo (our stage; TRL's GRPOTrainer key names where it has one).
+    num_generations: int = field(default=8, metadata={"help": "GRPO: completions sampled per prompt."})
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "GRPO: reward functions `package.module:function` or `path/to/file.py:function`, "
+            "each called with prompts, completions and the row's other columns; their rewards add up."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "GRPO: one weight per reward function (default: all 1)."}
+    )
+    epsilon: float = field(default=0.2, metadata={"help": "GRPO: the ratio's lower clip, 1 - epsilon."})
+    epsilon_high: float | None = field(
+        default=None, metadata={"help": "GRPO: the ratio's upper clip, 1 + epsilon_high (DAPO); default epsilon."}
+    )
+    beta: float = field(default=0.0, metadata={"help": "GRPO: weight of the k3 KL to the reference; 0 = none."})
+    scale_rewards: bool = field(
+        default=True, metadata={"help": "GRPO: divide advantages by the group's reward std (false: Dr. GRPO)."}
+    )
+    loss_normalization: str = field(
+        default="token",
+        metadata={
+            "help": "GRPO: `token` = sum of response-token losses over the global number of response tokens "
+            "(DAPO); `sequence` = each response's token mean, over the global number of responses."
+        },
+    )
 
 
 @dataclass

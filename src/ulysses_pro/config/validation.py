@@ -10,6 +10,7 @@ from .args import (
     FLASH_ATTN_CHOICES,
     GUARD_STRATEGIES,
     IMPLEMENTED_STAGES,
+    LOSS_NORMALIZATIONS,
     MIX_STRATEGIES,
     PREFERENCE_LOSSES,
     SEQUENCE_PARALLEL_MODES,
@@ -70,6 +71,7 @@ def validate(
     if memory is not None:
         _validate_memory(model, memory, fail)
     _validate_preference(finetuning, data, fail)
+    _validate_grpo(finetuning, data, training, fail)
     if finetuning.pure_bf16 and training.get("deepspeed"):
         # LLaMA-Factory refuses the same: ZeRO-3 keeps its own fp32 master weights.
         fail(
@@ -172,6 +174,43 @@ def _validate_preference(finetuning: FinetuningArguments, data: DataArguments, f
     for key in ("kto_chosen_weight", "kto_rejected_weight"):
         if stage == "kto" and not getattr(finetuning, key) > 0:
             fail(key, f"must be positive, got {getattr(finetuning, key)}")
+
+
+def _validate_grpo(finetuning: FinetuningArguments, data: DataArguments, training: dict[str, Any], fail) -> None:
+    if finetuning.stage != "grpo":
+        return
+    if not finetuning.reward_funcs:
+        fail("reward_funcs", "stage grpo needs at least one reward function, e.g. [my_rewards:exact_match]")
+    weights = finetuning.reward_weights
+    if weights is not None:
+        try:
+            finetuning.reward_weights = [float(w) for w in weights]
+        except (TypeError, ValueError):
+            fail("reward_weights", f"{weights!r}: expected a list of numbers")
+        if len(finetuning.reward_weights) != len(finetuning.reward_funcs):
+            fail(
+                "reward_weights",
+                f"{len(finetuning.reward_weights)} weights for {len(finetuning.reward_funcs)} reward_funcs; "
+                "give one per function",
+            )
+    if finetuning.num_generations < 2:
+        fail("num_generations", f"must be >= 2 (group advantages compare completions), got {finetuning.num_generations}")
+    if finetuning.loss_normalization not in LOSS_NORMALIZATIONS:
+        fail(
+            "loss_normalization",
+            f"{finetuning.loss_normalization!r} is not one of {', '.join(LOSS_NORMALIZATIONS)}",
+        )
+    if not 0 < finetuning.epsilon < 1:
+        fail("epsilon", f"must be in (0, 1), got {finetuning.epsilon}")
+    if finetuning.epsilon_high is not None and finetuning.epsilon_high <= 0:
+        fail("epsilon_high", f"must be positive, got {finetuning.epsilon_high}")
+    if finetuning.beta < 0:
+        fail("beta", f"must be >= 0, got {finetuning.beta}")
+    if data.packing or data.neat_packing or data.streaming:
+        key = "packing" if data.packing else "neat_packing" if data.neat_packing else "streaming"
+        fail(key, "stage grpo samples completions per prompt; remove packing / neat_packing / streaming")
+    if training.get("do_eval"):
+        fail("do_eval", "stage grpo has no held-out evaluation yet; remove do_eval (rewards are logged per step)")
 
 
 def _validate_pro(pro: ProArguments, fail) -> None:

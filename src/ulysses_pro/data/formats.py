@@ -25,6 +25,8 @@ class Conversation:
     messages: list[dict[str, str]]
     ref: RowRef
     tools: str | None = None
+    # RL prompts (grpo): the row's columns that no role of dataset_info.json maps, for reward functions.
+    columns: dict[str, Any] | None = None
 
 
 def require_mapping(row: Any, ref: RowRef) -> dict:
@@ -230,6 +232,24 @@ def to_conversation(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
     if spec.formatting in ("sharegpt", "openai"):
         return sharegpt_to_conversation(row, spec, ref)
     return alpaca_to_conversation(row, spec, ref)
+
+
+def to_prompt(row: Any, spec: DatasetSpec, ref: RowRef) -> Conversation:
+    """An RL prompt (grpo): the conversation up to its last user turn, then its reference answer if the
+    row has one (optional here), and the row's unmapped columns for the reward functions."""
+    if spec.formatting in ("sharegpt", "openai"):
+        messages = sharegpt_messages(row, spec, ref)
+    else:
+        messages = alpaca_prompt(row, spec, ref)
+        response = text_field(row, spec.column("response"), ref, required=False, what="output")
+        if response:
+            messages.append({"role": "assistant", "content": response})
+    body = messages[:-1] if messages[-1]["role"] in ASSISTANT_SIDE else messages
+    if not body or body[-1]["role"] not in ("user", "tool"):
+        raise DataError.at(ref, "an RL prompt must end with a user (or tool) turn, optionally followed by its answer")
+    mapped = {column for column in spec.columns.values() if column}
+    columns = {key: value for key, value in row.items() if key not in mapped}
+    return Conversation(messages, ref, row_tools(row, spec, ref), columns)
 
 
 def to_text(row: Any, spec: DatasetSpec, ref: RowRef) -> str:

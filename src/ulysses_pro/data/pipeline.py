@@ -18,7 +18,7 @@ from .chat_format import ChatFormat
 from .columns import ColumnarRows
 from .encoding import EncodeSettings, documents_of, encode_all, to_document
 from .errors import DataError, RowRef, SkippedRows
-from .formats import Conversation, to_conversation, to_text
+from .formats import Conversation, to_conversation, to_prompt, to_text
 from .mixing import mix, mix_stream, parse_probabilities
 from .packing import Document, PackingReport, pack_documents, report
 from .preference import KtoExample, PreferencePair, pair_kto, to_kto_example, to_preference_pair
@@ -97,6 +97,8 @@ def _convert(row, spec, ref, stage: str):
         return to_preference_pair(row, spec, ref)
     if stage == "kto":
         return to_kto_example(row, spec, ref)
+    if stage == "grpo":
+        return to_prompt(row, spec, ref)
     return to_conversation(row, spec, ref)
 
 
@@ -174,7 +176,7 @@ def load_rows(data_args, stage: str, seed: int = 42) -> list[tuple[RowRef, Any]]
     return rows
 
 
-def _split(items: list, val_size: float, seed: int) -> tuple[list, list]:
+def split_held_out(items: list, val_size: float, seed: int) -> tuple[list, list]:
     """Hold out `val_size` rows (a fraction in (0, 1), or a count >= 1) chosen by a seeded shuffle."""
     if not val_size:
         return items, []
@@ -379,7 +381,7 @@ def build_datasets(data_args, tokenizer, stage: str, seed: int = 42) -> DatasetB
     if data_args.val_size:
         if eval_items:
             raise DataError("val_size and eval_dataset are both set; keep one")
-        train_items, eval_items = _split(train_items, data_args.val_size, seed)
+        train_items, eval_items = split_held_out(train_items, data_args.val_size, seed)
     train, evaluation = (
         _tokenize(items, tokenizer, settings, data_args, packing, skipped, desc)
         for items, desc in ((train_items, "train"), (eval_items, "eval"))

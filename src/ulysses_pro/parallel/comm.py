@@ -120,3 +120,12 @@ def start_ring_shift(tensors: list[torch.Tensor], send_to: int, receive_from: in
 def ring_shift(tensors: list[torch.Tensor], send_to: int, receive_from: int, group) -> list[torch.Tensor]:
     """Send each tensor to global rank `send_to` and receive same-shaped ones from `receive_from`."""
     return start_ring_shift(tensors, send_to, receive_from, group).wait()
+
+
+def broadcast_from_group_leader(objects: list, group: dist.ProcessGroup | None) -> list:
+    """The group's rank-0 copy of a list of picklable objects, on every rank of `group` (in place).
+    Once per optimizer step (RL rollouts), never per layer: it syncs the host."""
+    if group is None or _group_size(group) == 1:
+        return objects
+    dist.broadcast_object_list(objects, src=dist.get_global_rank(group, 0), group=group)
+    return objects

@@ -43,7 +43,9 @@ def sample_answers(
     lines = [f"\n[samples {when}]"]
     for conversation in conversations:
         user = next(m["content"] for m in conversation.messages if m["role"] == "user")
-        expected = next(m["content"] for m in conversation.messages if m["role"] in ("assistant", "function"))
+        expected = next(
+            (m["content"] for m in conversation.messages if m["role"] in ("assistant", "function")), "(none)"
+        )
         answer = generate_answer(model, tokenizer, template, conversation)
         lines.append(f"  prompt:   {user}\n  expected: {expected}\n  model:    {answer}")
     print("\n".join(lines) + "\n", flush=True)

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -144,8 +145,12 @@ def run_workflow(
     needs_reference: bool = False,
     prepare_model: Callable | None = None,
     trainer_kwargs: dict | None = None,
+    build_data: Callable | None = None,
+    configure_trainer: Callable | None = None,
 ) -> UlyssesTrainer:
-    """Build data, model, SP groups and trainer; train, save, evaluate; return the finished trainer."""
+    """Build data, model, SP groups and trainer; train, save, evaluate; return the finished trainer.
+    `build_data(data_args, tokenizer, seed)` replaces the token datasets (RL prompts);
+    `configure_trainer(trainer, bundle, config)` runs once the trainer and its SP wiring exist."""
     args = config.training
     if config.pro.debug:
         enable_debug_logging()
@@ -153,7 +158,7 @@ def run_workflow(
     tokenizer = load_tokenizer(config.model)
     preflight(config, args.world_size, tokenizer)  # before any row is tokenized or any weight loaded
     started = time.perf_counter()
-    bundle = build_datasets(config.data, tokenizer, stage, seed=args.seed)
+    bundle = (build_data or partial(build_datasets, stage=stage))(config.data, tokenizer, seed=args.seed)
     logger.info("data ready in %.1fs", time.perf_counter() - started)
     model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
     if prepare_model is not None:
@@ -188,6 +193,8 @@ def run_workflow(
     )
     # What SP replaced, so an owner (UlyssesTrainingManager.cleanup) can put it back.
     trainer.replaced_attention = plain_attention
+    if configure_trainer is not None:
+        configure_trainer(trainer, bundle, config)
     if args.fsdp and not trainer.is_fsdp_enabled:
         # accelerate turns FSDP on only for accelerator device types; on CPU it silently runs DDP.
         logger.warning(

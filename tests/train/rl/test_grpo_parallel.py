@@ -1,0 +1,102 @@
+"""GRPO under sequence parallelism against one process, with fixed rollouts.
+
+Sampling is replaced by a table of completions per prompt (same on every rank and every run), so the
+only difference between the runs is how the update is split: SP degree and mode, GA 2, DP 2 x SP 2,
+both loss normalisations, with and without the KL term. The rewards are the real rule rewards of
+examples/rewards/counting.py.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import pytest
+
+from ulysses_pro.train.rl import rollout
+
+from ...launcher import run_ranks
+from ..harness import expected_layout, parallel_keys, relative_error, run_training
+from ..test_sequence_parallel import DATA
+
+REWARDS = str(Path(__file__).resolve().parents[3] / "examples" / "rewards" / "counting.py")
+STEPS = 3
+GENERATIONS = 4
+
+# Completions of different lengths and rewards, chosen per prompt by a hash of its ids.
+CANDIDATES = ["{answer}", "{answer} {answer}", "no", "{answer} and more words here", "seven", ""]
+
+
+def fixed_completions(self, model, prompts, num_generations, step):
+    """Stands in for PolicySampler.__call__: a deterministic table, ending with the stop token."""
+    out = []
+    for prompt in prompts:
+        start = zlib.crc32(bytes(str(prompt.prompt_ids), "ascii")) % len(CANDIDATES)
+        texts = [
+            CANDIDATES[(start + i) % len(CANDIDATES)].format(answer=prompt.answer)
+            for i in range(num_generations)
+        ]
+        out.append([self.tokenizer.encode(t, add_special_tokens=False) + self.stop_ids[:1] for t in texts])
+    return out
+
+
+def _train(rank, world_size, keys):
+    rollout.PolicySampler.__call__ = fixed_completions
+    result = run_training(**keys)
+    return result if rank == 0 else None
+
+
+def grpo_keys(tmp_path, name, **keys):
+    base = {
+        "stage": "grpo",
+        "model_name_or_path": "tiny:llama",
+        "dataset": "demo_tasks",
+        "dataset_dir": DATA,
+        "template": "chatml",
+        "max_samples": 32,
+        "cutoff_len": 64,
+        "max_steps": STEPS,
+        "num_generations": GENERATIONS,
+        "reward_funcs": [f"{REWARDS}:answer_overlap", f"{REWARDS}:exact_answer"],
+        "reward_weights": [1.0, 0.5],
+        "gradient_accumulation_steps": 2,
+        "output_dir": str(tmp_path / name),
+    }
+    return {**base, **keys}
+
+
+CASES = [
+    # (world, sp, mode, keys): both normalisations, the KL term and DP x SP by default; the rest slow
+    (2, 2, "zigzag-ring", {"loss_normalization": "sequence", "beta": 0.1}),
+    (4, 2, "ulysses", {"loss_normalization": "token"}),  # DP 2 x SP 2
+    pytest.param(2, 2, "ulysses", {"loss_normalization": "token"}, marks=pytest.mark.slow),
+    pytest.param(
+        4,
+        4,
+        "hybrid",
+        {"loss_normalization": "token", "beta": 0.1, "finetuning_type": "lora"},
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(4, 2, "ulysses", {"loss_normalization": "sequence", "beta": 0.1}, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("world", "sp", "mode", "keys"), CASES)
+def test_grpo_matches_single_process_with_fixed_rollouts(tmp_path, world, sp, mode, keys):
+    dp = world // sp
+    reference = run_ranks(_train, 1, grpo_keys(tmp_path, "ref", per_device_train_batch_size=2 * dp, **keys))[
+        0
+    ]
+    candidate = run_ranks(
+        _train,
+        world,
+        grpo_keys(tmp_path, "sp", per_device_train_batch_size=2, **parallel_keys(sp, mode), **keys),
+    )[0]
+    assert candidate["layout"] == expected_layout(sp, mode)
+    assert len(reference["losses"]) == len(candidate["losses"]) == STEPS
+    loss_errors = [abs(a - b) for a, b in zip(reference["losses"], candidate["losses"])]
+    grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
+    assert max(loss_errors) <= 1e-5, (reference["losses"], candidate["losses"])
+    assert max(grad_errors) <= 1e-4, grad_errors
+    # the same rollouts were scored the same way
+    assert candidate["metrics"]["reward"] == pytest.approx(reference["metrics"]["reward"], abs=1e-9)
