@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..models.memory import token_loss_head
-from ..parallel.reduce import IGNORE_INDEX, global_sum, normalized_token_loss, sum_over_sequence_parallel
+from ..parallel.reduce import IGNORE_INDEX, global_sum, normalized_token_loss
 from .metrics import SequenceMetrics
 from .trainer import UlyssesTrainer
 
@@ -38,28 +38,6 @@ class SequenceLossTrainer(UlyssesTrainer):
     def sequence_losses(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-sequence losses of a micro-batch (same value on every SP rank); record metrics."""
         raise NotImplementedError
-
-    # -- SP sums -----------------------------------------------------------------------------------
-
-    @property
-    def _sp_group(self):
-        layout = self.sp_layout
-        return layout.sp_group if layout is not None and layout.sp_size > 1 else None
-
-    @property
-    def loss_replicas(self) -> int:
-        """How many ranks hold each sequence's loss (the SP group size)."""
-        return self.sp_layout.sp_size if self.sp_layout is not None else 1
-
-    def sequence_sum(self, local: torch.Tensor) -> torch.Tensor:
-        """Per-sequence sum over the SP group; differentiable (identity backward, contract 7)."""
-        group = self._sp_group
-        return sum_over_sequence_parallel(local, group) if group is not None else local
-
-    def sequence_count(self, local: torch.Tensor) -> torch.Tensor:
-        """Per-sequence count over the SP group (no gradient)."""
-        group = self._sp_group
-        return global_sum(local, group) if group is not None else local
 
     def sequence_logps(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of answer-token log-probs per row, over the whole (SP-split) sequence.

@@ -17,7 +17,7 @@ from ..models.embedding_noise import noisy_embeddings
 from ..models.memory import LossHead, token_loss_head
 from ..models.wrappers import unwrap_engine
 from ..parallel.mesh import SequenceParallelLayout
-from ..parallel.reduce import count_targets, global_sum, normalized_token_loss
+from ..parallel.reduce import count_targets, global_sum, normalized_token_loss, sum_over_sequence_parallel
 from ..parallel.sampler import EvaluationBatches, SequenceParallelSampler
 from ..parallel.sharding import SequenceParallelCollator
 from ..pro.torch_compat import safe_checkpoint_loading
@@ -142,6 +142,28 @@ class UlyssesTrainer(Trainer):
     def _save_rng_state(self, output_dir) -> None:
         super()._save_rng_state(output_dir)
         torch.save(self.rank_state(), self._rank_state_file(output_dir))
+
+    # -- per-sequence sums over the SP group (contract 7) ------------------------------------
+
+    @property
+    def _sp_group(self):
+        layout = self.sp_layout
+        return layout.sp_group if layout is not None and layout.sp_size > 1 else None
+
+    @property
+    def loss_replicas(self) -> int:
+        """How many ranks hold each sequence's loss (the SP group size)."""
+        return self.sp_layout.sp_size if self.sp_layout is not None else 1
+
+    def sequence_sum(self, local: torch.Tensor) -> torch.Tensor:
+        """Per-sequence sum over the SP group; differentiable (identity backward, contract 7)."""
+        group = self._sp_group
+        return sum_over_sequence_parallel(local, group) if group is not None else local
+
+    def sequence_count(self, local: torch.Tensor) -> torch.Tensor:
+        """Per-sequence count over the SP group (no gradient)."""
+        group = self._sp_group
+        return global_sum(local, group) if group is not None else local
 
     @property
     def gradient_average_world(self) -> int:

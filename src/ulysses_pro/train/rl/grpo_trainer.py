@@ -28,7 +28,6 @@ from ...parallel.reduce import (
     count_targets,
     global_sum,
     normalized_token_loss,
-    sum_over_sequence_parallel,
 )
 from ...parallel.sampler import SequenceParallelSampler
 from ...parallel.sharding import SequenceParallelCollator
@@ -58,17 +57,6 @@ class GrpoTrainer(UlyssesTrainer):
         self.reward_functions: list = []
         self.stop_ids: list[int] = []
         self._shown: list[tuple[Rollout, float]] = []
-
-    # -- layout ------------------------------------------------------------------------------------
-
-    @property
-    def _sp_group(self):
-        layout = self.sp_layout
-        return layout.sp_group if layout is not None and layout.sp_size > 1 else None
-
-    @property
-    def loss_replicas(self) -> int:
-        return self.sp_layout.sp_size if self.sp_layout is not None else 1
 
     # -- prompts -----------------------------------------------------------------------------------
 
@@ -202,20 +190,12 @@ class GrpoTrainer(UlyssesTrainer):
         if self.grpo.loss_normalization == "token":
             total = token_losses.sum()
         else:
-            per_sequence = self._sequence_sum(token_losses.sum(dim=-1))
-            lengths = self._sequence_count(mask.sum(dim=-1)).clamp(min=1)
+            per_sequence = self.sequence_sum(token_losses.sum(dim=-1))
+            lengths = self.sequence_count(mask.sum(dim=-1)).clamp(min=1)
             total = (per_sequence / lengths).sum()
         self._record_token_metrics(objective, weights)
         loss = normalized_token_loss(total, num_items_in_batch, self.gradient_average_world)
         return (loss, None) if return_outputs else loss
-
-    def _sequence_sum(self, local: torch.Tensor) -> torch.Tensor:
-        group = self._sp_group
-        return sum_over_sequence_parallel(local, group) if group is not None else local
-
-    def _sequence_count(self, local: torch.Tensor) -> torch.Tensor:
-        group = self._sp_group
-        return global_sum(local, group) if group is not None else local
 
     def _record_token_metrics(self, objective, weights: torch.Tensor) -> None:
         # Token-weighted over every rank: each SP rank adds its own shard's tokens.
