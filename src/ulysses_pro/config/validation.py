@@ -211,6 +211,8 @@ def _validate_grpo(finetuning: FinetuningArguments, data: DataArguments, trainin
         fail(key, "stage grpo samples completions per prompt; remove packing / neat_packing / streaming")
     if training.get("do_eval"):
         fail("do_eval", "stage grpo has no held-out evaluation yet; remove do_eval (rewards are logged per step)")
+    if training.get("neftune_noise_alpha"):
+        fail("neftune_noise_alpha", "NEFTune is not applied to sampled completions in stage grpo; remove it")
 
 
 def _validate_pro(pro: ProArguments, fail) -> None:

@@ -30,6 +30,7 @@ def _grpo(**keys):
         ({"reward_funcs": "m:f,n:g", "reward_weights": "1"}, "1 weights for 2 reward_funcs"),
         ({"reward_funcs": "m:f", "neat_packing": True}, "stage grpo samples completions per prompt"),
         ({"reward_funcs": "m:f", "epsilon": 1.5}, "epsilon: must be in (0, 1)"),
+        ({"reward_funcs": "m:f", "neftune_noise_alpha": 5}, "NEFTune is not applied to sampled completions"),
     ],
 )
 def test_bad_grpo_settings_are_refused_by_key(keys, message):
