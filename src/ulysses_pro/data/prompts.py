@@ -53,20 +53,16 @@ class PromptDataset(Dataset):
         return [len(row.prompt_ids) for row in self.rows]
 
 
-def collate_prompts(rows: list[PromptRow]) -> list[PromptRow]:
-    """The batch is the rows themselves: completions are sampled from them before any tensor exists."""
-    return list(rows)
-
-
 @dataclass
 class PromptCollator:
-    """`collate_prompts` in the shape the workflow builds collators in (pad id; no NEFTune lengths)."""
+    """The batch is the rows themselves: completions are sampled from them before any tensor exists.
+    (Built like the other collators: a pad id, and NEFTune lengths, which prompts never carry.)"""
 
     pad_token_id: int
     document_lengths: bool = False
 
     def __call__(self, rows: list[PromptRow]) -> list[PromptRow]:
-        return collate_prompts(rows)
+        return list(rows)
 
 
 def prompt_row(conversation: Conversation, tokenizer, template) -> PromptRow:

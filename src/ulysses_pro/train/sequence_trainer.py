@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..models.memory import token_loss_head
-from ..parallel.reduce import IGNORE_INDEX, global_sum, normalized_token_loss
+from ..parallel.reduce import IGNORE_INDEX, normalized_token_loss
 from .metrics import SequenceMetrics
 from .trainer import UlyssesTrainer
 
@@ -69,10 +69,6 @@ class SequenceLossTrainer(UlyssesTrainer):
             return self.sequence_logps(reference, clean)
 
     # -- normalisation -----------------------------------------------------------------------------
-
-    def _global_sequence_count(self, local: int, device: torch.device) -> torch.Tensor:
-        # Every SP rank of a DP group holds the same sequences: the world sum counts each P times.
-        return global_sum(torch.as_tensor(local, device=device)) // self.loss_replicas
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         if not batch_samples:

@@ -38,6 +38,10 @@ def row_length(row: dict) -> int:
 class UlyssesTrainer(Trainer):
     """transformers.Trainer whose token losses keep DESIGN contract 6 across GA and ranks."""
 
+    # The loader's batches are token rows to split over the SP group; RL stages load prompts and
+    # split the sequences they sample instead.
+    loader_splits_sequences = True
+
     def __init__(
         self,
         *args: Any,
@@ -165,6 +169,10 @@ class UlyssesTrainer(Trainer):
         group = self._sp_group
         return global_sum(local, group) if group is not None else local
 
+    def _global_sequence_count(self, local: int, device: torch.device) -> torch.Tensor:
+        # Every SP rank of a DP group holds the same sequences: the world sum counts each P times.
+        return global_sum(torch.as_tensor(local, device=device)) // self.loss_replicas
+
     @property
     def gradient_average_world(self) -> int:
         """How many ranks the engine averages gradients over (DDP, FSDP and DeepSpeed all average)."""
@@ -184,7 +192,7 @@ class UlyssesTrainer(Trainer):
         dp_rank = layout.dp_rank if layout else self.args.process_index
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         collate = self.data_collator
-        if layout is not None and layout.sp_size > 1:
+        if layout is not None and layout.sp_size > 1 and self.loader_splits_sequences:
             collate = SequenceParallelCollator(collate, collate.pad_token_id, layout)
         if isinstance(dataset, StreamingDataset):
             # The stream shards itself: every rank reads the same stream and keeps its DP share.

@@ -18,10 +18,8 @@ import logging
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from ...data.collators import PaddingCollator
-from ...data.prompts import collate_prompts
 from ...models.memory import token_loss_head
 from ...parallel.reduce import (
     IGNORE_INDEX,
@@ -29,7 +27,6 @@ from ...parallel.reduce import (
     global_sum,
     normalized_token_loss,
 )
-from ...parallel.sampler import SequenceParallelSampler
 from ...parallel.sharding import SequenceParallelCollator
 from ..metrics import SequenceMetrics
 from ..trainer import UlyssesTrainer
@@ -46,6 +43,9 @@ SHOWN_SAMPLES = 2  # completions printed at each logging step
 class GrpoTrainer(UlyssesTrainer):
     """UlyssesTrainer whose micro-batches are sampled, scored completions of the dataset's prompts."""
 
+    # The loader yields prompt rows (DP-sharded, the same on every SP rank); `rollout_batch` splits.
+    loader_splits_sequences = False
+
     def __init__(self, *args: Any, grpo=None, reference=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grpo = grpo  # FinetuningArguments: num_generations, epsilon(s), beta, loss_normalization, ...
@@ -57,25 +57,6 @@ class GrpoTrainer(UlyssesTrainer):
         self.reward_functions: list = []
         self.stop_ids: list[int] = []
         self._shown: list[tuple[Rollout, float]] = []
-
-    # -- prompts -----------------------------------------------------------------------------------
-
-    def get_train_dataloader(self) -> DataLoader:
-        """Prompt batches: DP ranks take disjoint prompts, the ranks of an SP group the same ones."""
-        layout = self.sp_layout
-        dp_size = layout.dp_size if layout else max(1, self.args.world_size)
-        dp_rank = layout.dp_rank if layout else self.args.process_index
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        shuffle = self.args.train_sampling_strategy != "sequential"
-        return DataLoader(
-            self.train_dataset,
-            batch_size=self.args.per_device_train_batch_size,
-            sampler=SequenceParallelSampler(
-                len(self.train_dataset), dp_size, dp_rank, seed=seed, shuffle=shuffle
-            ),
-            collate_fn=collate_prompts,
-            drop_last=self.args.dataloader_drop_last,
-        )
 
     # -- rollouts ----------------------------------------------------------------------------------
 
@@ -149,8 +130,7 @@ class GrpoTrainer(UlyssesTrainer):
         if self.grpo.loss_normalization == "token":
             local = sum(count_targets(b["shift_labels"]) for b in batches)
             return global_sum(torch.as_tensor(local, device=device))
-        local = sum(b["input_ids"].shape[0] for b in batches)
-        return global_sum(torch.as_tensor(local, device=device)) // self.loss_replicas
+        return self._global_sequence_count(sum(b["input_ids"].shape[0] for b in batches), device)
 
     # -- the update --------------------------------------------------------------------------------
 

@@ -66,12 +66,10 @@ def load_reward_functions(
 
 def reward_arguments(rollouts: Sequence[Rollout]) -> dict[str, list]:
     """The keyword arguments every reward function receives (lists aligned with `rollouts`)."""
-    columns: dict[str, list] = {}
-    keys = sorted({key for r in rollouts for key in r.prompt.reward_columns()})
-    for key in keys:
-        columns[key] = [r.prompt.reward_columns().get(key) for r in rollouts]
+    rows = [r.prompt.reward_columns() for r in rollouts]
+    keys = sorted({key for row in rows for key in row})
     return {
-        **columns,
+        **{key: [row.get(key) for row in rows] for key in keys},
         "prompts": [r.prompt.prompt for r in rollouts],
         "completions": [r.completion for r in rollouts],
         "completion_ids": [r.completion_ids for r in rollouts],
