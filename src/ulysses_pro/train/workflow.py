@@ -227,7 +227,7 @@ def run_workflow(
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
         if config.finetuning.plot_loss and trainer.is_world_process_zero():
-            for key in ("loss", "eval_loss"):
+            for key in ("loss", "eval_loss", "reward"):  # reward: the RL stages, as LLaMA-Factory plots PPO
                 path = plot_loss(trainer.state.log_history, args.output_dir, key)
                 if path is not None:
                     logger.info("loss plot written to %s", path)

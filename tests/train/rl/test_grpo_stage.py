@@ -121,3 +121,4 @@ def test_grpo_example_trains_through_the_cli(tmp_path):
     ):
         assert key in logs[0]
     assert 1 <= logs[0]["completions/mean_length"] <= 12  # max_new_tokens: 12
+    assert (out / "training_reward.png").exists()  # plot_loss: true plots the reward too

@@ -1,0 +1,146 @@
+"""Do the RL stages learn? Short CPU runs through the CLI, with their reward curves.
+
+    python bench/rl_learning.py [--stages grpo ppo] [--work DIR] [--out bench/results]
+
+grpo: a warm start (the quickstart's SFT, cut to 200 steps so the policy answers some demo tasks
+      and misses others), then GRPO on the same prompts with the rule rewards of
+      `examples/rewards/counting.py` (exact answer + word overlap, 0..2 per completion).
+ppo:  a reward model trained by our `rm` stage on the demo preference pairs, then PPO of the
+      warm-started policy against it (see `--stages ppo`).
+
+Each run is one `python -m ulysses_pro train` process with LLaMA-Factory-style overrides, so what
+is measured is the product's path. Prints the logged curve as a table and writes
+`<out>/<stage>_learning.png`; asserts nothing (the tests check exactness, not learning speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+WARM_START_STEPS = 200  # of the quickstart's 800: reward ~0.4 of 2, room to learn either way
+
+
+def _train(config: Path, overrides: dict[str, object], log: Path) -> float:
+    """One training process; returns its wall time. Its output goes to `log`."""
+    command = [sys.executable, "-m", "ulysses_pro", "train", str(config)]
+    command += [f"{key}={value}" for key, value in overrides.items()]
+    started = time.perf_counter()
+    with log.open("w") as sink:
+        done = subprocess.run(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed (exit {done.returncode}); see {log}")
+    return time.perf_counter() - started
+
+
+def _history(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+
+
+def warm_start(work: Path) -> Path:
+    folder = work / "sft"
+    if not (folder / "config.json").exists():
+        seconds = _train(
+            EXAMPLES / "quickstart.yaml",
+            {
+                "output_dir": folder,
+                "max_steps": WARM_START_STEPS,
+                "do_eval": "false",
+                "save_steps": 10_000,
+                "plot_loss": "false",
+            },
+            work / "sft.log",
+        )
+        print(f"warm start: {WARM_START_STEPS} SFT steps in {seconds:.0f} s -> {folder}")
+    return folder
+
+
+def run_grpo(work: Path) -> tuple[list[dict], float]:
+    policy = warm_start(work)
+    output = work / "grpo"
+    seconds = _train(
+        EXAMPLES / "grpo_quickstart.yaml",
+        {
+            "model_name_or_path": policy,
+            "output_dir": output,
+            "per_device_train_batch_size": 8,  # prompts per step, 8 completions each
+            "learning_rate": 1e-4,
+            "max_steps": 300,
+            "logging_steps": 10,
+            "save_steps": 10_000,
+            "plot_loss": "false",
+        },
+        work / "grpo.log",
+    )
+    return [entry for entry in _history(output) if "reward" in entry], seconds
+
+
+CURVES = {
+    "grpo": ("reward", ["rewards/exact_answer", "rewards/answer_overlap"], "completions/mean_length"),
+}
+
+
+def report(stage: str, history: list[dict], seconds: float, out: Path) -> None:
+    reward_key, parts, length_key = CURVES[stage]
+    columns = ["step", reward_key, *parts, length_key]
+    print(f"\n{stage}: {len(history)} logged points, {seconds:.0f} s wall (training process)")
+    print(" | ".join(f"{c.rpartition('/')[2]:>14}" for c in columns))
+    for entry in history:
+        print(" | ".join(f"{entry.get(c, float('nan')):>14.4g}" for c in columns))
+    first, last = history[0][reward_key], history[-1][reward_key]
+    head = sum(e[reward_key] for e in history[:3]) / min(3, len(history))
+    tail = sum(e[reward_key] for e in history[-3:]) / min(3, len(history))
+    print(f"{reward_key}: first {first:.3f}, last {last:.3f}; mean of first 3 points {head:.3f}, of last 3 {tail:.3f}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e["step"] for e in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    left.plot(steps, [e[reward_key] for e in history], color="#1f5fa0", linewidth=2, label=reward_key)
+    for part in parts:
+        left.plot(steps, [e[part] for e in history], linewidth=1, label=part)
+    left.set_xlabel("optimizer step")
+    left.set_ylabel("mean over the step's completions")
+    left.set_title(f"{stage}: reward")
+    left.grid(alpha=0.3)
+    left.legend()
+    right.plot(steps, [e[length_key] for e in history], color="#a05f1f")
+    right.set_xlabel("optimizer step")
+    right.set_ylabel("tokens")
+    right.set_title(length_key)
+    right.grid(alpha=0.3)
+    figure.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stage}_learning.png"
+    figure.savefig(path)
+    plt.close(figure)
+    print(f"curve written to {path}")
+
+
+RUNS = {"grpo": run_grpo}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stages", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ulysses_pro_rl_learning"))
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    options = parser.parse_args()
+    options.work.mkdir(parents=True, exist_ok=True)
+    for stage in options.stages:
+        history, seconds = RUNS[stage](options.work)
+        report(stage, history, seconds, options.out)
+
+
+if __name__ == "__main__":
+    main()
