@@ -116,7 +116,7 @@ def test_resume_from_last_checkpoint_unless_overwrite(tmp_path):
     ("override", "message"),
     [
         ("learning_rat=1", "unknown key 'learning_rat'; did you mean 'learning_rate'?"),
-        ("stage=ppo", "stage 'ppo' is not available yet"),
+        ("stage=ppo", "reward_model: stage ppo needs a reward model"),
         ("stage=dpo", "neat_packing: stage dpo scores whole sequences one per row"),
         ("dataset=nope", "dataset 'nope' is not defined"),
         ("sequence_parallel_size=2", "must divide the number of processes (1); launch with NPROC_PER_NODE=2"),

@@ -99,7 +99,7 @@ def test_unknown_key_names_line_and_closest(config_file):
     ("override", "pattern"),
     [
         (["lora_rank=abc"], r"lora_rank='abc' is not valid; expected a integer|lora_rank='abc' is not valid"),
-        (["stage=ppo"], r"stage: stage 'ppo' is not available yet"),
+        (["stage=ppo"], r"reward_model: stage ppo needs a reward model"),
         (["stage=dpo", "pref_loss=kto_pair"], r"pref_loss: 'kto_pair' is not one of sigmoid, hinge"),
         (["stage=dpo", "pref_beta=0"], r"pref_beta: must be positive"),
         (["stage=dpo", "dpo_label_smoothing=0.7"], r"dpo_label_smoothing: must be in \[0, 0.5\]"),

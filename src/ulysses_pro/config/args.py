@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
-IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "grpo")
+IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
+REWARD_MODEL_TYPES = ("lora", "full")  # LLaMA-Factory's third, `api`, is refused by name
 LOSS_NORMALIZATIONS = ("token", "sequence")
 PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
@@ -165,7 +166,29 @@ class FinetuningArguments:
     kto_chosen_weight: float = 1.0
     kto_rejected_weight: float = 1.0
     ref_model: str | None = None
-    reward_model: str | None = None
+    # ppo (LLaMA-Factory's keys, meanings and defaults).
+    reward_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "PPO: the reward model, a folder our `rm` stage wrote (LoRA adapter or full model, with "
+            "value_head.safetensors)."
+        },
+    )
+    reward_model_adapters: str | None = None
+    reward_model_type: str = field(
+        default="lora", metadata={"help": "PPO: `lora` (an adapter on the policy's base) or `full`."}
+    )
+    ppo_buffer_size: int = field(
+        default=1, metadata={"help": "PPO: micro-batch groups (of GA micro-batches) rolled out per PPO step."}
+    )
+    ppo_epochs: int = field(default=4, metadata={"help": "PPO: passes over each PPO step's rollouts."})
+    ppo_score_norm: bool = field(
+        default=False, metadata={"help": "PPO: normalise reward-model scores by their running mean and std."}
+    )
+    ppo_target: float = field(default=6.0, metadata={"help": "PPO: target KL of the adaptive KL controller."})
+    ppo_whiten_rewards: bool = field(
+        default=False, metadata={"help": "PPO: whiten the per-token rewards before computing advantages."}
+    )
     # grpo (our stage; TRL's GRPOTrainer key names where it has one).
     num_generations: int = field(default=8, metadata={"help": "GRPO: completions sampled per prompt."})
     reward_funcs: list[str] | None = field(

@@ -13,6 +13,7 @@ from .args import (
     LOSS_NORMALIZATIONS,
     MIX_STRATEGIES,
     PREFERENCE_LOSSES,
+    REWARD_MODEL_TYPES,
     SEQUENCE_PARALLEL_MODES,
     STAGES,
     DataArguments,
@@ -72,6 +73,7 @@ def validate(
         _validate_memory(model, memory, fail)
     _validate_preference(finetuning, data, fail)
     _validate_grpo(finetuning, data, training, fail)
+    _validate_ppo(finetuning, data, training, fail)
     if finetuning.pure_bf16 and training.get("deepspeed"):
         # LLaMA-Factory refuses the same: ZeRO-3 keeps its own fp32 master weights.
         fail(
@@ -206,13 +208,40 @@ def _validate_grpo(finetuning: FinetuningArguments, data: DataArguments, trainin
         fail("epsilon_high", f"must be positive, got {finetuning.epsilon_high}")
     if finetuning.beta < 0:
         fail("beta", f"must be >= 0, got {finetuning.beta}")
+    _validate_sampling_stage("grpo", data, training, fail)
+
+
+def _validate_sampling_stage(stage: str, data: DataArguments, training: dict[str, Any], fail) -> None:
+    """What the RL stages cannot take: rows are prompts, completions are sampled."""
     if data.packing or data.neat_packing or data.streaming:
         key = "packing" if data.packing else "neat_packing" if data.neat_packing else "streaming"
-        fail(key, "stage grpo samples completions per prompt; remove packing / neat_packing / streaming")
+        fail(key, f"stage {stage} samples completions per prompt; remove packing / neat_packing / streaming")
     if training.get("do_eval"):
-        fail("do_eval", "stage grpo has no held-out evaluation yet; remove do_eval (rewards are logged per step)")
+        fail("do_eval", f"stage {stage} has no held-out evaluation yet; remove do_eval (rewards are logged per step)")
     if training.get("neftune_noise_alpha"):
-        fail("neftune_noise_alpha", "NEFTune is not applied to sampled completions in stage grpo; remove it")
+        fail("neftune_noise_alpha", f"NEFTune is not applied to sampled completions in stage {stage}; remove it")
+
+
+def _validate_ppo(finetuning: FinetuningArguments, data: DataArguments, training: dict[str, Any], fail) -> None:
+    if finetuning.stage != "ppo":
+        return
+    if finetuning.reward_model_type == "api":
+        fail("reward_model_type", "`api` (a reward server) is not supported; use lora or full")
+    if finetuning.reward_model_type not in REWARD_MODEL_TYPES:
+        fail("reward_model_type", f"{finetuning.reward_model_type!r} is not one of {', '.join(REWARD_MODEL_TYPES)}")
+    if not finetuning.reward_model:
+        fail("reward_model", "stage ppo needs a reward model: a folder the rm stage wrote")
+    if finetuning.reward_model_type == "lora" and finetuning.finetuning_type != "lora":
+        # LLaMA-Factory refuses the same: a LoRA reward model is a second adapter on the policy.
+        fail("reward_model_type", "a full or freeze PPO policy needs reward_model_type: full")
+    if finetuning.reward_model_adapters and finetuning.reward_model_type != "full":
+        fail("reward_model_adapters", "only a full reward model takes adapters; reward_model is the adapter for lora")
+    for key in ("ppo_buffer_size", "ppo_epochs"):
+        if getattr(finetuning, key) < 1:
+            fail(key, f"must be >= 1, got {getattr(finetuning, key)}")
+    if not finetuning.ppo_target > 0:
+        fail("ppo_target", f"must be positive, got {finetuning.ppo_target}")
+    _validate_sampling_stage("ppo", data, training, fail)
 
 
 def _validate_pro(pro: ProArguments, fail) -> None:

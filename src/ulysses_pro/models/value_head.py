@@ -22,8 +22,10 @@ VALUE_HEAD_FILE = "value_head.safetensors"
 _WEIGHT, _BIAS = "v_head.summary.weight", "v_head.summary.bias"
 
 
-def attach_value_head(model: nn.Module, seed: int) -> nn.Linear:
-    """Create the value head (seeded: every rank and every run starts from the same head)."""
+def attach_value_head(model: nn.Module, seed: int, freeze_lm_head: bool = True) -> nn.Linear:
+    """Create the value head (seeded: every rank and every run starts from the same head).
+    `freeze_lm_head`: a reward model's vocabulary projection stops training; a PPO critic's policy
+    keeps its own."""
     hf_model = unwrap_model(model)
     config = (
         hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config
@@ -38,7 +40,8 @@ def attach_value_head(model: nn.Module, seed: int) -> nn.Linear:
     # The vocabulary projection plays no part in a reward model; an untied one would get no gradient
     # (and DDP would wait for it), so it stops training. A tied one is the input embedding: keep it.
     lm_head = hf_model.get_output_embeddings()
-    if lm_head is not None and lm_head.weight is not hf_model.get_input_embeddings().weight:
+    untied = lm_head is not None and lm_head.weight is not hf_model.get_input_embeddings().weight
+    if freeze_lm_head and untied:
         lm_head.requires_grad_(False)
     return hf_model.v_head
 
@@ -57,6 +60,27 @@ def value_head_output(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         del head.forward
+
+
+@contextlib.contextmanager
+def values_alongside(model: nn.Module) -> Iterator[None]:
+    """Within the block (inside `token_loss_head`), `model(...).logits` is (batch x seq x 2): the
+    output head's per-token value at [..., 0] and the value head's score at [..., 1], both from the
+    same last hidden states (one forward for the policy's log-probs and the critic's values)."""
+    hf_model = unwrap_model(model)
+    head, value_head = hf_model.get_output_embeddings(), hf_model.v_head
+    inner = head.forward
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        first = inner(hidden)
+        values = value_head(hidden.to(value_head.weight.dtype)).squeeze(-1)
+        return torch.stack([first, values.to(first.dtype)], dim=-1)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        head.forward = inner
 
 
 def save_value_head(model: nn.Module, output_dir: str | Path) -> Path:

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .comm import all_gather_sequence
 from .kernels import Sequences
 from .mesh import SequenceParallelLayout
-from .sharding import ring_runs, shard_runs
+from .sharding import gather_full_sequence, ring_runs
 
 
 @dataclass(frozen=True)
@@ -65,23 +64,7 @@ class AttentionPlan:
 
 def full_positions(position_ids: torch.Tensor, layout: SequenceParallelLayout) -> torch.Tensor:
     """Position ids (b, S) of the whole sequence in global token order, from every SP rank's shard."""
-    gathered = all_gather_sequence(position_ids, layout.sp_group)  # (b, S) in sp-rank order
-    local = position_ids.shape[1]
-    length = local * layout.sp_size
-    pieces = []
-    for sp_rank in range(layout.sp_size):
-        runs = shard_runs(
-            length,
-            layout.ulysses_size,
-            layout.ring_size,
-            sp_rank % layout.ulysses_size,
-            sp_rank // layout.ulysses_size,
-        )
-        offset = sp_rank * local
-        for start, stop in runs:
-            pieces.append((start, gathered[:, offset : offset + stop - start]))
-            offset += stop - start
-    return torch.cat([piece for _, piece in sorted(pieces, key=lambda item: item[0])], dim=1)
+    return gather_full_sequence(position_ids, layout)
 
 
 def document_starts(positions: torch.Tensor) -> list[list[int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .comm import all_gather_sequence
 from .mesh import SequenceParallelLayout
 from .reduce import IGNORE_INDEX
 
@@ -121,3 +122,27 @@ class SequenceParallelCollator:
         return split_for_sequence_parallel(
             batch, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank
         )
+
+
+def gather_full_sequence(local: torch.Tensor, layout: SequenceParallelLayout) -> torch.Tensor:
+    """The inverse of the split: (b, S) in global token order from every SP rank's (b, S / P) shard.
+    No autograd; for per-token scalars (positions, log-probs, values), never for hidden states."""
+    if layout.sp_size == 1:
+        return local
+    gathered = all_gather_sequence(local, layout.sp_group)  # (b, S) in sp-rank order
+    width = local.shape[1]
+    length = width * layout.sp_size
+    pieces = []
+    for sp_rank in range(layout.sp_size):
+        runs = shard_runs(
+            length,
+            layout.ulysses_size,
+            layout.ring_size,
+            sp_rank % layout.ulysses_size,
+            sp_rank // layout.ulysses_size,
+        )
+        offset = sp_rank * width
+        for start, stop in runs:
+            pieces.append((start, gathered[:, offset : offset + stop - start]))
+            offset += stop - start
+    return torch.cat([piece for _, piece in sorted(pieces, key=lambda item: item[0])], dim=1)

@@ -14,49 +14,25 @@ and lengths over the SP group before dividing (contract 7), like the DPO family.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
-from ...data.collators import PaddingCollator
-from ...models.memory import token_loss_head
-from ...parallel.reduce import (
-    IGNORE_INDEX,
-    count_targets,
-    global_sum,
-    normalized_token_loss,
-)
-from ...parallel.sharding import SequenceParallelCollator
-from ..metrics import SequenceMetrics
-from ..trainer import UlyssesTrainer
+from ...parallel.reduce import IGNORE_INDEX, count_targets, global_sum, normalized_token_loss
 from .objectives import group_advantages, grpo_token_losses
 from .rewards import score
-from .rollout import Rollout, roll_out
-
-logger = logging.getLogger(__name__)
+from .rollout_trainer import RolloutTrainer, completion_row
 
 ADVANTAGES = "advantages"
-SHOWN_SAMPLES = 2  # completions printed at each logging step
 
 
-class GrpoTrainer(UlyssesTrainer):
-    """UlyssesTrainer whose micro-batches are sampled, scored completions of the dataset's prompts."""
+class GrpoTrainer(RolloutTrainer):
+    """RolloutTrainer whose micro-batches are groups of scored completions per prompt."""
 
-    # The loader yields prompt rows (DP-sharded, the same on every SP rank); `rollout_batch` splits.
-    loader_splits_sequences = False
-
-    def __init__(self, *args: Any, grpo=None, reference=None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, grpo=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grpo = grpo  # FinetuningArguments: num_generations, epsilon(s), beta, loss_normalization, ...
-        self.reference = reference.to(self.args.device) if reference is not None else None
-        self.train_metrics = SequenceMetrics(self.args.device)
-        self.metric_sources.append(self.train_metrics)
-        # Set by the stage once SP is wired (stages/grpo.py): what samples and what scores.
-        self.sampler = None
-        self.reward_functions: list = []
-        self.stop_ids: list[int] = []
-        self._shown: list[tuple[Rollout, float]] = []
+        self.reward_functions: list = []  # set by the stage
 
     # -- rollouts ----------------------------------------------------------------------------------
 
@@ -77,50 +53,17 @@ class GrpoTrainer(UlyssesTrainer):
     def rollout_batch(self, prompts, sample_step: int) -> dict[str, torch.Tensor]:
         """Sample, score and collate one micro-batch: prompts x num_generations rows, SP-split."""
         generations = self.grpo.num_generations
-        rollouts = roll_out(
-            self.sampler,
-            self.model,
-            prompts,
-            generations,
-            sample_step,
-            self.processing_class,
-            self.stop_ids,
-            self._sp_group,
-        )
+        rollouts = self.sample(prompts, generations, sample_step)
         rewards, per_function = score(self.reward_functions, rollouts)
         rewards = torch.tensor(rewards, dtype=torch.float32)
         advantages = group_advantages(rewards, generations, scale=self.grpo.scale_rewards)
-        self._record_rollouts(rollouts, rewards, per_function)
-        rows = [
-            {
-                "input_ids": r.prompt.prompt_ids + r.completion_ids,
-                # Shifted once over the whole sequence (contract 2): position t predicts token t + 1.
-                "shift_labels": [IGNORE_INDEX] * (len(r.prompt.prompt_ids) - 1)
-                + r.completion_ids
-                + [IGNORE_INDEX],
-            }
-            for r in rollouts
-        ]
-        pad = self.processing_class.pad_token_id
-        collate = PaddingCollator(pad)
-        if self._sp_group is not None:
-            collate = SequenceParallelCollator(collate, pad, self.sp_layout)
-        batch = collate(rows)
+        self.record_completions(rollouts, rewards)
+        self.train_metrics.record("reward_std", rewards.view(-1, generations).std(dim=1))
+        for name, values in per_function.items():
+            self.train_metrics.record(f"rewards/{name.rpartition(':')[2]}", torch.tensor(values))
+        batch = self.collate([completion_row(r) for r in rollouts])
         batch[ADVANTAGES] = advantages
         return batch
-
-    def _record_rollouts(self, rollouts: list[Rollout], rewards: torch.Tensor, per_function: dict) -> None:
-        metrics = self.train_metrics
-        metrics.record("reward", rewards)
-        grouped = rewards.view(-1, self.grpo.num_generations)
-        metrics.record("reward_std", grouped.std(dim=1))
-        for name, values in per_function.items():
-            metrics.record(f"rewards/{name.rpartition(':')[2]}", torch.tensor(values))
-        metrics.record(
-            "completions/mean_length", torch.tensor([float(len(r.completion_ids)) for r in rollouts])
-        )
-        metrics.record("completions/clipped_ratio", torch.tensor([float(r.truncated) for r in rollouts]))
-        self._shown = list(zip(rollouts[:SHOWN_SAMPLES], rewards[:SHOWN_SAMPLES].tolist()))
 
     def _global_count(self, batches: list[dict[str, torch.Tensor]], device) -> torch.Tensor | None:
         """What the step's loss is normalised by: its completion tokens, or its completions, over every
@@ -133,11 +76,6 @@ class GrpoTrainer(UlyssesTrainer):
         return self._global_sequence_count(sum(b["input_ids"].shape[0] for b in batches), device)
 
     # -- the update --------------------------------------------------------------------------------
-
-    def token_logps(self, model, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        """log p of each target token of this rank's shard (0 where there is none), from the tiled head."""
-        with token_loss_head(model, targets, head_options=self.loss_head):
-            return -model(**batch, use_cache=False).logits
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -189,15 +127,3 @@ class GrpoTrainer(UlyssesTrainer):
         # Sequence normalisation: every SP rank holds the same loss, back-propagated W x; the logged
         # value is the mean over ranks, so divide it (not the gradient) by the SP size.
         return loss / self.loss_replicas if self.grpo.loss_normalization == "sequence" else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._shown and self.is_world_process_zero():
-            for rollout, reward in self._shown:
-                logger.info(
-                    "step %d sample (reward %.3f)\n  prompt:     %s\n  completion: %s",
-                    self.state.global_step,
-                    reward,
-                    rollout.prompt.prompt[-200:],
-                    rollout.completion[:300],
-                )
-        super().log(logs, start_time)

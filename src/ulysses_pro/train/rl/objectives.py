@@ -17,6 +17,7 @@ extended), so every statistic below sees the full sequence and the global batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -120,13 +121,20 @@ def normalised_loss(
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    total: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """(values - mean) / std over the masked entries (the unbiased variance, as TRL's whiten)."""
+    """(values - mean) / std over the masked entries (the unbiased variance, as TRL's whiten).
+    `total` sums each statistic over the ranks that share the batch (the DP group), so every rank
+    whitens with the statistics of the global batch."""
+    total = total or (lambda x: x)
     mask = mask.to(values.dtype)
-    count = mask.sum()
-    mean = (values * mask).sum() / count
-    variance = (((values - mean) * mask) ** 2).sum() / (count - 1).clamp(min=1)
+    count = total(mask.sum())
+    mean = total((values * mask).sum()) / count
+    variance = total((((values - mean) * mask) ** 2).sum()) / (count - 1).clamp(min=1)
     whitened = (values - mean) * torch.rsqrt(variance + eps)
     return whitened if shift_mean else whitened + mean
 

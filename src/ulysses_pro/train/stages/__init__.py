@@ -12,6 +12,7 @@ _RUNNERS = {
     "dpo": ("dpo", "run_dpo"),
     "kto": ("kto", "run_kto"),
     "rm": ("rm", "run_rm"),
+    "ppo": ("ppo", "run_ppo"),
     "grpo": ("grpo", "run_grpo"),
 }
 
