@@ -104,13 +104,15 @@ def peak_at(variant: str, length: int, options: dict) -> dict:
     return run_ranks(_measure, 1, variant, length, options, timeout=1800)[0]
 
 
-def longest_under_cap(variant: str, options: dict, log) -> tuple[int, dict]:
-    """Largest L (a multiple of the granularity) whose measured peak stays under the cap."""
+def longest_under_cap(variant: str, options: dict, log, measure=None) -> tuple[int, dict]:
+    """Largest L (a multiple of the granularity) whose measured peak stays under the cap;
+    `measure(variant, length, options) -> {"peak_mib", ...}` defaults to this bench's `peak_at`."""
+    measure = measure or peak_at
     cap, step = options["cap_mib"], options["granularity"]
     good, bad, best = 0, None, None
     length = options["start"]
     while bad is None:
-        result = peak_at(variant, length, options)
+        result = measure(variant, length, options)
         log(variant, length, result)
         if result["peak_mib"] <= cap:
             good, best, length = length, result, length * 2
@@ -120,7 +122,7 @@ def longest_under_cap(variant: str, options: dict, log) -> tuple[int, dict]:
             return good, best
     while bad - good > step:
         middle = (good + bad) // 2 // step * step
-        result = peak_at(variant, middle, options)
+        result = measure(variant, middle, options)
         log(variant, middle, result)
         if result["peak_mib"] <= cap:
             good, best = middle, result

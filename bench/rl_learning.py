@@ -5,8 +5,9 @@
 grpo: a warm start (the quickstart's SFT, cut to 200 steps so the policy answers some demo tasks
       and misses others), then GRPO on the same prompts with the rule rewards of
       `examples/rewards/counting.py` (exact answer + word overlap, 0..2 per completion).
-ppo:  a reward model trained by our `rm` stage on the demo preference pairs, then PPO of the
-      warm-started policy against it (see `--stages ppo`).
+ppo:  a reward model trained by our `rm` stage (the shipped LoRA example) on the demo tasks'
+      preference pairs, on the warm start's base, then PPO of the warm-started LoRA policy against
+      it (`examples/ppo_quickstart.yaml`); the reward is the reward model's score.
 
 Each run is one `python -m ulysses_pro train` process with LLaMA-Factory-style overrides, so what
 is measured is the product's path. Prints the logged curve as a table and writes
@@ -82,13 +83,55 @@ def run_grpo(work: Path) -> tuple[list[dict], float]:
     return [entry for entry in _history(output) if "reward" in entry], seconds
 
 
+def run_ppo(work: Path) -> tuple[list[dict], float]:
+    policy = warm_start(work)
+    reward_model = work / "rm"
+    if not (reward_model / "value_head.safetensors").exists():
+        # The shipped reward-model example, on the policy's own base and the demo tasks' pairs.
+        seconds = _train(
+            EXAMPLES / "reward_model.yaml",
+            {
+                "model_name_or_path": policy,
+                "dataset": "demo_pairs",
+                "output_dir": reward_model,
+                "plot_loss": "false",
+            },
+            work / "rm.log",
+        )
+        accuracy = [e["rewards/accuracies"] for e in _history(reward_model) if "rewards/accuracies" in e]
+        print(f"reward model: LoRA rm stage in {seconds:.0f} s, last logged pair accuracy {accuracy[-1]:.3f}")
+    output = work / "ppo"
+    seconds = _train(
+        EXAMPLES / "ppo_quickstart.yaml",
+        {
+            "model_name_or_path": policy,
+            "reward_model": reward_model,
+            "output_dir": output,
+            **PPO_SETTINGS,
+            "save_steps": 10_000,
+            "plot_loss": "false",
+        },
+        work / "ppo.log",
+    )
+    return [entry for entry in _history(output) if "reward" in entry], seconds
+
+
+PPO_SETTINGS = {
+    "per_device_train_batch_size": 16,
+    "learning_rate": 2e-4,
+    "max_steps": 120,
+    "logging_steps": 10,
+}
+
+# stage: (reward key, its parts, the right panel's key)
 CURVES = {
     "grpo": ("reward", ["rewards/exact_answer", "rewards/answer_overlap"], "completions/mean_length"),
+    "ppo": ("reward", [], "kl"),
 }
 
 
 def report(stage: str, history: list[dict], seconds: float, out: Path) -> None:
-    reward_key, parts, length_key = CURVES[stage]
+    reward_key, parts, length_key = CURVES[stage]  # length_key: the right panel
     columns = ["step", reward_key, *parts, length_key]
     print(f"\n{stage}: {len(history)} logged points, {seconds:.0f} s wall (training process)")
     print(" | ".join(f"{c.rpartition('/')[2]:>14}" for c in columns))
@@ -97,7 +140,9 @@ def report(stage: str, history: list[dict], seconds: float, out: Path) -> None:
     first, last = history[0][reward_key], history[-1][reward_key]
     head = sum(e[reward_key] for e in history[:3]) / min(3, len(history))
     tail = sum(e[reward_key] for e in history[-3:]) / min(3, len(history))
-    print(f"{reward_key}: first {first:.3f}, last {last:.3f}; mean of first 3 points {head:.3f}, of last 3 {tail:.3f}")
+    print(
+        f"{reward_key}: first {first:.3f}, last {last:.3f}; mean of first 3 points {head:.3f}, of last 3 {tail:.3f}"
+    )
 
     import matplotlib
 
@@ -116,7 +161,7 @@ def report(stage: str, history: list[dict], seconds: float, out: Path) -> None:
     left.legend()
     right.plot(steps, [e[length_key] for e in history], color="#a05f1f")
     right.set_xlabel("optimizer step")
-    right.set_ylabel("tokens")
+    right.set_ylabel("tokens" if length_key.startswith("completions") else "nats per completion")
     right.set_title(length_key)
     right.grid(alpha=0.3)
     figure.tight_layout()
@@ -127,7 +172,7 @@ def report(stage: str, history: list[dict], seconds: float, out: Path) -> None:
     print(f"curve written to {path}")
 
 
-RUNS = {"grpo": run_grpo}
+RUNS = {"grpo": run_grpo, "ppo": run_ppo}
 
 
 def main() -> None:

@@ -111,3 +111,18 @@ def build_prompt_datasets(data_args, tokenizer, seed: int = 42) -> DatasetBundle
     evaluation = _encode(held, tokenizer, template, data_args.cutoff_len, "eval")
     samples = [conversation for _, conversation in (held or items)[:3]]
     return DatasetBundle(train, evaluation, samples, template)
+
+
+def answer_suffix_ids(template, tokenizer) -> list[int]:
+    """The tokens a chat format puts after an answer's stop token (chatml: the newline after
+    `<|im_end|>`; Llama 3: none). Training rows end with them, so a reward model trained on such
+    rows scores a sampled completion only once they follow its stop token."""
+    from .errors import RowRef
+
+    probe = Conversation(
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], RowRef("<probe>", 0)
+    )
+    _, answer = template.one_turn(tokenizer, probe)
+    stops = set(template.stop_token_ids(tokenizer))
+    ends = [position for position, token in enumerate(answer) if token in stops]
+    return answer[ends[-1] + 1 :] if ends else []

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 
 from ...models.memory import token_loss_head
-from ...models.value_head import load_value_head, save_value_head, values_alongside
+from ...models.value_head import values_alongside
 from ...parallel.reduce import IGNORE_INDEX, global_sum, normalized_token_loss
 from ...parallel.sharding import gather_full_sequence
+from ..value_head_saving import ValueHeadSaving
 from .controllers import AdaptiveKLController, RunningMoments
 from .objectives import clipped_surrogate, clipped_value_loss, gae, masked_whiten
 from .rollout_trainer import RolloutTrainer, completion_row
@@ -76,13 +77,14 @@ def _padded(keys: tuple[str, ...], dtype=torch.float32):
     return extra
 
 
-class PpoTrainer(RolloutTrainer):
+class PpoTrainer(ValueHeadSaving, RolloutTrainer):
     """RolloutTrainer with a critic (the policy's value head) and a reward model."""
 
     def __init__(self, *args: Any, ppo=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ppo = ppo  # FinetuningArguments: ppo_* keys
         self.reward_model = None  # set by the stage (needs the SP-wired policy)
+        self.score_suffix: list[int] = []  # set by the stage from the template
         self.kl_control = AdaptiveKLController(INITIAL_KL_COEF, ppo.ppo_target)
         self.score_moments = RunningMoments()
         self._ppo_step = 0
@@ -108,18 +110,30 @@ class PpoTrainer(RolloutTrainer):
     def _whole(self, local: torch.Tensor) -> torch.Tensor:
         return gather_full_sequence(local, self.sp_layout) if self._sp_group is not None else local
 
+    def _scored_row(self, rollout) -> dict[str, list[int]]:
+        """What the reward model reads: the completion as a training row ends, i.e. followed by the
+        template's tokens after the stop token when it stopped (`score_suffix`), scored at its end."""
+        ids = rollout.prompt.prompt_ids + rollout.completion_ids
+        if not rollout.truncated:
+            ids = ids + self.score_suffix
+        return {
+            "input_ids": ids,
+            "shift_labels": [IGNORE_INDEX] * len(ids),
+            "last_token": [0] * (len(ids) - 1) + [1],
+        }
+
     @torch.no_grad()
     def _score_batch(self, prompts, sample_step: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
         """Roll out one micro-batch and read everything the step needs, as whole rows."""
         rollouts = self.sample(prompts, 1, sample_step)
-        rows = []
-        for rollout in rollouts:
-            row = completion_row(rollout)
-            row["last_token"] = [0] * (len(row["input_ids"]) - 1) + [1]
-            rows.append(row)
-        batch = self.collate(rows, _padded(("last_token",), torch.long))
-        last_token = batch.pop("last_token")
+        rows = [completion_row(rollout) for rollout in rollouts]
+        batch = self.collate(rows)
         targets = batch.pop("shift_labels")
+        scored_batch = self.collate(
+            [self._scored_row(r) for r in rollouts], _padded(("last_token",), torch.long)
+        )
+        last_token = scored_batch.pop("last_token")
+        scored_batch.pop("shift_labels")
         model = self.model
         was_training = model.training
         model.eval()
@@ -128,7 +142,7 @@ class PpoTrainer(RolloutTrainer):
                 out = model(**batch, use_cache=False).logits
             with self.reference.scoring(model) as reference:
                 reference_logps = self.token_logps(reference, batch, targets)
-            scores = self.reward_model.score(model, batch, last_token, self.sequence_sum)
+            scores = self.reward_model.score(model, scored_batch, last_token, self.sequence_sum)
         finally:
             model.train(was_training)
         whole = {
@@ -260,15 +274,7 @@ class PpoTrainer(RolloutTrainer):
         loss = normalized_token_loss(total, num_items_in_batch, self.gradient_average_world)
         return (loss, None) if return_outputs else loss
 
-    # -- the critic and the controllers travel with checkpoints -----------------------------------
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
-        save_value_head(self.model, output_dir or self.args.output_dir)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_value_head(model if model is not None else self.model, resume_from_checkpoint)
+    # -- the controllers travel with checkpoints (the critic: ValueHeadSaving) -------------------
 
     def rank_state(self) -> dict:
         state = super().rank_state()

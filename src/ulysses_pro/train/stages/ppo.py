@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from ...config import RunConfig
-from ...data.prompts import PromptCollator, build_prompt_datasets
+from ...data.prompts import PromptCollator, answer_suffix_ids, build_prompt_datasets
 from ...models.loader import adapter_paths
 from ...models.value_head import attach_value_head, load_value_head
 from ..rl.ppo_trainer import PpoTrainer
@@ -26,6 +26,7 @@ def _attach_critic(model, config: RunConfig):
 
 def _configure(trainer: PpoTrainer, bundle, config: RunConfig) -> None:
     configure_sampling(trainer, bundle, config)
+    trainer.score_suffix = answer_suffix_ids(bundle.template, trainer.processing_class)
     trainer.reward_model = RewardModel.load(config, trainer.model, trainer.processing_class)
 
 

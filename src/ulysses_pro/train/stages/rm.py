@@ -6,13 +6,14 @@ import torch
 
 from ...config import RunConfig
 from ...models.loader import adapter_paths
-from ...models.value_head import attach_value_head, load_value_head, save_value_head, value_head_output
+from ...models.value_head import attach_value_head, load_value_head, value_head_output
 from ..losses import pairwise_reward_loss
 from ..sequence_trainer import SequenceLossTrainer
+from ..value_head_saving import ValueHeadSaving
 from ..workflow import run_sequence_stage
 
 
-class RewardTrainer(SequenceLossTrainer):
+class RewardTrainer(ValueHeadSaving, SequenceLossTrainer):
     """Rows [:b] chosen, [b:] rejected; the reward is the value head's score at the last real token."""
 
     def num_sequences(self, batch: dict[str, torch.Tensor]) -> int:
@@ -37,14 +38,6 @@ class RewardTrainer(SequenceLossTrainer):
         metrics.record("rewards/accuracies", (chosen > rejected).float())
         metrics.record("rewards/margins", chosen - rejected)
         return pairwise_reward_loss(chosen, rejected)
-
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        super()._save(output_dir, state_dict)
-        save_value_head(self.model, output_dir or self.args.output_dir)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load_value_head(model if model is not None else self.model, resume_from_checkpoint)
 
 
 def _prepare_reward_model(model, config: RunConfig):
