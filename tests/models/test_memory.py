@@ -79,3 +79,22 @@ def test_summed_loss_makes_exact_gradients_in_forward(softcap, frozen_head):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert frozen_head == (head.weight.grad is None)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_tiled_entropies_equal_the_full_distributions_entropy(softcap):
+    from ulysses_pro.models.memory import tiled_token_entropy
+    from ulysses_pro.parallel.reduce import IGNORE_INDEX
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    hidden = torch.randn(2, 9, 16) * 3
+    targets = torch.randint(0, 50, (2, 9))
+    targets[0, :3] = IGNORE_INDEX
+    logits = head(hidden)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    expected = torch.distributions.Categorical(logits=logits).entropy() * targets.ne(IGNORE_INDEX)
+    got = tiled_token_entropy(hidden, head, targets, softcap=softcap, chunk_tokens=4)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert got[0, :3].abs().max() == 0  # no target, no entropy

@@ -52,6 +52,7 @@ def run_training(callbacks: tuple = (), **keys) -> dict:
         "eval_losses": [entry["eval_loss"] for entry in history if "eval_loss" in entry],
         # the last per-step training log line (loss, learning rate, rewards/*, guard/*, ...)
         "metrics": [entry for entry in history if "loss" in entry][-1],
+        "logged": [entry for entry in history if "loss" in entry],  # every training log line
         "eval_metrics": next((entry for entry in reversed(history) if "eval_loss" in entry), {}),
         # (ulysses degree, ring degree) the run really used, so a test can say what it ran
         "layout": (layout.ulysses_size, layout.ring_size) if (layout := trainer.sp_layout) else (1, 1),

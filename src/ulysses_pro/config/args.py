@@ -201,13 +201,21 @@ class FinetuningArguments:
     reward_weights: list[float] | None = field(
         default=None, metadata={"help": "GRPO: one weight per reward function (default: all 1)."}
     )
+    num_iterations: int = field(
+        default=1,
+        metadata={"help": "GRPO: updates per batch of rollouts (> 1: the ratio is clipped, TRL's key)."},
+    )
     epsilon: float = field(default=0.2, metadata={"help": "GRPO: the ratio's lower clip, 1 - epsilon."})
     epsilon_high: float | None = field(
-        default=None, metadata={"help": "GRPO: the ratio's upper clip, 1 + epsilon_high (DAPO); default epsilon."}
+        default=None,
+        metadata={"help": "GRPO: the ratio's upper clip, 1 + epsilon_high (DAPO); default epsilon."},
     )
-    beta: float = field(default=0.0, metadata={"help": "GRPO: weight of the k3 KL to the reference; 0 = none."})
+    beta: float = field(
+        default=0.0, metadata={"help": "GRPO: weight of the k3 KL to the reference; 0 = none."}
+    )
     scale_rewards: bool = field(
-        default=True, metadata={"help": "GRPO: divide advantages by the group's reward std (false: Dr. GRPO)."}
+        default=True,
+        metadata={"help": "GRPO: divide advantages by the group's reward std (false: Dr. GRPO)."},
     )
     loss_normalization: str = field(
         default="token",

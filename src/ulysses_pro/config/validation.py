@@ -178,25 +178,38 @@ def _validate_preference(finetuning: FinetuningArguments, data: DataArguments, f
             fail(key, f"must be positive, got {getattr(finetuning, key)}")
 
 
-def _validate_grpo(finetuning: FinetuningArguments, data: DataArguments, training: dict[str, Any], fail) -> None:
+def _validate_grpo(
+    finetuning: FinetuningArguments, data: DataArguments, training: dict[str, Any], fail
+) -> None:
     if finetuning.stage != "grpo":
         return
-    if not finetuning.reward_funcs:
-        fail("reward_funcs", "stage grpo needs at least one reward function, e.g. [my_rewards:exact_match]")
+    if not finetuning.reward_funcs and not finetuning.reward_model:
+        fail(
+            "reward_funcs",
+            "stage grpo needs at least one reward function, e.g. [my_rewards:exact_match], or a reward_model",
+        )
     weights = finetuning.reward_weights
     if weights is not None:
         try:
             finetuning.reward_weights = [float(w) for w in weights]
         except (TypeError, ValueError):
             fail("reward_weights", f"{weights!r}: expected a list of numbers")
-        if len(finetuning.reward_weights) != len(finetuning.reward_funcs):
+        sources = len(finetuning.reward_funcs or []) + bool(finetuning.reward_model)
+        if len(finetuning.reward_weights) != sources:
             fail(
                 "reward_weights",
-                f"{len(finetuning.reward_weights)} weights for {len(finetuning.reward_funcs)} reward_funcs; "
-                "give one per function",
+                f"{len(finetuning.reward_weights)} weights for {len(finetuning.reward_funcs or [])} reward_funcs"
+                f"{' and a reward_model' if finetuning.reward_model else ''}; give one per reward",
             )
+    if finetuning.reward_model:
+        _validate_reward_model(finetuning, fail)
+    if finetuning.num_iterations < 1:
+        fail("num_iterations", f"must be >= 1, got {finetuning.num_iterations}")
     if finetuning.num_generations < 2:
-        fail("num_generations", f"must be >= 2 (group advantages compare completions), got {finetuning.num_generations}")
+        fail(
+            "num_generations",
+            f"must be >= 2 (group advantages compare completions), got {finetuning.num_generations}",
+        )
     if finetuning.loss_normalization not in LOSS_NORMALIZATIONS:
         fail(
             "loss_normalization",
@@ -217,25 +230,43 @@ def _validate_sampling_stage(stage: str, data: DataArguments, training: dict[str
         key = "packing" if data.packing else "neat_packing" if data.neat_packing else "streaming"
         fail(key, f"stage {stage} samples completions per prompt; remove packing / neat_packing / streaming")
     if training.get("do_eval"):
-        fail("do_eval", f"stage {stage} has no held-out evaluation yet; remove do_eval (rewards are logged per step)")
+        fail(
+            "do_eval",
+            f"stage {stage} has no held-out evaluation yet; remove do_eval (rewards are logged per step)",
+        )
     if training.get("neftune_noise_alpha"):
-        fail("neftune_noise_alpha", f"NEFTune is not applied to sampled completions in stage {stage}; remove it")
+        fail(
+            "neftune_noise_alpha",
+            f"NEFTune is not applied to sampled completions in stage {stage}; remove it",
+        )
 
 
-def _validate_ppo(finetuning: FinetuningArguments, data: DataArguments, training: dict[str, Any], fail) -> None:
-    if finetuning.stage != "ppo":
-        return
+def _validate_reward_model(finetuning: FinetuningArguments, fail) -> None:
     if finetuning.reward_model_type == "api":
         fail("reward_model_type", "`api` (a reward server) is not supported; use lora or full")
     if finetuning.reward_model_type not in REWARD_MODEL_TYPES:
-        fail("reward_model_type", f"{finetuning.reward_model_type!r} is not one of {', '.join(REWARD_MODEL_TYPES)}")
-    if not finetuning.reward_model:
-        fail("reward_model", "stage ppo needs a reward model: a folder the rm stage wrote")
+        fail(
+            "reward_model_type",
+            f"{finetuning.reward_model_type!r} is not one of {', '.join(REWARD_MODEL_TYPES)}",
+        )
     if finetuning.reward_model_type == "lora" and finetuning.finetuning_type != "lora":
         # LLaMA-Factory refuses the same: a LoRA reward model is a second adapter on the policy.
-        fail("reward_model_type", "a full or freeze PPO policy needs reward_model_type: full")
+        fail("reward_model_type", f"a {finetuning.finetuning_type} policy needs reward_model_type: full")
     if finetuning.reward_model_adapters and finetuning.reward_model_type != "full":
-        fail("reward_model_adapters", "only a full reward model takes adapters; reward_model is the adapter for lora")
+        fail(
+            "reward_model_adapters",
+            "only a full reward model takes adapters; reward_model is the adapter for lora",
+        )
+
+
+def _validate_ppo(
+    finetuning: FinetuningArguments, data: DataArguments, training: dict[str, Any], fail
+) -> None:
+    if finetuning.stage != "ppo":
+        return
+    if not finetuning.reward_model:
+        fail("reward_model", "stage ppo needs a reward model: a folder the rm stage wrote")
+    _validate_reward_model(finetuning, fail)
     for key in ("ppo_buffer_size", "ppo_epochs"):
         if getattr(finetuning, key) < 1:
             fail(key, f"must be >= 1, got {getattr(finetuning, key)}")

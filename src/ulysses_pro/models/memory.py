@@ -166,6 +166,31 @@ def tiled_token_hits(
     return hits
 
 
+@torch.no_grad()
+def tiled_token_entropy(
+    hidden: torch.Tensor,
+    head: nn.Linear,
+    targets: torch.Tensor,
+    *,
+    softcap: float | None = None,
+    chunk_tokens: int | None = None,
+) -> torch.Tensor:
+    """Entropy of the next-token distribution at every target position (0 elsewhere), chunk by
+    chunk: logsumexp(z) - sum softmax(z) z, one `chunk x vocab` slab at a time (a metric: no grad)."""
+    chunk = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    pieces = []
+    for start in range(0, flat_targets.shape[0], chunk):
+        logits = F.linear(flat_hidden[start : start + chunk].to(head.weight.dtype), head.weight, head.bias).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        log_probs = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
+        pieces.append(entropy * flat_targets[start : start + chunk].ne(IGNORE_INDEX))
+    return torch.cat(pieces).view(targets.shape)
+
+
 def _active_head(head: nn.Module) -> nn.Linear:
     """The Linear that computes logits: the head itself, or, when LoRA trains it in full
     (`modules_to_save`: additional_target, a resized vocabulary), the copy of the active adapter,
@@ -188,10 +213,12 @@ def token_loss_head(
     *,
     reduction: str = "none",
     hits: list | None = None,
+    entropies: list | None = None,
 ) -> Iterator[None]:
     """Within the block, `model(...).logits` holds per-token losses for `targets` (already shifted),
     or with `reduction="sum"` their sum (gradients then computed in forward, see above). `hits`: a
-    list that receives each forward's count of targets that are their logits' argmax (accuracy)."""
+    list that receives each forward's count of targets that are their logits' argmax (accuracy);
+    `entropies`: one that receives each forward's per-token entropies (RL stages' logs)."""
     if reduction not in ("none", "sum"):
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     options = head_options or LossHead(chunk_tokens=chunk_tokens)
@@ -211,6 +238,10 @@ def token_loss_head(
             )
         if hits is not None:
             hits.append(tiled_token_hits(hidden, head, targets, options.chunk_tokens))
+        if entropies is not None:
+            entropies.append(
+                tiled_token_entropy(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
+            )
         if options.fused is not None:
             flat = hidden.reshape(-1, hidden.shape[-1])
             losses = options.fused(flat, head.weight, targets.reshape(-1), head.bias, softcap, reduction)

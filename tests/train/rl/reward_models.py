@@ -17,7 +17,9 @@ def write_reward_models(folder: Path) -> dict[str, Path]:
     the scores) on the same seeded base the tests' policies start from, + value head."""
     paths = {}
     for kind in ("full", "lora"):
-        config = training_config(stage="rm", finetuning_type=kind, dataset="demo_pairs", output_dir=str(folder / kind))
+        config = training_config(
+            stage="rm", finetuning_type=kind, dataset="demo_pairs", output_dir=str(folder / kind)
+        )
         tokenizer = load_tokenizer(config.model)
         model = load_model(config.model, config.finetuning, tokenizer, config.training)
         generator = torch.Generator().manual_seed(7)

@@ -18,6 +18,7 @@ from ulysses_pro.train.rl import rollout
 from ...launcher import run_ranks
 from ..harness import expected_layout, parallel_keys, relative_error, run_training
 from ..test_sequence_parallel import DATA
+from .reward_models import write_reward_models
 
 REWARDS = str(Path(__file__).resolve().parents[3] / "examples" / "rewards" / "counting.py")
 STEPS = 3
@@ -69,6 +70,19 @@ CASES = [
     # (world, sp, mode, keys): both normalisations, the KL term and DP x SP by default; the rest slow
     (2, 2, "zigzag-ring", {"loss_normalization": "sequence", "beta": 0.1}),
     (4, 2, "ulysses", {"loss_normalization": "token"}),  # DP 2 x SP 2
+    # two updates per rollout (old log-probs, the clip acts) and a LoRA reward model beside the rules
+    (
+        2,
+        2,
+        "ulysses",
+        {
+            "num_iterations": 2,
+            "max_steps": 4,
+            "learning_rate": 1e-2,
+            "finetuning_type": "lora",
+            "reward_model": "lora",
+        },
+    ),
     pytest.param(2, 2, "ulysses", {"loss_normalization": "token"}, marks=pytest.mark.slow),
     pytest.param(
         4,
@@ -81,9 +95,18 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def reward_models(tmp_path_factory):
+    return write_reward_models(tmp_path_factory.mktemp("grpo_reward_models"))
+
+
 @pytest.mark.parametrize(("world", "sp", "mode", "keys"), CASES)
-def test_grpo_matches_single_process_with_fixed_rollouts(tmp_path, world, sp, mode, keys):
+def test_grpo_matches_single_process_with_fixed_rollouts(tmp_path, reward_models, world, sp, mode, keys):
     dp = world // sp
+    if "reward_model" in keys:
+        kind = keys["reward_model"]
+        keys = {**keys, "reward_model": str(reward_models[kind]), "reward_model_type": kind}
+        keys["reward_weights"] = [1.0, 0.5, 0.3]
     reference = run_ranks(_train, 1, grpo_keys(tmp_path, "ref", per_device_train_batch_size=2 * dp, **keys))[
         0
     ]
@@ -93,10 +116,19 @@ def test_grpo_matches_single_process_with_fixed_rollouts(tmp_path, world, sp, mo
         grpo_keys(tmp_path, "sp", per_device_train_batch_size=2, **parallel_keys(sp, mode), **keys),
     )[0]
     assert candidate["layout"] == expected_layout(sp, mode)
-    assert len(reference["losses"]) == len(candidate["losses"]) == STEPS
+    assert len(reference["losses"]) == len(candidate["losses"]) == keys.get("max_steps", STEPS)
     loss_errors = [abs(a - b) for a, b in zip(reference["losses"], candidate["losses"])]
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
     assert max(loss_errors) <= 1e-5, (reference["losses"], candidate["losses"])
     assert max(grad_errors) <= 1e-4, grad_errors
     # the same rollouts were scored the same way
-    assert candidate["metrics"]["reward"] == pytest.approx(reference["metrics"]["reward"], abs=1e-9)
+    for ours, theirs in zip(candidate["logged"], reference["logged"]):
+        if "reward" in theirs:
+            assert ours["reward"] == pytest.approx(theirs["reward"], abs=1e-5)
+    if keys.get("num_iterations", 1) > 1:
+        # the second update of each rollout moved away from the sampling policy and was clipped
+        clipped = [entry["clip_ratio"] for entry in reference["logged"]]
+        assert max(clipped) > 0
+        assert [e["clip_ratio"] for e in candidate["logged"]] == pytest.approx(clipped, abs=1e-6)
+    if "reward_model" in keys:
+        assert any("rewards/reward_model" in entry for entry in reference["logged"])

@@ -31,6 +31,12 @@ def _grpo(**keys):
         ({"reward_funcs": "m:f", "neat_packing": True}, "stage grpo samples completions per prompt"),
         ({"reward_funcs": "m:f", "epsilon": 1.5}, "epsilon: must be in (0, 1)"),
         ({"reward_funcs": "m:f", "neftune_noise_alpha": 5}, "NEFTune is not applied to sampled completions"),
+        ({"reward_funcs": "m:f", "num_iterations": 0}, "num_iterations: must be >= 1"),
+        (
+            {"reward_funcs": "m:f", "reward_model": "rm", "reward_weights": "1"},
+            "1 weights for 1 reward_funcs and a reward_model",
+        ),
+        ({"reward_model": "rm", "finetuning_type": "full"}, "a full policy needs reward_model_type: full"),
     ],
 )
 def test_bad_grpo_settings_are_refused_by_key(keys, message):
@@ -118,6 +124,7 @@ def test_grpo_example_trains_through_the_cli(tmp_path):
         "rewards/exact_answer",
         "rewards/answer_overlap",
         "completions/mean_length",
+        "entropy",
     ):
         assert key in logs[0]
     assert 1 <= logs[0]["completions/mean_length"] <= 12  # max_new_tokens: 12

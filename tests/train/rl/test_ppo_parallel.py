@@ -72,7 +72,13 @@ def test_ppo_matches_single_process_with_fixed_rollouts(tmp_path, reward_models,
         _train,
         world,
         ppo_keys(
-            tmp_path, "sp", reward_models, kind, per_device_train_batch_size=2, **parallel_keys(sp, mode), **keys
+            tmp_path,
+            "sp",
+            reward_models,
+            kind,
+            per_device_train_batch_size=2,
+            **parallel_keys(sp, mode),
+            **keys,
         ),
     )[0]
     assert candidate["layout"] == expected_layout(sp, mode)

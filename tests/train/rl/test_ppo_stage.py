@@ -36,7 +36,10 @@ def _ppo(**keys):
         ({"reward_model": None}, "reward_model: stage ppo needs a reward model"),
         ({"reward_model_type": "api"}, "`api` (a reward server) is not supported"),
         ({"reward_model_type": "lora", "finetuning_type": "full"}, "needs reward_model_type: full"),
-        ({"reward_model_type": "lora", "reward_model_adapters": "a"}, "only a full reward model takes adapters"),
+        (
+            {"reward_model_type": "lora", "reward_model_adapters": "a"},
+            "only a full reward model takes adapters",
+        ),
         ({"ppo_epochs": 0}, "ppo_epochs: must be >= 1"),
         ({"ppo_target": 0}, "ppo_target: must be positive"),
         ({"neat_packing": True}, "stage ppo samples completions per prompt"),
@@ -84,7 +87,9 @@ def _direct_scores(kind, paths, ids):
     if kind == "full":
         model = AutoModelForCausalLM.from_pretrained(paths["full"])
     else:
-        config = training_config(stage="sft", finetuning_type="full", dataset="demo_tasks", output_dir="/tmp/x")
+        config = training_config(
+            stage="sft", finetuning_type="full", dataset="demo_tasks", output_dir="/tmp/x"
+        )
         base = load_model(config.model, config.finetuning, load_tokenizer(config.model), config.training)
         model = PeftModel.from_pretrained(base, paths["lora"]).merge_and_unload()
     head = load_file(paths[kind] / "value_head.safetensors")
@@ -147,8 +152,56 @@ def test_ppo_example_trains_through_the_cli(tmp_path, reward_models):
     assert state["global_step"] == 4  # 2 PPO steps x ppo_epochs 2, as LLaMA-Factory counts max_steps
     logs = [e for e in state["log_history"] if "loss" in e]
     assert len(logs) == 2  # logging_steps counts PPO steps too
-    for key in ("reward", "kl", "kl_coef", "value_loss", "policy_loss", "clip_ratio", "completions/mean_length"):
+    for key in (
+        "reward",
+        "kl",
+        "kl_coef",
+        "value_loss",
+        "policy_loss",
+        "clip_ratio",
+        "completions/mean_length",
+        "entropy",
+    ):
         assert key in logs[0], key
     assert 1 <= logs[0]["completions/mean_length"] <= 12  # max_new_tokens: 12
     assert (out / "value_head.safetensors").exists()  # the critic travels with the policy
     assert (out / "training_reward.png").exists()
+
+
+def test_ppo_resumes_between_ppo_steps_exactly(tmp_path, reward_models):
+    """A checkpoint between PPO steps resumes with the same samples, KL coefficient and score
+    moments: the resumed second step equals the uninterrupted one."""
+    from ..harness import relative_error, run_training
+    from ..test_sequence_parallel import DATA
+
+    keys = {
+        "stage": "ppo",
+        "finetuning_type": "lora",
+        "reward_model": str(reward_models["lora"]),
+        "reward_model_type": "lora",
+        "dataset": "demo_tasks",
+        "dataset_dir": DATA,
+        "template": "chatml",
+        "max_samples": 16,
+        "cutoff_len": 64,
+        "max_new_tokens": 6,
+        "per_device_train_batch_size": 2,
+        "ppo_epochs": 2,
+        "ppo_score_norm": True,
+        "max_steps": 2,  # PPO steps: 4 optimizer updates
+        "save_strategy": "steps",
+        "save_steps": 1,  # every PPO step: checkpoint-2, checkpoint-4
+    }
+    whole = run_training(**keys, output_dir=str(tmp_path / "whole"))
+    assert (tmp_path / "whole" / "checkpoint-2").is_dir()
+    resumed = run_training(
+        **keys,
+        output_dir=str(tmp_path / "resumed"),
+        resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"),
+    )
+    assert len(resumed["grads"]) == 2  # the second PPO step's two updates
+    assert resumed["losses"][-1] == pytest.approx(whole["losses"][-1], abs=1e-6)
+    for ours, theirs in zip(resumed["grads"], whole["grads"][2:]):
+        assert relative_error(theirs, ours) <= 1e-6
+    for key in ("reward", "kl_coef"):
+        assert resumed["logged"][-1][key] == pytest.approx(whole["logged"][-1][key], abs=1e-7)

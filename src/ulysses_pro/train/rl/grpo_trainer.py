@@ -1,11 +1,14 @@
 """GRPO's Trainer: sample a group of completions per prompt, score them, train on the whole step.
 
-Per optimizer step, `get_batch_samples` takes the step's prompt batches (one per accumulation
-micro-batch), samples `num_generations` completions of each with plain attention (`rollout.py`),
-scores them with the reward functions and turns the rewards into group-normalised advantages.
-Every micro-batch is then an ordinary SP-split batch of prompt + completion rows whose targets are
-the completion tokens; so the normalising count (completion tokens, or completions, of the whole
-step over every DP rank) is known before the first backward, and accumulation is exact.
+Per rollout group (GA prompt micro-batches, one optimizer step's worth), `make_experience` samples
+`num_generations` completions of each prompt with plain attention (`rollout.py`), scores them with
+the reward functions and/or a reward model, and turns the rewards into group-normalised
+advantages. Every micro-batch is then an ordinary SP-split batch of prompt + completion rows whose
+targets are the completion tokens; so the normalising count (completion tokens, or completions, of
+the whole step over every DP rank) is known before the first backward, and accumulation is exact.
+With `num_iterations` > 1 (TRL's key) the group is trained on that many times, against the
+log-probs of the policy that sampled it (computed once, under SP): the ratio then leaves 1 and
+`epsilon` / `epsilon_high` clip it.
 
 Under SP the per-token log-probs stay sharded (tiled head, no full-vocabulary logits): the token
 normalisation is contract 6 as is; the sequence normalisation sums each completion's token losses
@@ -24,6 +27,7 @@ from .rewards import score
 from .rollout_trainer import RolloutTrainer, completion_row
 
 ADVANTAGES = "advantages"
+OLD_LOGPS = "old_logps"
 
 
 class GrpoTrainer(RolloutTrainer):
@@ -32,30 +36,43 @@ class GrpoTrainer(RolloutTrainer):
     def __init__(self, *args: Any, grpo=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grpo = grpo  # FinetuningArguments: num_generations, epsilon(s), beta, loss_normalization, ...
+        self.rollout_passes = grpo.num_iterations
         self.reward_functions: list = []  # set by the stage
+        self.reward_model_weight = 1.0
 
     # -- rollouts ----------------------------------------------------------------------------------
 
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        prompt_batches = []
-        for _ in range(num_batches):
-            try:
-                prompt_batches.append(next(epoch_iterator))
-            except StopIteration:
-                break
-        step = self.state.global_step
-        batches = [
-            self.rollout_batch(prompts, step * num_batches + index)
-            for index, prompts in enumerate(prompt_batches)
-        ]
-        return batches, self._global_count(batches, device)
+    def make_experience(self, prompt_batches: list) -> list[dict[str, torch.Tensor]]:
+        first = self.rollout_index * len(prompt_batches)
+        batches = [self.rollout_batch(prompts, first + index) for index, prompts in enumerate(prompt_batches)]
+        if self.rollout_passes > 1:
+            for batch in batches:
+                batch[OLD_LOGPS] = self._sampling_logps(batch)
+        return [batch for _ in range(self.rollout_passes) for batch in batches]
+
+    @torch.no_grad()
+    def _sampling_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This rank's shard of the sampling policy's log-probs (the same forward as training)."""
+        inputs = {k: v for k, v in batch.items() if k not in (ADVANTAGES, "shift_labels")}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.token_logps(self.model, inputs, batch["shift_labels"]).float()
+        finally:
+            self.model.train(was_training)
 
     def rollout_batch(self, prompts, sample_step: int) -> dict[str, torch.Tensor]:
         """Sample, score and collate one micro-batch: prompts x num_generations rows, SP-split."""
         generations = self.grpo.num_generations
         rollouts = self.sample(prompts, generations, sample_step)
-        rewards, per_function = score(self.reward_functions, rollouts)
+        rewards, per_function = (
+            score(self.reward_functions, rollouts) if self.reward_functions else ([0.0] * len(rollouts), {})
+        )
         rewards = torch.tensor(rewards, dtype=torch.float32)
+        if self.reward_model is not None:
+            model_scores = self.reward_model_scores(rollouts).cpu()
+            per_function["reward_model"] = model_scores.tolist()
+            rewards = rewards + self.reward_model_weight * model_scores
         advantages = group_advantages(rewards, generations, scale=self.grpo.scale_rewards)
         self.record_completions(rollouts, rewards)
         self.train_metrics.record("reward_std", rewards.view(-1, generations).std(dim=1))
@@ -64,6 +81,9 @@ class GrpoTrainer(RolloutTrainer):
         batch = self.collate([completion_row(r) for r in rollouts])
         batch[ADVANTAGES] = advantages
         return batch
+
+    def items_in(self, batches, device):
+        return self._global_count(batches, device)
 
     def _global_count(self, batches: list[dict[str, torch.Tensor]], device) -> torch.Tensor | None:
         """What the step's loss is normalised by: its completion tokens, or its completions, over every
@@ -80,19 +100,22 @@ class GrpoTrainer(RolloutTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         advantages = inputs.pop(ADVANTAGES)
+        old_logps = inputs.pop(OLD_LOGPS, None)
         targets = inputs.pop("shift_labels")
         inputs.pop("document_lengths", None)
         mask = targets.ne(IGNORE_INDEX)
-        logps = self.token_logps(model, inputs, targets)
+        entropies: list[torch.Tensor] = []
+        logps = self.token_logps(model, inputs, targets, entropies)
+        self.record_entropy(entropies, mask)
         reference_logps = None
         if self.grpo.beta:
             with torch.no_grad(), self.reference.scoring(model) as reference:
                 reference_logps = self.token_logps(reference, inputs, targets)
-        # One update per rollout: the sampling policy is the current one, so the ratio is 1 in value
-        # and its gradient is the policy gradient (GRPO with a single iteration, as TRL's default).
+        # One update per rollout (num_iterations 1, TRL's default): the sampling policy is the current
+        # one, so the ratio is 1 in value and its gradient is the policy gradient.
         objective = grpo_token_losses(
             logps,
-            logps.detach(),
+            logps.detach() if old_logps is None else old_logps.to(logps.dtype),
             advantages.to(logps.dtype),
             epsilon=self.grpo.epsilon,
             epsilon_high=self.grpo.epsilon_high,

@@ -22,8 +22,6 @@ mini-batch instead; the two agree when every micro-batch holds the same number o
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from itertools import islice
 from typing import Any
 
 import torch
@@ -35,7 +33,7 @@ from ...parallel.sharding import gather_full_sequence
 from ..value_head_saving import ValueHeadSaving
 from .controllers import AdaptiveKLController, RunningMoments
 from .objectives import clipped_surrogate, clipped_value_loss, gae, masked_whiten
-from .rollout_trainer import RolloutTrainer, completion_row
+from .rollout_trainer import RolloutTrainer, completion_row, padded
 
 CLIP_RANGE = 0.2  # TRL's PPOConfig cliprange
 VALUE_CLIP_RANGE = 0.2  # cliprange_value
@@ -45,60 +43,18 @@ INITIAL_KL_COEF = 0.2  # init_kl_coef
 EXPERIENCE = ("old_logps", "old_values", "returns", "advantages")
 
 
-class ExperienceLoader:
-    """What the Trainer iterates under PPO: prompt batches in, `passes` x as many training
-    micro-batches out, a PPO step's worth (`group` prompt batches) at a time."""
-
-    def __init__(self, prompts, make_experience: Callable[[list], list], group: int, passes: int):
-        self.prompts, self.make_experience, self.group, self.passes = prompts, make_experience, group, passes
-        self.dataset = prompts.dataset
-
-    def __len__(self) -> int:
-        return len(self.prompts) * self.passes
-
-    def __iter__(self):
-        source = iter(self.prompts)
-        while batches := list(islice(source, self.group)):
-            yield from self.make_experience(batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        sampler = getattr(self.prompts, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-
-
-def _padded(keys: tuple[str, ...], dtype=torch.float32):
-    def extra(rows: list[dict], width: int) -> dict[str, torch.Tensor]:
-        return {
-            key: torch.tensor([row[key] + [0] * (width - len(row[key])) for row in rows], dtype=dtype)
-            for key in keys
-        }
-
-    return extra
-
-
 class PpoTrainer(ValueHeadSaving, RolloutTrainer):
     """RolloutTrainer with a critic (the policy's value head) and a reward model."""
 
     def __init__(self, *args: Any, ppo=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ppo = ppo  # FinetuningArguments: ppo_* keys
-        self.reward_model = None  # set by the stage (needs the SP-wired policy)
-        self.score_suffix: list[int] = []  # set by the stage from the template
+        self.rollout_passes = ppo.ppo_epochs
         self.kl_control = AdaptiveKLController(INITIAL_KL_COEF, ppo.ppo_target)
         self.score_moments = RunningMoments()
-        self._ppo_step = 0
 
-    # -- the loader: one PPO step of experience at a time -----------------------------------------
-
-    def get_train_dataloader(self):
-        prompts = super().get_train_dataloader()
-        group = self.ppo.ppo_buffer_size * self.args.gradient_accumulation_steps
-        return ExperienceLoader(prompts, self.make_experience, group, self.ppo.ppo_epochs)
-
-    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        batches = list(islice(epoch_iterator, num_batches))
-        return batches, self._get_num_items_in_batch(batches, device)
+    def rollout_group(self) -> int:
+        return self.ppo.ppo_buffer_size * self.args.gradient_accumulation_steps
 
     def _dp_total(self, value: torch.Tensor) -> torch.Tensor:
         """Sum over the ranks that hold different rows (the DP group)."""
@@ -110,18 +66,6 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
     def _whole(self, local: torch.Tensor) -> torch.Tensor:
         return gather_full_sequence(local, self.sp_layout) if self._sp_group is not None else local
 
-    def _scored_row(self, rollout) -> dict[str, list[int]]:
-        """What the reward model reads: the completion as a training row ends, i.e. followed by the
-        template's tokens after the stop token when it stopped (`score_suffix`), scored at its end."""
-        ids = rollout.prompt.prompt_ids + rollout.completion_ids
-        if not rollout.truncated:
-            ids = ids + self.score_suffix
-        return {
-            "input_ids": ids,
-            "shift_labels": [IGNORE_INDEX] * len(ids),
-            "last_token": [0] * (len(ids) - 1) + [1],
-        }
-
     @torch.no_grad()
     def _score_batch(self, prompts, sample_step: int) -> tuple[list[dict], dict[str, torch.Tensor]]:
         """Roll out one micro-batch and read everything the step needs, as whole rows."""
@@ -129,22 +73,22 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
         rows = [completion_row(rollout) for rollout in rollouts]
         batch = self.collate(rows)
         targets = batch.pop("shift_labels")
-        scored_batch = self.collate(
-            [self._scored_row(r) for r in rollouts], _padded(("last_token",), torch.long)
-        )
-        last_token = scored_batch.pop("last_token")
-        scored_batch.pop("shift_labels")
         model = self.model
         was_training = model.training
         model.eval()
+        entropies: list[torch.Tensor] = []
         try:
-            with token_loss_head(model, targets, head_options=self.loss_head), values_alongside(model):
+            with (
+                token_loss_head(model, targets, head_options=self.loss_head, entropies=entropies),
+                values_alongside(model),
+            ):
                 out = model(**batch, use_cache=False).logits
             with self.reference.scoring(model) as reference:
                 reference_logps = self.token_logps(reference, batch, targets)
-            scores = self.reward_model.score(model, scored_batch, last_token, self.sequence_sum)
+            scores = self.reward_model_scores(rollouts)
         finally:
             model.train(was_training)
+        self.record_entropy(entropies, targets.ne(IGNORE_INDEX))
         whole = {
             "logps": self._whole(-out[..., 0].float()),
             "values": self._whole(out[..., 1].float()),
@@ -157,8 +101,7 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
     def make_experience(self, prompt_batches: list) -> list[dict[str, torch.Tensor]]:
         """A PPO step: roll out every prompt batch, compute advantages and returns over all of them,
         then `ppo_epochs` shuffled passes of training micro-batches."""
-        step = self._ppo_step
-        self._ppo_step += 1
+        step = self.rollout_index
         scored = [
             self._score_batch(prompts, step * len(prompt_batches) + index)
             for index, prompts in enumerate(prompt_batches)
@@ -241,7 +184,7 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
             for size in sizes:
                 chosen = [rows[i] for i in order[start : start + size]]
                 start += size
-                batches.append(self.collate(chosen, _padded(EXPERIENCE)))
+                batches.append(self.collate(chosen, padded(EXPERIENCE)))
         return batches
 
     # -- the update --------------------------------------------------------------------------------
@@ -281,7 +224,6 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
         state["ppo"] = {
             "kl_control": self.kl_control.state_dict(),
             "score_moments": self.score_moments.state_dict(),
-            "ppo_step": self._ppo_step,
         }
         return state
 
@@ -290,4 +232,3 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
         if "ppo" in state:
             self.kl_control.load_state_dict(state["ppo"]["kl_control"])
             self.score_moments.load_state_dict(state["ppo"]["score_moments"])
-            self._ppo_step = state["ppo"]["ppo_step"]

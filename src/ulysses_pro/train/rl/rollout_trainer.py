@@ -1,15 +1,28 @@
-"""What the RL trainers share: sampling rollouts, collating them into SP-split rows, tiled log-probs.
+"""What the RL trainers share: rollouts in groups, reused for several passes, exact resume.
 
-A subclass (GRPO, PPO) turns prompt batches into scored micro-batches in `get_batch_samples`; this
-base gives it the sampler wiring (set by the stage once SP exists), the collation of prompt +
-completion rows whose targets are the completion tokens, per-token log-probs from the tiled head,
-and the sampled completions printed at each logging step.
+The Trainer iterates an `ExperienceLoader`: it takes `rollout_group` prompt micro-batches at a
+time, has the subclass turn them into scored training micro-batches (`make_experience`: sample,
+score, advantages, old log-probs), and yields `rollout_passes` x as many (PPO's `ppo_epochs`,
+GRPO's `num_iterations`). Each optimizer step takes GA of them, so the normalising count of a
+step is known before its first backward (accumulation stays exact).
+
+The base also gives the subclasses: the sampler wiring (set by the stage once SP exists), the
+collation of prompt + completion rows whose targets are the completion tokens, per-token
+log-probs (and entropies) from the tiled head, reward-model scores read as the reward model was
+trained, and the sampled completions printed at each logging step.
+
+Resume: a checkpoint saved between rollout groups resumes exactly (the group index, hence the
+sampling seed, follows from the optimizer step). One saved inside a group (PPO's passes) resumes
+at that micro-batch with the group sampled again from the resumed policy, with a warning.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 import torch
@@ -37,6 +50,52 @@ def completion_row(rollout: Rollout) -> dict[str, list[int]]:
     }
 
 
+def padded(
+    keys: tuple[str, ...], dtype=torch.float32
+) -> Callable[[list[dict], int], dict[str, torch.Tensor]]:
+    """A `RolloutTrainer.collate` extra: the rows' per-token lists `keys`, right-padded with 0."""
+
+    def extra(rows: list[dict], width: int) -> dict[str, torch.Tensor]:
+        return {
+            key: torch.tensor([row[key] + [0] * (width - len(row[key])) for row in rows], dtype=dtype)
+            for key in keys
+        }
+
+    return extra
+
+
+class ExperienceLoader:
+    """Prompt batches in, `passes` x as many training micro-batches out, `group` at a time."""
+
+    def __init__(self, prompts, make_experience: Callable[[list], list], group: int, passes: int):
+        self.prompts, self.make_experience, self.group, self.passes = prompts, make_experience, group, passes
+        self.dataset = prompts.dataset
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return len(self.prompts) * self.passes
+
+    def skip_next(self, micro_batches: int) -> None:
+        """The next iteration starts `micro_batches` in (a resumed epoch)."""
+        self._skip = micro_batches
+
+    def __iter__(self):
+        source = iter(self.prompts)
+        whole, partial = divmod(self._skip, self.group * self.passes)
+        self._skip = 0
+        for _ in range(whole):
+            list(islice(source, self.group))
+        while batches := list(islice(source, self.group)):
+            produced = self.make_experience(batches)
+            yield from produced[partial:]
+            partial = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        sampler = getattr(self.prompts, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
 class RolloutTrainer(UlyssesTrainer):
     """UlyssesTrainer whose micro-batches are completions sampled from the policy being trained."""
 
@@ -48,10 +107,72 @@ class RolloutTrainer(UlyssesTrainer):
         self.reference = reference.to(self.args.device) if reference is not None else None
         self.train_metrics = SequenceMetrics(self.args.device)
         self.metric_sources.append(self.train_metrics)
-        # Set by the stage once SP is wired: what samples, and the template's stop tokens.
+        # Set by the stage once SP is wired: what samples, the template's stop tokens, the reward
+        # model (if any) and what follows a stop token in the template's training rows.
         self.sampler = None
         self.stop_ids: list[int] = []
+        self.reward_model = None
+        self.score_suffix: list[int] = []
         self._shown: list[tuple[Rollout, float]] = []
+        self._experience: ExperienceLoader | None = None
+        # transformers' skip of already-trained batches would rebuild a plain DataLoader of prompts;
+        # the ExperienceLoader skips itself instead (`_load_optimizer_and_scheduler`).
+        self.args.ignore_data_skip = True
+
+    # -- what a subclass defines -------------------------------------------------------------------
+
+    rollout_passes = 1  # training passes over each rollout group
+
+    def rollout_group(self) -> int:
+        """Prompt micro-batches rolled out together (their statistics are shared)."""
+        return self.args.gradient_accumulation_steps
+
+    def make_experience(self, prompt_batches: list) -> list[dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def items_in(self, batches: list[dict[str, torch.Tensor]], device) -> torch.Tensor | None:
+        """What an optimizer step's loss is normalised by (default: its target tokens, globally)."""
+        return self._get_num_items_in_batch(batches, device)
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    @property
+    def rollout_index(self) -> int:
+        """Which rollout group the current optimizer step belongs to (seeds its sampling)."""
+        updates = self.rollout_group() * self.rollout_passes // self.args.gradient_accumulation_steps
+        return self.state.global_step // max(1, updates)
+
+    def get_train_dataloader(self):
+        prompts = super().get_train_dataloader()
+        self._experience = ExperienceLoader(
+            prompts, self.make_experience, self.rollout_group(), self.rollout_passes
+        )
+        return self._experience
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        batches = list(islice(epoch_iterator, num_batches))
+        return batches, self.items_in(batches, device)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        state_file = os.path.join(checkpoint, "trainer_state.json") if checkpoint else None
+        if self._experience is None or not state_file or not os.path.isfile(state_file):
+            return
+        # What transformers would skip (it is told not to): the micro-batches of this epoch so far.
+        global_step = json.loads(open(state_file).read())["global_step"]
+        ga = self.args.gradient_accumulation_steps
+        per_epoch = max(len(self._experience) // ga + int(len(self._experience) % ga > 0), 1)
+        done = global_step % per_epoch * ga
+        if done:
+            # transformers itself (data skip off) restores the RNG and this rank's state, and runs the
+            # epoch's update loop from 0: the updates skipped here come back as empty steps at its end.
+            self._experience.skip_next(done)
+            if done % (self.rollout_group() * self.rollout_passes):
+                logger.warning(
+                    "resumed inside a rollout group: its rollouts are sampled again from the resumed policy"
+                )
+
+    # -- pieces --------------------------------------------------------------------------------------
 
     def sample(self, prompts, num_generations: int, sample_step: int) -> list[Rollout]:
         """`num_generations` completions per prompt, the same on every rank of the SP group."""
@@ -82,10 +203,33 @@ class RolloutTrainer(UlyssesTrainer):
             collate = SequenceParallelCollator(pad_all, pad, self.sp_layout)
         return collate(rows)
 
-    def token_logps(self, model, batch: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    def token_logps(
+        self, model, batch: dict[str, torch.Tensor], targets: torch.Tensor, entropies: list | None = None
+    ) -> torch.Tensor:
         """log p of each target token of this rank's shard (0 where there is none), from the tiled head."""
-        with token_loss_head(model, targets, head_options=self.loss_head):
+        with token_loss_head(model, targets, head_options=self.loss_head, entropies=entropies):
             return -model(**batch, use_cache=False).logits
+
+    @torch.no_grad()
+    def reward_model_scores(self, rollouts: list[Rollout]) -> torch.Tensor:
+        """The reward model's score of each completion, read as its training rows end: followed by
+        the template's tokens after the stop token when it stopped (`score_suffix`)."""
+        rows = []
+        for rollout in rollouts:
+            ids = rollout.prompt.prompt_ids + rollout.completion_ids
+            if not rollout.truncated:
+                ids = ids + self.score_suffix
+            rows.append(
+                {
+                    "input_ids": ids,
+                    "shift_labels": [IGNORE_INDEX] * len(ids),
+                    "last_token": [0] * (len(ids) - 1) + [1],
+                }
+            )
+        batch = self.collate(rows, padded(("last_token",), torch.long))
+        last_token = batch.pop("last_token")
+        batch.pop("shift_labels")
+        return self.reward_model.score(self.model, batch, last_token, self.sequence_sum).float()
 
     def record_completions(self, rollouts: list[Rollout], rewards: torch.Tensor) -> None:
         metrics = self.train_metrics
@@ -95,6 +239,12 @@ class RolloutTrainer(UlyssesTrainer):
         )
         metrics.record("completions/clipped_ratio", torch.tensor([float(r.truncated) for r in rollouts]))
         self._shown = list(zip(rollouts[:SHOWN_SAMPLES], rewards[:SHOWN_SAMPLES].tolist()))
+
+    def record_entropy(self, entropies: list[torch.Tensor], mask: torch.Tensor) -> None:
+        """Token-weighted over every rank: each SP rank adds its own shard's tokens."""
+        if entropies:
+            weights = mask.to(entropies[0].dtype)
+            self.train_metrics.add("entropy", (entropies[0] * weights).sum(), weights.sum())
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._shown and self.is_world_process_zero():
