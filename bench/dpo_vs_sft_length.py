@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launcher import run_ranks  # noqa: E402  (the project's one multi-rank launcher)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_probe import rss_kib as _status_kib  # noqa: E402
+from memory_probe import second_step_peak  # noqa: E402
 
 VARIANTS = {
     "sft": {"stage": "sft"},
@@ -51,21 +51,8 @@ def _write_data(folder: Path, length: int) -> None:
 
 
 def _measure(rank, world, variant: str, length: int, options: dict) -> dict:
-    from transformers import TrainerCallback
-
     from ulysses_pro.config import load_config
     from ulysses_pro.train.stages import run_stage
-
-    class PeakOfSecondStep(TrainerCallback):
-        peak_mib = None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                Path("/proc/self/clear_refs").write_text("5")
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                self.peak_mib = _status_kib("VmHWM") / 1024
 
     with tempfile.TemporaryDirectory() as folder:
         _write_data(Path(folder), length)
@@ -89,7 +76,7 @@ def _measure(rank, world, variant: str, length: int, options: dict) -> dict:
         }
         # Checkpointing is the training default now; this bench measures without it unless asked.
         keys["disable_gradient_checkpointing"] = not options["gradient_checkpointing"]
-        probe = PeakOfSecondStep()
+        probe = second_step_peak()
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # no sample generations
             trainer = run_stage(load_config(keys), callbacks=[probe])
         row = trainer.train_dataset[0]
@@ -131,28 +118,27 @@ def longest_under_cap(variant: str, options: dict, log, measure=None) -> tuple[i
     return good, best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cap-mib", type=float, default=1200.0, help="per-process memory cap (RSS, MiB)")
-    parser.add_argument("--finetuning", default="lora", choices=["lora", "full"])
+SEARCH_KEYS = ("cap_mib", "hidden", "layers", "start", "granularity", "max_length", "gradient_checkpointing")
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, cap_help: str) -> None:
+    """The memory cap, the model's size and the length search, shared with rl_vs_sft_length.py."""
+    parser.add_argument("--cap-mib", type=float, default=1200.0, help=cap_help)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--start", type=int, default=1024)
     parser.add_argument("--granularity", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=131072)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_search_arguments(parser, "per-process memory cap (RSS, MiB)")
+    parser.add_argument("--finetuning", default="lora", choices=["lora", "full"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args()
-    options = {
-        "cap_mib": args.cap_mib,
-        "finetuning": args.finetuning,
-        "hidden": args.hidden,
-        "layers": args.layers,
-        "start": args.start,
-        "granularity": args.granularity,
-        "max_length": args.max_length,
-        "gradient_checkpointing": args.gradient_checkpointing,
-    }
+    options = {key: getattr(args, key) for key in (*SEARCH_KEYS, "finetuning")}
 
     def log(variant, length, result):
         print(

@@ -40,5 +40,24 @@ def rss_peak_mib() -> float:
     return rss_kib("VmHWM") / 1024
 
 
+def second_step_peak():
+    """A Trainer callback whose `peak_mib` is the resident-set high-water mark of optimizer step 2
+    (weights, optimizer state and that step's activations; step 1's one-off allocations excluded)."""
+    from transformers import TrainerCallback
+
+    class SecondStepPeak(TrainerCallback):
+        peak_mib = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                reset_rss_peak()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                self.peak_mib = rss_peak_mib()
+
+    return SecondStepPeak()
+
+
 # The live-tensor counter is the planner's own instrument; the benches measure with the same one.
 from ulysses_pro.planner.tensor_bytes import LiveTensorBytes, storage_bytes  # noqa: E402,F401

@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launcher import run_ranks  # noqa: E402  (the project's one multi-rank launcher)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_vs_sft_length import longest_under_cap  # noqa: E402
-from memory_probe import rss_kib  # noqa: E402
+from dpo_vs_sft_length import SEARCH_KEYS, add_search_arguments, longest_under_cap  # noqa: E402
+from memory_probe import second_step_peak  # noqa: E402
 
 VARIANTS = ("sft", "ppo", "grpo")
 REWARD = "def varied(prompts, completions, **columns):\n    return [float(len(c) % 3) for c in completions]\n"
@@ -66,24 +66,11 @@ def _write_reward_model(keys: dict, folder: Path) -> None:
 
 
 def _measure(rank, world, variant: str, length: int, options: dict) -> dict:
-    from transformers import TrainerCallback
-
     from ulysses_pro.config import load_config
     from ulysses_pro.config.args import ModelArguments
     from ulysses_pro.models.loader import load_tokenizer
     from ulysses_pro.train.rl import rollout
     from ulysses_pro.train.stages import run_stage
-
-    class PeakOfSecondStep(TrainerCallback):
-        peak_mib = None
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 1:
-                Path("/proc/self/clear_refs").write_text("5")
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                self.peak_mib = rss_kib("VmHWM") / 1024
 
     def fixed_completions(self, model, prompts, num_generations, step):
         # Rows of exactly `length` tokens: the prompt's ids, then filler ending at the stop token.
@@ -126,7 +113,7 @@ def _measure(rank, world, variant: str, length: int, options: dict) -> dict:
             keys.update(reward_funcs=[f"{folder / 'rewards.py'}:varied"], num_generations=2)
         if world > 1:
             keys["sequence_parallel_size"] = world
-        probe = PeakOfSecondStep()
+        probe = second_step_peak()
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # no sample generations
             run_stage(load_config(keys), callbacks=[probe])
     return {"peak_mib": probe.peak_mib, "tokens": length}
@@ -143,25 +130,11 @@ def peak_at(sp: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cap-mib", type=float, default=1200.0, help="per-rank memory cap (RSS, MiB)")
+    add_search_arguments(parser, "per-rank memory cap (RSS, MiB)")
     parser.add_argument("--sp", type=int, nargs="+", default=[1, 2], help="SP degrees (one rank each)")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--start", type=int, default=1024)
-    parser.add_argument("--granularity", type=int, default=256)
-    parser.add_argument("--max-length", type=int, default=131072)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = parser.parse_args()
-    options = {
-        "cap_mib": args.cap_mib,
-        "hidden": args.hidden,
-        "layers": args.layers,
-        "start": args.start,
-        "granularity": args.granularity,
-        "max_length": args.max_length,
-        "gradient_checkpointing": args.gradient_checkpointing,
-    }
+    options = {key: getattr(args, key) for key in SEARCH_KEYS}
     print(
         f"# cap {args.cap_mib:.0f} MiB per rank; tiny Llama h{args.hidden} x {args.layers} layers, LoRA, "
         f"batch 1{', gradient checkpointing' if args.gradient_checkpointing else ''}; CPU, gloo"

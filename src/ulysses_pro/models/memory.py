@@ -44,6 +44,23 @@ def default_chunk_tokens(vocab_size: int) -> int:
     return max(16, LOGITS_BUDGET // max(1, vocab_size))
 
 
+def _capped_logits(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+):
+    logits = F.linear(hidden, weight, bias).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def _flat_chunks(
+    hidden: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(hidden, targets) pieces of `chunk` tokens over the flattened batch x seq."""
+    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
+    flat_targets = targets.reshape(-1)
+    for start in range(0, flat_targets.shape[0], chunk):
+        yield flat_hidden[start : start + chunk], flat_targets[start : start + chunk]
+
+
 def _chunk_token_losses(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -51,9 +68,7 @@ def _chunk_token_losses(
     targets: torch.Tensor,
     softcap: float | None,
 ) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = _capped_logits(hidden, weight, bias, softcap)
     losses = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     )
@@ -175,19 +190,17 @@ def tiled_token_entropy(
     softcap: float | None = None,
     chunk_tokens: int | None = None,
 ) -> torch.Tensor:
-    """Entropy of the next-token distribution at every target position (0 elsewhere), chunk by
-    chunk: logsumexp(z) - sum softmax(z) z, one `chunk x vocab` slab at a time (a metric: no grad)."""
-    chunk = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
-    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-    flat_targets = targets.reshape(-1)
+    """Entropy of the next-token distribution at every target position (0 elsewhere), one
+    `chunk x vocab` slab of logits at a time (a metric: no gradient)."""
     pieces = []
-    for start in range(0, flat_targets.shape[0], chunk):
-        logits = F.linear(flat_hidden[start : start + chunk].to(head.weight.dtype), head.weight, head.bias).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        log_probs = torch.log_softmax(logits, dim=-1)
+    for piece, piece_targets in _flat_chunks(
+        hidden, targets, chunk_tokens or default_chunk_tokens(head.weight.shape[0])
+    ):
+        log_probs = torch.log_softmax(
+            _capped_logits(piece.to(head.weight.dtype), head.weight, head.bias, softcap), -1
+        )
         entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
-        pieces.append(entropy * flat_targets[start : start + chunk].ne(IGNORE_INDEX))
+        pieces.append(entropy * piece_targets.ne(IGNORE_INDEX))
     return torch.cat(pieces).view(targets.shape)
 
 
