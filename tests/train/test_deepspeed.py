@@ -106,3 +106,68 @@ def test_zero3_with_sequence_parallelism_matches_one_process(tmp_path, saved_tin
     assert len(partitioned["grads"]) == len(reference["grads"]) == 3
     errors = [relative_error(a, b) for a, b in zip(reference["grads"], partitioned["grads"])]
     assert max(errors) <= 1e-4, errors
+
+
+def _rl_under_zero3(rank, world_size, keys):
+    from ulysses_pro.train.rl import rollout
+
+    from .rl.test_grpo_parallel import fixed_completions
+
+    rollout.PolicySampler.__call__ = fixed_completions
+    return _losses_and_gathered_gradients(rank, world_size, keys)
+
+
+def _rl_single(rank, world_size, keys):
+    from ulysses_pro.train.rl import rollout
+
+    from .rl.test_grpo_parallel import fixed_completions
+
+    rollout.PolicySampler.__call__ = fixed_completions
+    return run_training(**keys)
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo"])
+def test_zero3_rl_stages_with_sequence_parallelism_match_one_process(tmp_path, saved_tiny_model, stage):
+    """Full fine-tuning under ZeRO-3, SP=2, fixed rollouts: the reference (and PPO's full reward
+    model, and its critic) are partitioned like the policy; the step matches one process."""
+    from .rl.reward_models import write_reward_models
+    from .rl.test_grpo_parallel import REWARDS
+
+    config = tmp_path / "zero3.json"
+    # Every parameter partitioned, even the small ones ZeRO-3 would keep whole (the value heads).
+    zero3 = {**ZERO3, "zero_optimization": {**ZERO3["zero_optimization"], "stage3_param_persistence_threshold": 0}}
+    config.write_text(json.dumps(zero3))
+    common = {
+        "model_name_or_path": saved_tiny_model,
+        "stage": stage,
+        "finetuning_type": "full",
+        "dataset": "demo_tasks",
+        "dataset_dir": DATA,
+        "template": "chatml",
+        "max_samples": 16,
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "cutoff_len": 64,
+    }
+    if stage == "ppo":
+        common.update(reward_model=str(write_reward_models(tmp_path / "rm")["full"]), reward_model_type="full")
+        common.update(ppo_epochs=1)
+    else:
+        common.update(reward_funcs=[f"{REWARDS}:answer_overlap"], num_generations=4, beta=0.1)
+    reference = run_ranks(_rl_single, 1, {**common, "output_dir": str(tmp_path / "ref")})[0]
+    partitioned = run_ranks(
+        _rl_under_zero3,
+        2,
+        {**common, "sequence_parallel_size": 2, "deepspeed": str(config), "output_dir": str(tmp_path / "z3")},
+    )[0]
+    assert len(partitioned["losses"]) == len(reference["losses"]) == 2
+    for a, b in zip(reference["losses"], partitioned["losses"]):
+        assert abs(a - b) <= 1e-5, (reference["losses"], partitioned["losses"])
+    errors = [relative_error(a, b) for a, b in zip(reference["grads"], partitioned["grads"])]
+    assert len(errors) == 2 and max(errors) <= 1e-4, errors
+    if stage == "ppo":
+        from safetensors.torch import load_file
+
+        head = load_file(tmp_path / "z3" / "value_head.safetensors")  # gathered from the partitions
+        assert head["v_head.summary.weight"].numel() > 0 and head["v_head.summary.weight"].abs().sum() > 0

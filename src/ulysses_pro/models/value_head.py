@@ -83,20 +83,37 @@ def values_alongside(model: nn.Module) -> Iterator[None]:
         head.forward = inner
 
 
-def save_value_head(model: nn.Module, output_dir: str | Path) -> Path:
-    """Write the value head to `output_dir/value_head.safetensors`."""
+def _whole_parameters(head: nn.Module, modifier_rank: int | None = None):
+    """Under ZeRO-3 each rank holds a partition of the head: gather it (a collective: every rank
+    enters). Elsewhere a no-op."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=modifier_rank)
+
+
+def value_head_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The head's weights in LLaMA-Factory's key names, on the host (call on every rank)."""
+    head = unwrap_model(model).v_head
+    with _whole_parameters(head):
+        return {_WEIGHT: head.weight.detach().cpu().clone(), _BIAS: head.bias.detach().cpu().clone()}
+
+
+def save_value_head(model: nn.Module, output_dir: str | Path, state: dict | None = None) -> Path:
+    """Write the value head (or its already gathered `state`) to `output_dir/value_head.safetensors`."""
     from safetensors.torch import save_file
 
-    head = unwrap_model(model).v_head
     path = Path(output_dir) / VALUE_HEAD_FILE
-    save_file(
-        {_WEIGHT: head.weight.detach().cpu().contiguous(), _BIAS: head.bias.detach().cpu().contiguous()}, path
-    )
+    save_file(state if state is not None else value_head_state(model), path)
     return path
 
 
 def load_value_head(model: nn.Module, folder: str | Path) -> bool:
-    """Load `folder/value_head.safetensors` into the model's value head if the file exists."""
+    """Load `folder/value_head.safetensors` into the model's value head if the file exists (call on
+    every rank)."""
     from safetensors.torch import load_file
 
     path = Path(folder) / VALUE_HEAD_FILE
@@ -104,7 +121,7 @@ def load_value_head(model: nn.Module, folder: str | Path) -> bool:
         return False
     state = load_file(path)
     head = unwrap_model(model).v_head
-    with torch.no_grad():
+    with _whole_parameters(head, modifier_rank=0), torch.no_grad():
         head.weight.copy_(state[_WEIGHT])
         head.bias.copy_(state[_BIAS])
     return True

@@ -92,6 +92,14 @@ CASES = [
         marks=pytest.mark.slow,
     ),
     pytest.param(4, 2, "ulysses", {"loss_normalization": "sequence", "beta": 0.1}, marks=pytest.mark.slow),
+    pytest.param(4, 4, "ulysses", {"loss_normalization": "sequence"}, marks=pytest.mark.slow),
+    pytest.param(
+        4,
+        4,
+        "zigzag-ring",
+        {"num_iterations": 2, "max_steps": 4, "learning_rate": 1e-2},
+        marks=pytest.mark.slow,
+    ),
 ]
 
 

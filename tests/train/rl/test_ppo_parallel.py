@@ -59,6 +59,7 @@ CASES = [
     (4, 2, "ulysses", "lora", {}),  # DP 2 x SP 2
     pytest.param(2, 2, "ulysses", "lora", {"ppo_score_norm": True}, marks=pytest.mark.slow),
     pytest.param(4, 4, "hybrid", "full", {"ppo_whiten_rewards": True}, marks=pytest.mark.slow),
+    pytest.param(4, 4, "zigzag-ring", "lora", {"ppo_buffer_size": 2}, marks=pytest.mark.slow),
 ]
 
 
@@ -82,7 +83,8 @@ def test_ppo_matches_single_process_with_fixed_rollouts(tmp_path, reward_models,
         ),
     )[0]
     assert candidate["layout"] == expected_layout(sp, mode)
-    assert len(reference["grads"]) == len(candidate["grads"]) == PPO_STEPS * EPOCHS
+    updates = PPO_STEPS * EPOCHS * keys.get("ppo_buffer_size", 1)
+    assert len(reference["grads"]) == len(candidate["grads"]) == updates
     assert len(reference["losses"]) == len(candidate["losses"]) == PPO_STEPS
     loss_errors = [abs(a - b) for a, b in zip(reference["losses"], candidate["losses"])]
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]

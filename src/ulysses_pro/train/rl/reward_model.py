@@ -20,11 +20,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ...config import ConfigError, RunConfig
 from ...models.loader import load_model
 from ...models.value_head import VALUE_HEAD_FILE, attach_value_head, load_value_head
 from ...models.wrappers import unwrap_engine, unwrap_model
+from ..reference import partitioned_for_inference
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ class RewardModel:
         model.requires_grad_(False)
         model.eval()
         logger.info("reward model: %s (full)", finetuning.reward_model)
+        if is_deepspeed_zero3_enabled():
+            # Loaded as partitions (as the policy): an optimizer-free engine gathers them per layer.
+            return cls(partitioned_for_inference(model, config.training))
         return cls(model.to(next(unwrap_model(policy).parameters()).device))
 
     @contextlib.contextmanager
