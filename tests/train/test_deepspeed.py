@@ -126,7 +126,7 @@ def _rl_single(rank, world_size, keys):
     return run_training(**keys)
 
 
-@pytest.mark.parametrize("stage", ["ppo", "grpo"])
+@pytest.mark.parametrize("stage", ["ppo", pytest.param("grpo", marks=pytest.mark.slow)])
 def test_zero3_rl_stages_with_sequence_parallelism_match_one_process(tmp_path, saved_tiny_model, stage):
     """Full fine-tuning under ZeRO-3, SP=2, fixed rollouts: the reference (and PPO's full reward
     model, and its critic) are partitioned like the policy; the step matches one process."""

@@ -69,7 +69,8 @@ def grpo_keys(tmp_path, name, **keys):
 CASES = [
     # (world, sp, mode, keys): both normalisations, the KL term and DP x SP by default; the rest slow
     (2, 2, "zigzag-ring", {"loss_normalization": "sequence", "beta": 0.1}),
-    (4, 2, "ulysses", {"loss_normalization": "token"}),  # DP 2 x SP 2
+    # DP 2 x SP 2: the shared rollout loop's DP x SP split runs by default in the PPO tests
+    pytest.param(4, 2, "ulysses", {"loss_normalization": "token"}, marks=pytest.mark.slow),
     # two updates per rollout (old log-probs, the clip acts) and a LoRA reward model beside the rules
     (
         2,
