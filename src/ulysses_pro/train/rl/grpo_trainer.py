@@ -54,12 +54,8 @@ class GrpoTrainer(RolloutTrainer):
     def _sampling_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """This rank's shard of the sampling policy's log-probs (the same forward as training)."""
         inputs = {k: v for k, v in batch.items() if k not in (ADVANTAGES, "shift_labels")}
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self.evaluating():
             return self.token_logps(self.model, inputs, batch["shift_labels"]).float()
-        finally:
-            self.model.train(was_training)
 
     def rollout_batch(self, prompts, sample_step: int) -> dict[str, torch.Tensor]:
         """Sample, score and collate one micro-batch: prompts x num_generations rows, SP-split."""
@@ -82,10 +78,7 @@ class GrpoTrainer(RolloutTrainer):
         batch[ADVANTAGES] = advantages
         return batch
 
-    def items_in(self, batches, device):
-        return self._global_count(batches, device)
-
-    def _global_count(self, batches: list[dict[str, torch.Tensor]], device) -> torch.Tensor | None:
+    def items_in(self, batches: list[dict[str, torch.Tensor]], device) -> torch.Tensor | None:
         """What the step's loss is normalised by: its completion tokens, or its completions, over every
         micro-batch and DP rank (SP ranks hold shards of the same rows)."""
         if not batches:
@@ -125,7 +118,7 @@ class GrpoTrainer(RolloutTrainer):
         weights = mask.to(logps.dtype)
         token_losses = objective.losses * weights
         if num_items_in_batch is None:
-            num_items_in_batch = self._global_count(
+            num_items_in_batch = self.items_in(
                 [{"shift_labels": targets, "input_ids": inputs["input_ids"]}], logps.device
             )
         if self.grpo.loss_normalization == "token":

@@ -74,10 +74,8 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
         batch = self.collate(rows)
         targets = batch.pop("shift_labels")
         model = self.model
-        was_training = model.training
-        model.eval()
         entropies: list[torch.Tensor] = []
-        try:
+        with self.evaluating():
             with (
                 token_loss_head(model, targets, head_options=self.loss_head, entropies=entropies),
                 values_alongside(model),
@@ -86,8 +84,6 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
             with self.reference.scoring(model) as reference:
                 reference_logps = self.token_logps(reference, batch, targets)
             scores = self.reward_model_scores(rollouts)
-        finally:
-            model.train(was_training)
         self.record_entropy(entropies, targets.ne(IGNORE_INDEX))
         whole = {
             "logps": self._whole(-out[..., 0].float()),
@@ -123,13 +119,13 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
             rewards = rewards + last.to(rewards.dtype) * scores[:, None].to(rewards.dtype)
             per_batch.append((rewards, parts["values"] * mask, mask))
         if self.ppo.ppo_whiten_rewards:
-            per_batch = self._whiten_over_step(per_batch, index=0, shift_mean=False)
+            per_batch = self._whiten_over_step(per_batch, shift_mean=False)
         with_gae = []
         for rewards, values, mask in per_batch:
             advantages, returns = gae(rewards, values, mask, GAMMA, LAMBDA)
             with_gae.append((advantages, returns, mask))
-        with_gae = self._whiten_over_step(with_gae, index=0, shift_mean=True)
-        self._after_step_statistics(torch.cat(kl_sums), all_scores)
+        with_gae = self._whiten_over_step(with_gae, shift_mean=True)
+        self._adapt_kl_coefficient(torch.cat(kl_sums))
         rows = []
         for (batch_rows, parts), (advantages, returns, _) in zip(scored, with_gae):
             for i, row in enumerate(batch_rows):
@@ -146,22 +142,22 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
                 )
         return self._passes(rows, [len(batch_rows) for batch_rows, _ in scored], step)
 
-    def _whiten_over_step(self, triples: list[tuple], index: int, shift_mean: bool) -> list[tuple]:
-        """Whiten element `index` of each (x, ..., mask) over every response token of the step and of
-        every DP rank."""
-        flat = torch.cat([t[index][t[-1].bool()] for t in triples])
+    def _whiten_over_step(self, triples: list[tuple], shift_mean: bool) -> list[tuple]:
+        """Whiten the first element of each (x, ..., mask) over every response token of the step and
+        of every DP rank."""
+        flat = torch.cat([t[0][t[-1].bool()] for t in triples])
         whitened = masked_whiten(flat, torch.ones_like(flat), shift_mean=shift_mean, total=self._dp_total)
         out, offset = [], 0
         for t in triples:
             mask = t[-1].bool()
-            values = torch.zeros_like(t[index])
+            values = torch.zeros_like(t[0])
             count = int(mask.sum())
             values[mask] = whitened[offset : offset + count]
             offset += count
-            out.append((*t[:index], values, *t[index + 1 :]))
+            out.append((values, *t[1:]))
         return out
 
-    def _after_step_statistics(self, kl_sums: torch.Tensor, scores: torch.Tensor) -> None:
+    def _adapt_kl_coefficient(self, kl_sums: torch.Tensor) -> None:
         """Adapt the KL coefficient with the step's mean KL per sequence over every DP rank (TRL
         steps it with the step's batch size; here the global number of rollouts)."""
         count = self._dp_total(torch.tensor(float(kl_sums.numel()), device=kl_sums.device))

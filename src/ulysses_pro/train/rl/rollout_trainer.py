@@ -18,6 +18,7 @@ at that micro-batch with the group sampled again from the resumed policy, with a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -173,6 +174,16 @@ class RolloutTrainer(UlyssesTrainer):
                 )
 
     # -- pieces --------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def evaluating(self):
+        """The policy in eval mode for a no-grad pass (old log-probs, values), then as it was."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
 
     def sample(self, prompts, num_generations: int, sample_step: int) -> list[Rollout]:
         """`num_generations` completions per prompt, the same on every rank of the SP group."""
