@@ -127,9 +127,9 @@ def test_head_dim_override(tok) -> None:
 def test_errors() -> None:
     with pytest.raises(
         ValueError,
-        match="valid choices: llama, qwen2, qwen3, qwen3_moe, mistral, gemma, gemma2, gemma3, phi3",
+        match="valid choices: llama, qwen2, qwen3, qwen3_moe, mistral, gemma, gemma2, gemma3, phi3, or any",
     ):
-        build_tiny_config("gpt2", 1024)
+        build_tiny_config("gpt5_imaginary", 1024)
     with pytest.raises(ValueError, match="valid choices"):
         build_tiny_model("nope")
     with pytest.raises(ValueError, match=r"valid choices: \[1, 2, 4\]"):

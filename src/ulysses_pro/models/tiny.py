@@ -42,6 +42,7 @@ from transformers import (
     Qwen3MoeConfig,
 )
 
+from .tiny_families import build_family_config, causal_lm_model_types
 from .tokenizer import load_builtin_tokenizer
 
 TINY_ARCHES: tuple[str, ...] = (
@@ -88,8 +89,32 @@ QUICKSTART_SIZE: dict[str, int] = {"hidden_size": 128, "num_layers": 4, "num_hea
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in _CONFIG_CLASSES:
-        raise ValueError(f"unknown tiny arch {arch!r}; valid choices: {', '.join(TINY_ARCHES)}")
+    if arch not in _CONFIG_CLASSES and arch not in causal_lm_model_types():
+        raise ValueError(
+            f"unknown tiny arch {arch!r}; valid choices: {', '.join(TINY_ARCHES)}, or any causal-LM "
+            "model type transformers registers (see `ulysses-pro make-tiny-model --help`)"
+        )
+
+
+# The hand-tuned keywords of `build_tiny_config` and the config keys they stand for.
+_SPEC_KEYS = {
+    "num_layers": "num_hidden_layers",
+    "num_heads": "num_attention_heads",
+    "num_kv_heads": "num_key_value_heads",
+}
+
+
+def _family_config(arch: str, vocab_size: int, sizes: dict[str, Any]) -> PretrainedConfig:
+    """Any other registered family, shrunk by `tiny_families` (sizes given override its choices)."""
+    overrides = {_SPEC_KEYS.get(key, key): value for key, value in sizes.items()}
+    ids = {
+        key: overrides.pop(key) for key in ("pad_token_id", "eos_token_id") if overrides.get(key) is not None
+    }
+    overrides.pop("bos_token_id", None)
+    implementation = overrides.pop("attn_implementation", None)
+    config = build_family_config(arch, vocab_size, **ids, **overrides)
+    config._attn_implementation = implementation
+    return config
 
 
 def build_tiny_config(
@@ -115,6 +140,26 @@ def build_tiny_config(
     to the config class and overrides the defaults chosen here.
     """
     _check_arch(arch)
+    if arch not in _CONFIG_CLASSES:
+        given = {
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "num_kv_heads": num_kv_heads,
+            "head_dim": head_dim,
+            "intermediate_size": intermediate_size,
+            "max_position_embeddings": max_position_embeddings,
+        }
+        defaults = {
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "num_kv_heads": 2,
+            "max_position_embeddings": 4096,
+        }
+        # Only what the caller chose: the family module picks sizes that fit each family.
+        chosen = {k: v for k, v in given.items() if v is not None and defaults.get(k) != v}
+        return _family_config(arch, vocab_size, {**chosen, **extra})
     kv_heads = num_heads if num_kv_heads is None else num_kv_heads
     if num_heads < 1 or kv_heads < 1 or num_heads % kv_heads != 0:
         valid = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
@@ -200,7 +245,14 @@ def build_tiny_model(
     # the surrounding program's randomness (data shuffling, dropout) while still being seed-exact.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        except ValueError as err:
+            if "does not support an attention implementation" not in str(err):
+                raise
+            # A family without an SDPA path (BLOOM, MPT, ...): its eager attention.
+            config._attn_implementation = "eager"
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model
 
 
