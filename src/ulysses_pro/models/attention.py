@@ -21,6 +21,7 @@ from torch import nn
 from ..parallel.hybrid import sequence_parallel_attention
 from ..parallel.mesh import SequenceParallelLayout
 from ..parallel.plan import AttentionPlan, DocumentLayout, gather_documents, plan_for
+from .recurrent import install_recurrent_mixers
 from .wrappers import unwrap_model
 
 ATTENTION_NAME = "ulysses_pro_sp"
@@ -112,7 +113,23 @@ def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) ->
         hf_model._ulysses_position_ids_hook = hf_model.register_forward_pre_hook(
             _require_position_ids, with_kwargs=True
         )
+    hf_model._ulysses_layout = layout
+    install_recurrent_mixers(hf_model, layout, ATTENTION_NAME)
     return previous
+
+
+def isolate_packed_documents(model: nn.Module) -> int:
+    """Without SP: recurrent mixers restart at every packed document (attention already does, from the
+    position ids); returns how many mixer layers that concerns."""
+    return install_recurrent_mixers(unwrap_model(model), None, ATTENTION_NAME)
+
+
+def share_sequence_parallel(model: nn.Module, policy: nn.Module) -> None:
+    """Run `model` (a reference or reward model loaded beside the policy) the way the policy runs:
+    its attention implementation, and its mixers on the policy's SP layout."""
+    hf_policy = unwrap_model(policy)
+    unwrap_model(model).set_attn_implementation(hf_policy.config._attn_implementation)
+    install_recurrent_mixers(unwrap_model(model), getattr(hf_policy, "_ulysses_layout", None), ATTENTION_NAME)
 
 
 def unregister_sequence_parallel() -> None:
@@ -156,6 +173,8 @@ def attention_heads(model: nn.Module) -> tuple[int, int]:
 
 __all__ = [
     "apply_sequence_parallel",
+    "isolate_packed_documents",
+    "share_sequence_parallel",
     "attention_heads",
     "remove_sequence_parallel",
     "unregister_sequence_parallel",

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from ..models.attention import share_sequence_parallel
 from ..models.wrappers import unwrap_engine, unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class ReferenceModel:
     def build(cls, policy: nn.Module, loaded: nn.Module | None = None) -> ReferenceModel:
         """`loaded` (from `ref_model`) if given; else adapters-off for LoRA; else a frozen copy."""
         if loaded is not None:
-            unwrap_model(loaded).set_attn_implementation(unwrap_model(policy).config._attn_implementation)
+            share_sequence_parallel(loaded, policy)
             logger.info("reference model: ref_model")
             return cls(loaded)
         if _peft_model(policy) is not None:

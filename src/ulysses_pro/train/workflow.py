@@ -13,7 +13,12 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..data.collators import KtoCollator, PaddingCollator, PairwiseCollator
 from ..data.pipeline import build_datasets
-from ..models.attention import apply_sequence_parallel, attention_heads, unsharded_attention
+from ..models.attention import (
+    apply_sequence_parallel,
+    attention_heads,
+    isolate_packed_documents,
+    unsharded_attention,
+)
 from ..models.loader import load_model, load_tokenizer
 from ..models.memory_stack import apply_memory_stack
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
@@ -46,6 +51,7 @@ def setup_sequence_parallel(config: RunConfig, model) -> tuple[SequenceParallelL
     parallel = config.parallel
     size = parallel.sequence_parallel_size
     if size == 1:
+        isolate_packed_documents(model)
         return None, None
     # preflight has checked the split against the world size and the model's heads.
     heads, kv_heads = attention_heads(model)

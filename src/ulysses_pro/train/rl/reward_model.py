@@ -23,6 +23,7 @@ from torch import nn
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ...config import ConfigError, RunConfig
+from ...models.attention import share_sequence_parallel
 from ...models.loader import load_model
 from ...models.value_head import VALUE_HEAD_FILE, attach_value_head, load_value_head
 from ...models.wrappers import unwrap_engine, unwrap_model
@@ -83,7 +84,7 @@ class RewardModel:
         attach_value_head(model, seed=config.training.seed)
         folder = adapters.split(",")[-1].strip() if adapters else finetuning.reward_model
         load_value_head(model, _value_head_folder(folder))
-        unwrap_model(model).set_attn_implementation(unwrap_model(policy).config._attn_implementation)
+        share_sequence_parallel(model, policy)
         model.requires_grad_(False)
         model.eval()
         logger.info("reward model: %s (full)", finetuning.reward_model)
