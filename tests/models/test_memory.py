@@ -35,7 +35,7 @@ def test_tiled_losses_match_full_logits(softcap, chunk):
     torch.testing.assert_close(head.weight.grad, grad_weight, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3n_text"])  # Gemma 3n: a strict config
 def test_model_level_loss_matches_hf_logits(tokenizer, arch):
     model = build_tiny_model(arch, tokenizer, seed=1)
     ids = torch.randint(3, len(tokenizer), (2, 12))
@@ -46,8 +46,12 @@ def test_model_level_loss_matches_hf_logits(tokenizer, arch):
     with token_loss_head(model, targets, chunk_tokens=5):
         tiled = model(input_ids=ids, use_cache=False).logits
     torch.testing.assert_close(tiled.sum(), expected, rtol=1e-5, atol=1e-5)
-    # The head is restored afterwards: logits again.
+    # The head and the soft-cap are restored afterwards: logits again.
     assert model(input_ids=ids, use_cache=False).logits.shape[-1] == len(tokenizer)
+    text_config = model.config.get_text_config()
+    assert getattr(text_config, "final_logit_softcapping", None) == getattr(
+        type(text_config)(), "final_logit_softcapping", None
+    )
 
 
 @pytest.mark.parametrize("softcap", [None, 5.0])

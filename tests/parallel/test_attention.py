@@ -22,10 +22,11 @@ from ..launcher import run_ranks
 HEADS, DIM = 4, 8
 
 
-def naive_attention(q, k, v, position_ids, window=None, softcap=0.0):
+def naive_attention(q, k, v, position_ids, window=None, softcap=0.0, sinks=None):
     """Textbook softmax attention with a mask built token by token from the position ids; a
     `window` W hides keys W or more tokens back (transformers' sliding_window), `softcap` caps the
-    scores as Gemma 2 does."""
+    scores as Gemma 2 does, `sinks` (H,) join each head's softmax as an extra logit (GPT-OSS's eager
+    attention: concatenated to the scores, dropped after the softmax)."""
     batch, heads, length, _ = q.shape
     groups = heads // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -44,7 +45,11 @@ def naive_attention(q, k, v, position_ids, window=None, softcap=0.0):
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if softcap:
         scores = softcap * torch.tanh(scores / softcap)
-    return torch.softmax(scores + mask, dim=-1) @ v
+    scores = scores + mask
+    if sinks is not None:
+        sink_column = sinks.reshape(1, -1, 1, 1).expand(batch, -1, length, 1)
+        return torch.softmax(torch.cat([scores, sink_column], dim=-1), dim=-1)[..., :-1] @ v
+    return torch.softmax(scores, dim=-1) @ v
 
 
 def make_inputs(length, kv_heads, packed, seed=0):
@@ -74,6 +79,7 @@ def _check(
     factories_on=None,
     window=None,
     softcap=0.0,
+    with_sinks=False,
 ):
     from ulysses_pro.parallel import kernels
     from ulysses_pro.parallel.kernels import reference as reference_kernels
@@ -97,16 +103,25 @@ def _check(
         )
         weight[:, :, real_length:] = 0
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    reference = naive_attention(*leaves, positions, window, softcap)
+    sinks = torch.linspace(-1.0, 2.0, HEADS, dtype=torch.float64) if with_sinks else None
+    reference_sinks = sinks.clone().requires_grad_(True) if with_sinks else None
+    reference = naive_attention(*leaves, positions, window, softcap, reference_sinks)
     (reference * weight).sum().backward()
     index = shard_indices(
         length, layout.ulysses_size, layout.ring_size, layout.ulysses_rank, layout.ring_rank
     )
     local = [t[:, :, index].clone().requires_grad_(True) for t in (q, k, v)]
     local_weight, local_positions = weight[:, :, index], positions[:, index]
+    local_sinks = sinks.clone().requires_grad_(True) if with_sinks else None
     with factories_default_to(factories_on) if factories_on else contextlib.nullcontext():
         out = sequence_parallel_attention(
-            *local, local_positions, layout, 1 / math.sqrt(DIM), window=window, softcap=softcap
+            *local,
+            local_positions,
+            layout,
+            1 / math.sqrt(DIM),
+            window=window,
+            softcap=softcap,
+            sinks=local_sinks,
         )
         (out * local_weight).sum().backward()
     assert out.device.type == "cpu" and all(t.grad.device.type == "cpu" for t in local)
@@ -118,6 +133,9 @@ def _check(
         },
     }
     destroy_sequence_parallel(layout)
+    if with_sinks:
+        # Each rank holds the gradient of its share (its heads, its queries): they sum to the whole.
+        return errors, local_sinks.grad, reference_sinks.grad
     return errors
 
 
@@ -174,6 +192,27 @@ def test_sliding_windows_and_soft_capping_match_full_attention(
     results = run_ranks(_check, world, mode, kv_heads, packed, length, backend, None, window, softcap)
     for rank, errors in enumerate(results):
         assert max(errors.values()) < 1e-10, (rank, errors)
+
+
+SINK_CASES = [
+    # (world, mode, kv_heads, packed, length, window): GPT-OSS alternates windowed and full layers
+    (2, "ulysses", 2, True, 23, None),
+    (2, "zigzag-ring", 1, True, 29, 4),
+    (4, "hybrid", 2, True, 35, None),
+]
+
+
+@pytest.mark.parametrize(("world", "mode", "kv_heads", "packed", "length", "window"), SINK_CASES)
+@pytest.mark.parametrize("backend", ["native", "math"])
+def test_attention_sinks_join_each_softmax_once(world, mode, kv_heads, packed, length, window, backend):
+    """GPT-OSS's per-head sinks in every mode: outputs, q/k/v gradients and the sinks' own gradient
+    (summed over the ranks that each hold a share of it) equal textbook attention with the sink logit."""
+    results = run_ranks(_check, world, mode, kv_heads, packed, length, backend, None, window, 0.0, True)
+    for rank, (errors, _, _) in enumerate(results):
+        assert max(errors.values()) < 1e-10, (rank, errors)
+    total = sum(grad for _, grad, _ in results)
+    torch.testing.assert_close(total, results[0][2], rtol=1e-10, atol=1e-10)
+    assert results[0][2].abs().min() > 1e-3  # every sink matters in this case
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])

@@ -19,12 +19,17 @@ import torch
 from torch import nn
 
 from ..parallel.hybrid import sequence_parallel_attention
-from ..parallel.mesh import SequenceParallelLayout
+from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
 from ..parallel.plan import AttentionPlan, DocumentLayout, gather_documents, plan_for
 from .recurrent import install_recurrent_mixers
+from .recurrent.documents import CONTEXT_KEY
 from .wrappers import unwrap_model
 
 ATTENTION_NAME = "ulysses_pro_sp"
+
+# Families whose models build their attention masks without the position ids (transformers 5.25),
+# so that transformers' own attention lets packed documents see each other.
+MASKS_IGNORE_POSITION_IDS = frozenset({"afmoe", "gpt_oss", "granitemoehybrid"})
 
 
 class _PlanCache:
@@ -66,6 +71,8 @@ def _attention_function(layout: SequenceParallelLayout):
                 "attention dropout is not supported with sequence parallelism; set attention_dropout: 0"
             )
         position_ids = kwargs.get("position_ids")
+        if position_ids is None and kwargs.get(CONTEXT_KEY) is not None:
+            position_ids = kwargs[CONTEXT_KEY].position_ids  # a family that does not pass them down
         if position_ids is None:
             raise ValueError("sequence-parallel attention needs position_ids (the trainer passes them)")
         # This layer's window (None on full-attention layers) and Gemma 2's score cap.
@@ -74,8 +81,17 @@ def _attention_function(layout: SequenceParallelLayout):
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         plan = plan_of(position_ids, query.shape[0], window)
         softcap = float(kwargs.get("softcap") or 0.0)
-        out = sequence_parallel_attention(query, key, value, None, layout, scale, plan=plan, softcap=softcap)
-        return out.transpose(1, 2), None
+        value_dim = value.shape[-1]
+        if value_dim != query.shape[-1]:
+            # MLA (DeepSeek) values are narrower than queries and keys; the kernels want one head
+            # size, and zero value channels only add zero output channels.
+            value = torch.nn.functional.pad(value, (0, query.shape[-1] - value_dim))
+        out = sequence_parallel_attention(
+            query, key, value, None, layout, scale, plan=plan, softcap=softcap, sinks=kwargs.get("s_aux")
+        )
+        # (b, s, heads, d), contiguous as transformers' own functions return it (some families .view it);
+        # free when the output came back through the ulysses all-to-all.
+        return out[..., :value_dim].transpose(1, 2).contiguous(), None
 
     return attention
 
@@ -118,10 +134,17 @@ def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) ->
     return previous
 
 
-def isolate_packed_documents(model: nn.Module) -> int:
-    """Without SP: recurrent mixers restart at every packed document (attention already does, from the
-    position ids); returns how many mixer layers that concerns."""
-    return install_recurrent_mixers(unwrap_model(model), None, ATTENTION_NAME)
+def isolate_packed_documents(model: nn.Module) -> str | None:
+    """Without SP, make packed documents train as if alone: recurrent mixers restart at every document
+    (`models/recurrent`); a family whose own masks ignore position ids (GPT-OSS) attends through SP
+    attention on a one-rank layout, which reads the documents from them (transformers' attention
+    does that itself for the others). Returns the attention implementation replaced, if any."""
+    hf_model = unwrap_model(model)
+    if getattr(hf_model.config, "model_type", None) in MASKS_IGNORE_POSITION_IDS:
+        heads, kv_heads = attention_heads(hf_model)
+        return apply_sequence_parallel(hf_model, init_sequence_parallel(1, num_heads=heads, num_kv_heads=kv_heads))
+    install_recurrent_mixers(hf_model, None, ATTENTION_NAME)
+    return None
 
 
 def share_sequence_parallel(model: nn.Module, policy: nn.Module) -> None:
@@ -163,11 +186,13 @@ def unsharded_attention(model: nn.Module, implementation: str | None) -> Iterato
         unwrap_model(model).set_attn_implementation(current)
 
 
-def attention_heads(model: nn.Module) -> tuple[int, int]:
-    """(query heads, KV heads) of the decoder."""
-    config = unwrap_model(model).config
+def attention_heads(model_or_config) -> tuple[int, int] | None:
+    """(query heads, KV heads) of the decoder; None for a decoder without attention (Mamba)."""
+    config = getattr(unwrap_model(model_or_config), "config", model_or_config)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = config.num_attention_heads
+    heads = getattr(config, "num_attention_heads", None)
+    if not heads:
+        return None
     return heads, getattr(config, "num_key_value_heads", None) or heads
 
 

@@ -265,10 +265,19 @@ def token_loss_head(
 
     wrapper.forward = forward
     if softcap:
-        text_config.final_logit_softcapping = None
+        _set_unchecked(text_config, "final_logit_softcapping", None)
     try:
         yield
     finally:
         del wrapper.forward  # back to the class's forward
         if softcap:
-            text_config.final_logit_softcapping = softcap
+            _set_unchecked(text_config, "final_logit_softcapping", softcap)
+
+
+def _set_unchecked(config, key: str, value) -> None:
+    """Set a config field for the duration of a step, also where the config class validates its
+    fields (Gemma 3n's strict config refuses None for the soft-cap it keeps as a float)."""
+    try:
+        setattr(config, key, value)
+    except Exception:  # noqa: BLE001  (huggingface_hub's StrictDataclassFieldValidationError)
+        config.__dict__[key] = value

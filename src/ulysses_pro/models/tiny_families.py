@@ -66,8 +66,9 @@ GENERIC_SIZES: dict[str, int] = {
 # Keys whose non-None default is shrunk so that the mechanism acts inside a short test sequence.
 WINDOW_SIZES: dict[str, int] = {"sliding_window": 16, "attention_chunk_size": 32}
 
-# Keys that must be 0 for an exact comparison (dropout is refused by preflight on real runs).
-DROPOUT_MARKERS = ("dropout", "pdrop")
+# Keys that must be 0 for an exact comparison: dropout (refused by preflight for attention) and the
+# router noise of PhiMoE-style experts, both random per token.
+DROPOUT_MARKERS = ("dropout", "pdrop", "jitter")
 
 FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     "mamba2": {
@@ -90,7 +91,11 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     "zamba2": {"n_mamba_heads": 8, "mamba_ngroups": 2, "chunk_size": 16, "adapter_rank": 8},
     "falcon_mamba": {"state_size": 16, "expand": 2},
     "bamba": {"attn_layer_indices": [1, 3]},
+    "granitemoehybrid": {
+        "layer_types": ["linear_attention", "full_attention", "linear_attention", "full_attention"]
+    },
     "dots1": {"n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1},
+    "deepseek_v2": {"num_experts_per_tok": 2},
     "gpt_neo": {"attention_types": [[["global", "local"], 2]], "window_size": 16},
     # KV sharing: the last two layers reuse the cache of the first sliding / full pair
     "gemma3n_text": {

@@ -38,19 +38,26 @@ def sequence_parallel_attention(
     *,
     window: int | None = None,
     softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact attention for sequence-sharded q (b, H, s, d), k/v (b, KV, s, d); returns (b, H, s, d).
 
     Give `plan` (built once per forward and window by `build_attention_plan`) or this shard's global
     `position_ids` (then the plan is built here for `window`, a collective over the SP group).
-    `softcap` > 0 caps the scores as Gemma 2 does."""
+    `softcap` > 0 caps the scores as Gemma 2 does; `sinks` (H,) are per-head attention-sink scores
+    (GPT-OSS), each rank applying those of the heads it holds."""
     if plan is None:
         if position_ids is None:
             raise ValueError("sequence_parallel_attention needs position_ids or a plan")
         plan = build_attention_plan(position_ids, layout, batch=q.shape[0], window=window)
     peers = ring_peers(layout)
+    if sinks is not None and layout.ulysses_size > 1:
+        heads = sinks.shape[0] // layout.ulysses_size
+        sinks = sinks.narrow(0, layout.ulysses_rank * heads, heads)
 
     def attend(q_heads, k_heads, v_heads):
-        return ring_attention(q_heads, k_heads, v_heads, scale=scale, peers=peers, plan=plan, softcap=softcap)
+        return ring_attention(
+            q_heads, k_heads, v_heads, scale=scale, peers=peers, plan=plan, softcap=softcap, sinks=sinks
+        )
 
     return ulysses_attention(q, k, v, layout.ulysses_group, layout.ulysses_size, attend)

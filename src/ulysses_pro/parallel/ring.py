@@ -187,26 +187,44 @@ def _no_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
+def _join_sinks(out, lse, sinks):
+    """Merge each head's sink (a key with score `sinks[h]` and a zero value, GPT-OSS) into the final
+    result: it joins the softmax denominator once, after every block."""
+    acc = lse.dtype
+    sink_lse = sinks.to(acc)[None, :, None].expand_as(lse)
+    return merge(out.to(acc), lse, torch.zeros_like(out, dtype=acc), sink_lse)
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, scale, softcap, peers, plan):
+    def forward(ctx, q, k, v, scale, softcap, peers, plan, sinks):
         with _no_autocast(q.device.type):
             out, lse = _forward(q, k, v, scale, softcap, peers, plan)
+            if sinks is not None:
+                out, lse = _join_sinks(out, lse, sinks)
         out = out.to(q.dtype)
         # The output is saved in the input precision (as flash-attn's own autograd does); the
-        # log-sum-exp stays fp32.
-        ctx.save_for_backward(q, k, v, out, lse)
+        # log-sum-exp stays fp32. With sinks both include the sink: FlashAttention-2's backward
+        # with the sink-inclusive output and log-sum-exp is the gradient of the sink-inclusive softmax.
+        ctx.save_for_backward(q, k, v, out, lse, sinks)
         ctx.scale, ctx.softcap, ctx.peers, ctx.plan = scale, softcap, peers, plan
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, sinks = ctx.saved_tensors
         with _no_autocast(q.device.type):
             grad_q, grad_k, grad_v = _backward(
                 grad_out, q, k, v, out, lse, ctx.scale, ctx.softcap, ctx.peers, ctx.plan
             )
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None
+            grad_sinks = None
+            if sinks is not None:
+                # The sink's score s gets P_sink * (dO . 0 - delta), delta = rowsum(dO * O), per query.
+                acc = lse.dtype
+                delta = (grad_out.to(acc) * out.to(acc)).sum(dim=-1)
+                sink_probability = torch.exp(sinks.to(acc)[None, :, None] - lse)
+                grad_sinks = -(sink_probability * delta).sum(dim=(0, 2)).to(sinks.dtype)
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, grad_sinks
 
 
 def ring_attention(
@@ -218,11 +236,13 @@ def ring_attention(
     peers: RingPeers | None,
     plan: AttentionPlan,
     softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of this rank's queries q (b, h, s, d) over the keys of every ring rank (peers None:
     the whole sequence is local). k, v may have fewer (GQA) heads than q; they are never repeated.
     The plan carries the sliding window; `softcap` > 0 caps every score (the merge stays exact: each
-    block's log-sum-exp is of its capped scores)."""
+    block's log-sum-exp is of its capped scores); `sinks` (h,) adds one zero-value key per head
+    with that score to every query's softmax (attention sinks, GPT-OSS)."""
     if peers is None and plan.offsets != (0,):
         raise ValueError("the plan has ring steps but there is no ring")
-    return _RingAttention.apply(q, k, v, scale, float(softcap or 0.0), peers, plan)
+    return _RingAttention.apply(q, k, v, scale, float(softcap or 0.0), peers, plan, sinks)

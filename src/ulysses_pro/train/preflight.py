@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
-from ..data.pipeline import check_sources
+from ..data.pipeline import check_sources, isolates_documents
 from ..data.templates import chat_format
+from ..models.attention import attention_heads
+from ..models.families import meta_model, packing_problems, sequence_parallel_problems
 from ..models.loader import load_model_config, load_tokenizer
+from ..models.recurrent import recurrent_mixers
 from ..parallel.mesh import resolve_degrees
 
 
@@ -45,8 +48,8 @@ def check_model(config: RunConfig, model_config, world_size: int) -> None:
                 f"{_where(config, 'sequence_parallel_size')}: sequence_parallel_size: {size} must divide "
                 f"the number of processes ({world_size}); launch with NPROC_PER_NODE={size} (or a multiple)"
             )
-        heads = text.num_attention_heads
-        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        check_family(config, model_config)  # first: a family without attention heads is refused here
+        heads, kv_heads = attention_heads(text) or (size, size)
         try:
             resolve_degrees(size, parallel.sequence_parallel_mode, heads, kv_heads, parallel.ulysses_degree)
         except ValueError as err:
@@ -59,6 +62,8 @@ def check_model(config: RunConfig, model_config, world_size: int) -> None:
                 "attention (causal, with or without sliding windows) does not compute; use "
                 "sequence_parallel_size: 1"
             )
+    if size == 1:
+        check_family(config, model_config)
     positions = trained_positions(text)
     if positions is not None and cutoff > positions:
         raise ConfigError(
@@ -67,6 +72,56 @@ def check_model(config: RunConfig, model_config, world_size: int) -> None:
             "or give the model's config.json a rope scaling (e.g. rope_type yarn with a factor) or a larger "
             "max_position_embeddings if you mean to extend its context"
         )
+
+
+def packs_separate_documents(config: RunConfig) -> bool:
+    """Whether the run packs several documents into a row and keeps them apart (the pipeline's rule)."""
+    data, stage = config.data, config.finetuning.stage
+    packing = data.packing if data.packing is not None else stage == "pt"
+    packing = (packing or data.neat_packing) and stage in ("pt", "sft")
+    return packing and isolates_documents(data, stage)
+
+
+def check_family(config: RunConfig, model_config) -> None:
+    """The decoder family against SP and packed documents (`models/families.py`), one line."""
+    size = config.parallel.sequence_parallel_size
+    packed = packs_separate_documents(config)
+    if size == 1 and not packed:
+        return
+    model = meta_model(model_config, trust_remote_code=config.model.trust_remote_code)
+    if model is not None and recurrent_mixers(model) and _zero3(config):
+        # The mixers read their convolution's weight without calling it, and ZeRO-3 gathers a
+        # module's partitioned weights only when the module itself is called.
+        raise ConfigError(
+            f"{_where(config, 'deepspeed')}: deepspeed ZeRO-3 with the recurrent layers of "
+            f"{model_config.model_type} under sequence parallelism or packing is not supported yet; "
+            "use ZeRO-2, or sequence_parallel_size: 1 without packing"
+        )
+    if size > 1:
+        problems = sequence_parallel_problems(model_config, size, model)
+        if problems:
+            raise ConfigError(
+                f"{_where(config, 'sequence_parallel_size')}: sequence_parallel_size: {size}: "
+                + "; ".join(problems)
+                + "; use sequence_parallel_size: 1 for this model"
+            )
+    if packed:
+        problems = packing_problems(model_config, model)
+        if problems:
+            key = "neat_packing" if config.data.neat_packing else "packing"
+            raise ConfigError(
+                f"{_where(config, key)}: {key}: packed documents must train as if alone, but "
+                + "; ".join(problems)
+                + f"; set {key}: false"
+            )
+
+
+def _zero3(config: RunConfig) -> bool:
+    if not config.training.deepspeed:
+        return False
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
 
 
 def preflight(config: RunConfig, world_size: int, tokenizer=None) -> None:

@@ -19,15 +19,17 @@ from ..models.attention import (
     isolate_packed_documents,
     unsharded_attention,
 )
+from ..models.families import routes_experts
 from ..models.loader import load_model, load_tokenizer
 from ..models.memory_stack import apply_memory_stack
+from ..models.wrappers import unwrap_model
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
 from ..pro.debug import DebugCallback, enable_debug_logging
 from ..pro.gradient_guard import GradientGuard
 from .checkpoints import last_checkpoint
 from .generation import sample_answers
 from .plotting import plot_loss
-from .preflight import preflight
+from .preflight import packs_separate_documents, preflight
 from .reference import ReferenceModel, partitioned_for_inference
 from .trainer import UlyssesTrainer
 
@@ -47,14 +49,15 @@ def resolve_resume(config: RunConfig) -> str | None:
 
 
 def setup_sequence_parallel(config: RunConfig, model) -> tuple[SequenceParallelLayout | None, str | None]:
-    """Create the SP groups and route attention through them; (None, None) at SP=1."""
+    """Create the SP groups and route attention through them: (layout, the attention implementation
+    replaced). At SP=1 no layout; packed documents are kept apart (`isolate_packed_documents`)."""
     parallel = config.parallel
     size = parallel.sequence_parallel_size
     if size == 1:
-        isolate_packed_documents(model)
-        return None, None
+        return None, isolate_packed_documents(model) if packs_separate_documents(config) else None
     # preflight has checked the split against the world size and the model's heads.
-    heads, kv_heads = attention_heads(model)
+    # Without attention (a pure Mamba model) only the recurrent layers split: any head count does.
+    heads, kv_heads = attention_heads(model) or (size, size)
     try:
         layout = init_sequence_parallel(
             size,
@@ -68,6 +71,26 @@ def setup_sequence_parallel(config: RunConfig, model) -> tuple[SequenceParallelL
         raise ConfigError(str(err)) from None
     logger.info("sequence parallel: %s", layout.describe())
     return layout, apply_sequence_parallel(model, layout)
+
+
+def allow_idle_experts(config: RunConfig, model) -> None:
+    """Mixture-of-experts under DDP: an expert that no token of a rank's batch reaches gets no
+    gradient there, and DDP, waiting for every gradient, stops the job. DDP then has to look for
+    unused parameters (they count as zero, so the averaged gradients are unchanged), which it can
+    only do with non-reentrant checkpointing (reentrant checkpointing marks a parameter twice)."""
+    args = config.training
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or not args.do_train or not routes_experts(unwrap_model(model).config):
+        return
+    if config.origins.get("ddp_find_unused_parameters") and not args.ddp_find_unused_parameters:
+        raise ConfigError(
+            f"{config.origins['ddp_find_unused_parameters']}: ddp_find_unused_parameters: false: this model "
+            "routes tokens to experts, and an expert that gets no token on a rank would stop DDP; remove the key"
+        )
+    if not args.ddp_find_unused_parameters or config.model.use_reentrant_gc:
+        logger.info("routed experts: DDP looks for unused parameters; checkpointing is non-reentrant")
+    args.ddp_find_unused_parameters = True
+    config.model.use_reentrant_gc = False
 
 
 def pro_features(config: RunConfig, layout: SequenceParallelLayout | None) -> dict:
@@ -167,6 +190,7 @@ def run_workflow(
     bundle = (build_data or partial(build_datasets, stage=stage))(config.data, tokenizer, seed=args.seed)
     logger.info("data ready in %.1fs", time.perf_counter() - started)
     model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
+    allow_idle_experts(config, model)
     if prepare_model is not None:
         model = prepare_model(model, config)
     loss_head = apply_memory_stack(model, config.model, config.memory, training=args.do_train)

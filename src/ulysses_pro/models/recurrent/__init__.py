@@ -17,11 +17,15 @@ from torch import nn
 
 from ...parallel.mesh import SequenceParallelLayout
 from ..wrappers import unwrap_model
-from . import gated_deltanet
+from . import gated_deltanet, kimi_delta, mamba2, short_conv
 from .documents import CONTEXT_KEY, MixerContext, build_context
 
 # Mechanism modules by the transformers class names of the layers they drive.
-MECHANISMS = {name: gated_deltanet for name in gated_deltanet.CLASS_NAMES}
+MECHANISMS = {
+    name: mechanism
+    for mechanism in (gated_deltanet, kimi_delta, mamba2, short_conv)
+    for name in mechanism.CLASS_NAMES
+}
 
 
 def recurrent_mixers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -85,7 +89,9 @@ def install_recurrent_mixers(
     model: nn.Module, layout: SequenceParallelLayout | None, sequence_parallel_name: str
 ) -> int:
     """Drive every known mixer of `model` (SP when `layout` is set and the model runs
-    `sequence_parallel_name` attention; document restarts always); returns how many."""
+    `sequence_parallel_name` attention; document restarts always), and with a layout pass every
+    forward's context down (SP attention reads the position ids from it where a family does not pass
+    them to its layers); returns how many mixers."""
     hf_model = unwrap_model(model)
     mixers = recurrent_mixers(hf_model)
     for _, module in mixers:
@@ -96,7 +102,7 @@ def install_recurrent_mixers(
     if hook is not None:
         hook.remove()
         hf_model._ulysses_mixer_hook = None
-    if mixers:
+    if mixers or layout is not None:
         hf_model._ulysses_mixer_hook = hf_model.register_forward_pre_hook(
             _context_hook(layout, sequence_parallel_name), with_kwargs=True
         )

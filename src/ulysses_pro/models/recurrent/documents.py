@@ -7,12 +7,13 @@ of its heads in global order (`parallel.whole_sequence`), so it needs, per token
 how far it is from its document's first token (a convolution must not reach past it), and the
 document bounds on the host (the recurrence restarts at each). The context travels to the mixers
 as a keyword argument of the model call, so gradient checkpointing replays a layer with the
-context of its own forward, never a later one.
+context of its own forward, never a later one; it also carries the position ids to attention
+layers of families that do not pass them down (Granite-MoE-hybrid, Llama 4).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -24,19 +25,45 @@ from ...parallel.whole_sequence import SequenceOrder
 CONTEXT_KEY = "ulysses_mixer_context"
 
 
-@dataclass(frozen=True)
 class MixerContext:
-    """The document layout of one forward's whole sequence, for recurrent mixers."""
+    """The document layout of one forward's whole sequence, for recurrent mixers.
 
-    layout: SequenceParallelLayout | None
-    length: int  # tokens of the whole (gathered) sequence
-    offsets: torch.Tensor = field(repr=False)  # (b, length): tokens since the document's first token
-    starts: list[list[int]] = field(repr=False)  # per row, the token index of every document start
-    order: SequenceOrder = field(repr=False)
+    Built lazily: a forward whose mixers never run (an attention-only family that gets the context
+    only for its position ids) gathers nothing and reads nothing back; the first mixer of a forward
+    does it for all (every rank runs the same layers, so all take part in the gather together)."""
+
+    def __init__(self, position_ids: torch.Tensor, layout: SequenceParallelLayout | None, batch: int):
+        self.position_ids = position_ids  # this rank's, as the model call got them
+        self.layout = layout
+        self._batch = batch
 
     @property
     def sharded(self) -> bool:
         return self.layout is not None and self.layout.sp_size > 1
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """(b, S) positions of the whole sequence in global order (collective over the SP group)."""
+        positions = gather_full_sequence(self.position_ids, self.layout) if self.layout else self.position_ids
+        return positions.expand(self._batch, -1) if positions.shape[0] != self._batch else positions
+
+    @property
+    def length(self) -> int:
+        return self.positions.shape[1]
+
+    @cached_property
+    def offsets(self) -> torch.Tensor:
+        """(b, S) tokens since each token's document start."""
+        return offsets_in_document(self.positions)
+
+    @cached_property
+    def starts(self) -> list[list[int]]:
+        """Per row, the token index of every document start (the context's one host read)."""
+        return document_starts(self.positions)
+
+    @cached_property
+    def order(self) -> SequenceOrder:
+        return SequenceOrder.build(self.length, self.layout, self.positions.device)
 
     @property
     def one_document_per_row(self) -> bool:
@@ -61,14 +88,5 @@ def offsets_in_document(positions: torch.Tensor) -> torch.Tensor:
 def build_context(
     position_ids: torch.Tensor, layout: SequenceParallelLayout | None, batch: int
 ) -> MixerContext:
-    """Gather the SP group's positions (collective) and describe the documents of the whole sequence."""
-    positions = gather_full_sequence(position_ids, layout) if layout is not None else position_ids
-    if positions.shape[0] != batch:
-        positions = positions.expand(batch, -1)
-    return MixerContext(
-        layout=layout,
-        length=positions.shape[1],
-        offsets=offsets_in_document(positions),
-        starts=document_starts(positions),
-        order=SequenceOrder.build(positions.shape[1], layout, positions.device),
-    )
+    """The context of one forward (nothing is gathered or read until a mixer asks)."""
+    return MixerContext(position_ids, layout, batch)

@@ -28,7 +28,12 @@ from .conv import causal_conv_documents
 from .documents import MixerContext
 from .per_document import run_per_document
 
-CLASS_NAMES = ("Qwen3NextGatedDeltaNet", "Qwen3_5GatedDeltaNet", "Qwen3_5MoeGatedDeltaNet")
+CLASS_NAMES = (
+    "Qwen3NextGatedDeltaNet",
+    "Qwen3_5GatedDeltaNet",
+    "Qwen3_5MoeGatedDeltaNet",
+    "OlmoHybridGatedDeltaNet",
+)
 
 
 def split_problem(module: nn.Module, sp_size: int) -> str | None:
@@ -46,6 +51,15 @@ def _projections(module: nn.Module, hidden: torch.Tensor):
     batch, length = hidden.shape[:2]
     if hasattr(module, "in_proj_qkvz"):  # Qwen3-Next: interleaved per key-head group
         return module.fix_query_key_value_ordering(module.in_proj_qkvz(hidden), module.in_proj_ba(hidden))
+    if hasattr(module, "g_proj"):  # OLMo-hybrid: separate projections, the output gate from g_proj
+        return (
+            module.q_proj(hidden).reshape(batch, length, -1, module.head_k_dim),
+            module.k_proj(hidden).reshape(batch, length, -1, module.head_k_dim),
+            module.v_proj(hidden).reshape(batch, length, -1, module.head_v_dim),
+            module.g_proj(hidden).reshape(batch, length, -1, module.head_v_dim),
+            module.b_proj(hidden),
+            module.a_proj(hidden),
+        )
     mixed = module.in_proj_qkv(hidden)
     q, k, v = torch.split(mixed, [module.key_dim, module.key_dim, module.value_dim], dim=-1)
     return (
@@ -67,7 +81,9 @@ def _conv_rows(module: nn.Module, sp_size: int, sp_rank: int, expand_keys: bool)
         group = module.num_v_heads // module.num_k_heads
         k_heads = [head // group for head in v_heads]
     else:
-        k_heads = range(sp_rank * module.num_k_heads // sp_size, (sp_rank + 1) * module.num_k_heads // sp_size)
+        k_heads = range(
+            sp_rank * module.num_k_heads // sp_size, (sp_rank + 1) * module.num_k_heads // sp_size
+        )
     q_rows = [head * dk + i for head in k_heads for i in range(dk)]
     k_rows = [module.key_dim + row for row in q_rows]
     v_rows = [2 * module.key_dim + head * dv + i for head in v_heads for i in range(dv)]
@@ -87,6 +103,8 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
     sp_size, sp_rank = (layout.sp_size, layout.sp_rank) if context.sharded else (1, 0)
     q, k, v, z, b, a = _projections(module, hidden)
     beta = b.sigmoid()
+    if getattr(module, "allow_neg_eigval", False):
+        beta = beta * 2.0  # OLMo-hybrid: eigenvalues of the state transition in [-1, 1]
     # As the layer computes it: fp32 decay, so an fp16 model cannot overflow exp(A_log).
     g = -module.A_log.float().exp() * F.softplus(a.float() + module.dt_bias)
     expand_keys = module.num_k_heads % sp_size != 0
@@ -118,5 +136,7 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
 
     core = run_per_document(recurrence, [q, k, v, g[..., 0], beta[..., 0]], context)
     core = gather_heads(core, layout, context.order)  # (b, s/P, Hv, dv)
-    core = module.norm(core.reshape(-1, module.head_v_dim), z.reshape(-1, module.head_v_dim))
-    return module.out_proj(core.reshape(batch, local, -1))
+    norm = getattr(module, "norm", None) or module.o_norm
+    out_proj = getattr(module, "out_proj", None) or module.o_proj
+    core = norm(core.reshape(-1, module.head_v_dim), z.reshape(-1, module.head_v_dim))
+    return out_proj(core.reshape(batch, local, -1))

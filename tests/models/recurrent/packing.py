@@ -1,0 +1,27 @@
+"""A packed row of three documents against the same documents alone, through a whole tiny model."""
+
+from __future__ import annotations
+
+import torch
+
+LENGTHS = [23, 37, 30]  # off the 16/64-token scan chunks and longer than the 4-tap convolutions
+
+
+def packed_and_alone(model):
+    """(logits of the packed row, logits of each document alone laid end to end)."""
+    generator = torch.Generator().manual_seed(1)
+    docs = [torch.randint(3, 1000, (1, n), generator=generator) for n in LENGTHS]
+    packed = torch.cat(docs, dim=1)
+    positions = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    packed_logits = model(input_ids=packed, position_ids=positions, use_cache=False).logits
+    alone = [
+        model(input_ids=d, position_ids=torch.arange(d.shape[1])[None], use_cache=False).logits for d in docs
+    ]
+    return packed_logits, torch.cat(alone, dim=1)
+
+
+def gradients(model, logits):
+    """Every parameter gradient of a fixed function of `logits`, flattened."""
+    model.zero_grad()
+    logits.square().mean().backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
