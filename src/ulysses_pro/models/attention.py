@@ -129,9 +129,20 @@ def apply_sequence_parallel(model: nn.Module, layout: SequenceParallelLayout) ->
         hf_model._ulysses_position_ids_hook = hf_model.register_forward_pre_hook(
             _require_position_ids, with_kwargs=True
         )
-    hf_model._ulysses_layout = layout
+    hf_model._ulysses_layout = _SharedLayout(layout)
     install_recurrent_mixers(hf_model, layout, ATTENTION_NAME)
     return previous
+
+
+class _SharedLayout:
+    """The policy's layout, kept on the model for models wired like it; a deep copy of the model
+    (DPO's frozen reference) shares it, as process groups cannot be copied."""
+
+    def __init__(self, layout: SequenceParallelLayout):
+        self.layout = layout
+
+    def __deepcopy__(self, memo) -> _SharedLayout:
+        return self
 
 
 def isolate_packed_documents(model: nn.Module) -> str | None:
@@ -152,7 +163,8 @@ def share_sequence_parallel(model: nn.Module, policy: nn.Module) -> None:
     its attention implementation, and its mixers on the policy's SP layout."""
     hf_policy = unwrap_model(policy)
     unwrap_model(model).set_attn_implementation(hf_policy.config._attn_implementation)
-    install_recurrent_mixers(unwrap_model(model), getattr(hf_policy, "_ulysses_layout", None), ATTENTION_NAME)
+    shared = getattr(hf_policy, "_ulysses_layout", None)
+    install_recurrent_mixers(unwrap_model(model), shared.layout if shared else None, ATTENTION_NAME)
 
 
 def unregister_sequence_parallel() -> None:
