@@ -21,7 +21,7 @@ from .family_sweep import family_outcome
 MECHANISMS = {
     "qwen3_5_text": "Gated DeltaNet hybrid",
     "deepseek_v3": "multi-head latent attention, v_head_dim != qk head dim",
-    "mixtral": "routed experts",
+    "ernie4_5_moe": "routed experts with idle experts under DDP",
     "gpt_oss": "attention sinks",
     "llama4_text": "chunked attention",
     "bamba": "Mamba-2 hybrid",
