@@ -40,6 +40,16 @@ def rss_peak_mib() -> float:
     return rss_kib("VmHWM") / 1024
 
 
+def summed_loss_step(model, head, batch: dict) -> None:
+    """One training forward + backward the way the trainer runs token stages (the summed tiled loss
+    head over the batch's pre-shifted labels)."""
+    from ulysses_pro.models.memory import token_loss_head
+
+    with token_loss_head(model, batch["shift_labels"], head_options=head, reduction="sum"):
+        loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    loss.backward()
+
+
 def second_step_peak():
     """A Trainer callback whose `peak_mib` is the resident-set high-water mark of optimizer step 2
     (weights, optimizer state and that step's activations; step 1's one-off allocations excluded)."""

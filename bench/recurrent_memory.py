@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launcher import run_ranks  # noqa: E402  (the project's one multi-rank launcher)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_probe import pin_malloc, reset_rss_peak, rss_kib  # noqa: E402
+from memory_probe import pin_malloc, reset_rss_peak, rss_kib, summed_loss_step  # noqa: E402
 
 SHAPE = {
     "num_heads": 8,
@@ -66,7 +66,6 @@ def _timed_exchanges(layout, spent: dict[str, float]) -> None:
 def _step(rank, world, sp_size, length, hidden, repeats):
     from ulysses_pro.config.args import MemoryArguments, ModelArguments
     from ulysses_pro.models.attention import apply_sequence_parallel
-    from ulysses_pro.models.memory import token_loss_head
     from ulysses_pro.models.memory_stack import apply_memory_stack
     from ulysses_pro.models.tiny import build_tiny_model
     from ulysses_pro.parallel import init_sequence_parallel, split_for_sequence_parallel
@@ -92,11 +91,7 @@ def _step(rank, world, sp_size, length, hidden, repeats):
     batch = {k: v.to(device) for k, v in batch.items()}
 
     def step():
-        with token_loss_head(model, batch["shift_labels"], head_options=head, reduction="sum"):
-            loss = model(
-                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-            ).logits
-        loss.backward()
+        summed_loss_step(model, head, batch)
 
     step()  # warm-up: gradients exist from here on, so the baseline includes them
     if torch.distributed.is_initialized():

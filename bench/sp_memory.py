@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launcher import run_ranks  # noqa: E402  (the project's one multi-rank launcher)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from memory_probe import pin_malloc  # noqa: E402
+from memory_probe import pin_malloc, summed_loss_step  # noqa: E402
 from memory_probe import rss_kib as _rss_kib
 
 HEADS, KV_HEADS = 8, 4
@@ -47,7 +47,6 @@ def _peak_mib(baseline_kib: int) -> float:
 def _step(rank, world, sp_size, mode, length, hidden, layers, repeats, memory_keys):
     from ulysses_pro.config.args import MemoryArguments, ModelArguments
     from ulysses_pro.models.attention import apply_sequence_parallel
-    from ulysses_pro.models.memory import token_loss_head
     from ulysses_pro.models.memory_stack import apply_memory_stack
     from ulysses_pro.models.tiny import build_tiny_model
     from ulysses_pro.parallel import (
@@ -89,11 +88,7 @@ def _step(rank, world, sp_size, mode, length, hidden, layers, repeats, memory_ke
     batch = {k: v.to(device) for k, v in batch.items()}
 
     def step():
-        with token_loss_head(model, batch["shift_labels"], head_options=head, reduction="sum"):
-            loss = model(
-                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-            ).logits
-        loss.backward()
+        summed_loss_step(model, head, batch)
 
     step()  # warm-up: allocates gradients, so the baseline below includes them
     if torch.distributed.is_initialized():

@@ -20,6 +20,13 @@ def packed_and_alone(model):
     return packed_logits, torch.cat(alone, dim=1)
 
 
+def assert_packed_equals_alone(model) -> None:
+    """Logits and parameter gradients of the packed row equal those of the documents alone."""
+    packed, alone = packed_and_alone(model)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gradients(model, packed), gradients(model, alone), rtol=1e-4, atol=1e-6)
+
+
 def gradients(model, logits):
     """Every parameter gradient of a fixed function of `logits`, flattened."""
     model.zero_grad()

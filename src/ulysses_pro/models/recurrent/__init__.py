@@ -72,13 +72,19 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
 
 def _context_hook(layout: SequenceParallelLayout | None, sequence_parallel_name: str):
     def attach(module: nn.Module, args: tuple, kwargs: dict):
-        if kwargs.get("use_cache") or kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None:
+        if (
+            kwargs.get("use_cache")
+            or kwargs.get("past_key_values") is not None
+            or kwargs.get("cache") is not None
+        ):
             return None  # generation: the mixers keep their own (cached) forward
         sharded = layout is not None and module.config._attn_implementation == sequence_parallel_name
         position_ids = _position_ids(module, args, kwargs)
         batch = _batch_size(args, kwargs)
         if position_ids is None or batch is None:
-            return None  # one unsharded document per row: nothing to do (SP refuses a forward without positions)
+            return (
+                None  # one unsharded document per row: nothing to do (SP refuses a forward without positions)
+            )
         kwargs[CONTEXT_KEY] = build_context(position_ids, layout if sharded else None, batch)
         return args, kwargs
 

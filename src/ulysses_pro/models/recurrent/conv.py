@@ -9,8 +9,27 @@ convolution with no document inside the row reduces to the plain causal convolut
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+
+def conv_rows(
+    conv: nn.Conv1d, rows: Callable[[], list[int]] | None, key: tuple
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (C', K), bias (C',) or None): the rows of a depthwise convolution this rank runs, all
+    of them when `rows` is None. The index tensor is built once per layer, `key` (the split) and
+    device, not in every forward (on CUDA that would be a host-to-device copy per layer)."""
+    weight, bias = conv.weight.squeeze(1), conv.bias
+    if rows is None:
+        return weight, bias
+    cache = conv.__dict__.setdefault("_ulysses_rows", {})
+    index = cache.get(key)
+    if index is None or index.device != weight.device:
+        index = cache[key] = torch.tensor(rows(), dtype=torch.long, device=weight.device)
+    return weight.index_select(0, index), bias.index_select(0, index) if bias is not None else None
 
 
 def causal_conv_documents(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...parallel.whole_sequence import gather_heads, scatter_heads
-from .conv import causal_conv_documents
+from .conv import causal_conv_documents, conv_rows
 from .documents import MixerContext
 from .per_document import run_per_document
 
@@ -113,13 +113,12 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
         q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
     q, k, v, g, beta = scatter_heads([q, k, v, g.unsqueeze(-1), beta.unsqueeze(-1)], layout, context.order)
     length = q.shape[1]
-    rows = _conv_rows(module, sp_size, sp_rank, expand_keys)
-    weight = module.conv1d.weight.squeeze(1)
-    bias = module.conv1d.bias
-    if sp_size > 1 or expand_keys:
-        index = torch.tensor(rows, dtype=torch.long, device=weight.device)
-        weight = weight.index_select(0, index)
-        bias = bias.index_select(0, index) if bias is not None else None
+    split = sp_size > 1 or expand_keys
+    weight, bias = conv_rows(
+        module.conv1d,
+        (lambda: _conv_rows(module, sp_size, sp_rank, expand_keys)) if split else None,
+        (sp_size, sp_rank),
+    )
     mixed = torch.cat([x.reshape(batch, length, -1) for x in (q, k, v)], dim=-1)
     from transformers.activations import ACT2FN
 

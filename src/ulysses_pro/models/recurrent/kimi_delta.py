@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...parallel.whole_sequence import gather_heads, scatter_heads
-from .conv import causal_conv_documents
+from .conv import causal_conv_documents, conv_rows
 from .documents import MixerContext
 from .per_document import run_per_document
 
@@ -52,12 +52,13 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
     beta = torch.sigmoid(module.b_proj(hidden))
     q, k, v, g, beta = scatter_heads([q, k, v, g, beta.unsqueeze(-1)], layout, context.order)
     length, heads = q.shape[1], q.shape[2]
-    weight = module.conv1d.weight.squeeze(1)
-    if sp_size > 1:
-        index = torch.tensor(_conv_rows(module, sp_size, sp_rank), dtype=torch.long, device=weight.device)
-        weight = weight.index_select(0, index)
+    weight, bias = conv_rows(
+        module.conv1d,
+        (lambda: _conv_rows(module, sp_size, sp_rank)) if sp_size > 1 else None,
+        (sp_size, sp_rank),
+    )
     mixed = torch.cat([t.reshape(batch, length, -1) for t in (q, k, v)], dim=-1)
-    mixed = causal_conv_documents(mixed, weight, module.conv1d.bias, context.offsets, ACT2FN[module.activation])
+    mixed = causal_conv_documents(mixed, weight, bias, context.offsets, ACT2FN[module.activation])
     q, k, v = (t.reshape(batch, length, heads, module.head_dim) for t in mixed.chunk(3, dim=-1))
     rule = sys.modules[type(module).__module__].chunk_kimi_delta_attention
 

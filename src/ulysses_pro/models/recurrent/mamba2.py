@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ...parallel.whole_sequence import gather_heads, scatter_heads
-from .conv import causal_conv_documents
+from .conv import causal_conv_documents, conv_rows
 from .documents import MixerContext
 from .per_document import run_per_document
 
@@ -57,7 +57,9 @@ def _conv_rows(module: nn.Module, sp_size: int, sp_rank: int) -> list[int]:
     groups = _rank_groups(module, sp_size, sp_rank)
     x_rows = [h * d + i for h in heads for i in range(d)]
     b_rows = [module.intermediate_size + g * n + i for g in groups for i in range(n)]
-    c_rows = [module.intermediate_size + module.n_groups * n + row - module.intermediate_size for row in b_rows]
+    c_rows = [
+        module.intermediate_size + module.n_groups * n + row - module.intermediate_size for row in b_rows
+    ]
     return x_rows + b_rows + c_rows
 
 
@@ -75,17 +77,21 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
     heads, d, groups, n = module.num_heads, module.head_dim, module.n_groups, module.ssm_state_size
     gate, xbc, dt = module.in_proj(hidden).split([module.intermediate_size, module.conv_dim, heads], dim=-1)
     x, b, c = xbc.split([module.intermediate_size, groups * n, groups * n], dim=-1)
-    x, b, c = x.reshape(batch, local, heads, d), b.reshape(batch, local, groups, n), c.reshape(batch, local, groups, n)
+    x, b, c = (
+        x.reshape(batch, local, heads, d),
+        b.reshape(batch, local, groups, n),
+        c.reshape(batch, local, groups, n),
+    )
     if groups % sp_size:
         # Fewer groups than ranks: rank u needs group u // (P / G); send each group to each of its ranks.
         b, c = (t.repeat_interleave(sp_size // groups, dim=2) for t in (b, c))
     x, b, c, dt = scatter_heads([x, b, c, dt.unsqueeze(-1)], layout, context.order)
     length = x.shape[1]
-    weight, bias = module.conv1d.weight.squeeze(1), module.conv1d.bias
-    if sp_size > 1:
-        index = torch.tensor(_conv_rows(module, sp_size, sp_rank), dtype=torch.long, device=weight.device)
-        weight = weight.index_select(0, index)
-        bias = bias.index_select(0, index) if bias is not None else None
+    weight, bias = conv_rows(
+        module.conv1d,
+        (lambda: _conv_rows(module, sp_size, sp_rank)) if sp_size > 1 else None,
+        (sp_size, sp_rank),
+    )
     mixed = torch.cat([t.reshape(batch, length, -1) for t in (x, b, c)], dim=-1)
     mixed = causal_conv_documents(mixed, weight, bias, context.offsets, module.act)
     local_heads, local_groups = x.shape[2], b.shape[2]

@@ -20,7 +20,11 @@ CLASS_NAMES = ("Lfm2ShortConv", "Lfm2MoeShortConv", "Lfm3ShortConv")
 def split_problem(module: nn.Module, sp_size: int) -> str | None:
     """Why this layer's channels cannot be split over `sp_size` ranks (None: they can)."""
     channels = module.conv.weight.shape[0]
-    return None if channels % sp_size == 0 else f"its {channels} convolution channels do not split over {sp_size} ranks"
+    return (
+        None
+        if channels % sp_size == 0
+        else f"its {channels} convolution channels do not split over {sp_size} ranks"
+    )
 
 
 def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> torch.Tensor:
