@@ -12,20 +12,20 @@ from ..launcher import run_ranks
 def _count_plans(rank, world, arch, overrides):
     from ulysses_pro.models import attention
     from ulysses_pro.models.tiny import build_tiny_model
-    from ulysses_pro.parallel import destroy_sequence_parallel, init_sequence_parallel
+    from ulysses_pro.parallel import destroy_sequence_parallel, init_sequence_parallel, sharding
 
     gathers, plans = [], []
-    real_gather, real_plan = attention.gather_documents, attention.plan_for
+    real_gather, real_plan = sharding.all_gather_sequence, attention.plan_for
 
-    def counting_gather(position_ids, layout, batch=None):
-        gathers.append(position_ids.shape)
-        return real_gather(position_ids, layout, batch=batch)
+    def counting_gather(x, group):  # every position-id all-gather, whoever asks for it
+        gathers.append(x.shape)
+        return real_gather(x, group)
 
     def counting_plan(documents, layout, window=None):
         plans.append(window)
         return real_plan(documents, layout, window)
 
-    attention.gather_documents, attention.plan_for = counting_gather, counting_plan
+    sharding.all_gather_sequence, attention.plan_for = counting_gather, counting_plan
     model = build_tiny_model(arch, num_layers=3, seed=1, **overrides)
     layout = init_sequence_parallel(world, "ulysses", num_heads=4, num_kv_heads=2)
     attention.apply_sequence_parallel(model, layout)
@@ -42,6 +42,8 @@ def _count_plans(rank, world, arch, overrides):
         ("llama", {}, [None, None]),
         # sliding, full, sliding: two plans per forward (one per window size), one gather
         ("gemma3", {"sliding_window": 3, "sliding_window_pattern": 2}, [3, None, 3, None]),
+        # two Gated DeltaNet layers and one attention layer: the mixers' documents are the plan's
+        ("qwen3_next", {}, [None, None]),
     ],
 )
 def test_attention_plan_is_built_once_per_forward(arch, overrides, windows):

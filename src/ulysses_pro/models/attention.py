@@ -51,9 +51,13 @@ class _PlanCache:
         self.documents: DocumentLayout | None = None
         self.plans: dict[int | None, AttentionPlan] = {}
 
-    def __call__(self, position_ids: torch.Tensor, batch: int, window: int | None = None) -> AttentionPlan:
+    def __call__(
+        self, position_ids: torch.Tensor, batch: int, window: int | None = None, context=None
+    ) -> AttentionPlan:
         if self.key is None or self.key() is not position_ids or self.batch != batch:
-            self.documents = gather_documents(position_ids, self.layout, batch=batch)
+            # The forward's mixer context holds the same documents (hybrids read them once).
+            documents = context.document_layout if context is not None else None
+            self.documents = documents or gather_documents(position_ids, self.layout, batch=batch)
             self.key, self.batch, self.plans = weakref.ref(position_ids), batch, {}
         if window not in self.plans:
             self.plans[window] = plan_for(self.documents, self.layout, window)
@@ -71,15 +75,18 @@ def _attention_function(layout: SequenceParallelLayout):
                 "attention dropout is not supported with sequence parallelism; set attention_dropout: 0"
             )
         position_ids = kwargs.get("position_ids")
-        if position_ids is None and kwargs.get(CONTEXT_KEY) is not None:
-            position_ids = kwargs[CONTEXT_KEY].position_ids  # a family that does not pass them down
+        context = kwargs.get(CONTEXT_KEY)
+        if position_ids is None and context is not None:
+            position_ids = context.position_ids  # a family that does not pass them down
+        if context is not None and context.position_ids is not position_ids:
+            context = None  # not this layer's positions: plan from its own
         if position_ids is None:
             raise ValueError("sequence-parallel attention needs position_ids (the trainer passes them)")
         # This layer's window (None on full-attention layers) and Gemma 2's score cap.
         window = kwargs.get("sliding_window")
         window = int(window) if window is not None and window < query.shape[2] * layout.sp_size else None
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        plan = plan_of(position_ids, query.shape[0], window)
+        plan = plan_of(position_ids, query.shape[0], window, context)
         softcap = float(kwargs.get("softcap") or 0.0)
         value_dim = value.shape[-1]
         if value_dim != query.shape[-1]:
@@ -153,7 +160,9 @@ def isolate_packed_documents(model: nn.Module) -> str | None:
     hf_model = unwrap_model(model)
     if getattr(hf_model.config, "model_type", None) in MASKS_IGNORE_POSITION_IDS:
         heads, kv_heads = attention_heads(hf_model)
-        return apply_sequence_parallel(hf_model, init_sequence_parallel(1, num_heads=heads, num_kv_heads=kv_heads))
+        return apply_sequence_parallel(
+            hf_model, init_sequence_parallel(1, num_heads=heads, num_kv_heads=kv_heads)
+        )
     install_recurrent_mixers(hf_model, None, ATTENTION_NAME)
     return None
 

@@ -18,7 +18,7 @@ from functools import cached_property
 import torch
 
 from ...parallel.mesh import SequenceParallelLayout
-from ...parallel.plan import document_starts
+from ...parallel.plan import DocumentLayout, document_starts
 from ...parallel.sharding import gather_full_sequence
 from ...parallel.whole_sequence import SequenceOrder
 
@@ -60,6 +60,11 @@ class MixerContext:
     def starts(self) -> list[list[int]]:
         """Per row, the token index of every document start (the context's one host read)."""
         return document_starts(self.positions)
+
+    @cached_property
+    def document_layout(self) -> DocumentLayout:
+        """The same documents as attention plans read them (so a hybrid gathers and reads once)."""
+        return DocumentLayout(self.starts, self.length, self.position_ids.device)
 
     @cached_property
     def order(self) -> SequenceOrder:
