@@ -1,5 +1,6 @@
 """Recurrent hybrids under SP reproduce one process (contract 8, and contract 10: every mixer, not
-only attention): Gated DeltaNet (Qwen3.5, Qwen3-Next), Mamba-2 (Bamba), Kimi Delta Attention, LFM2.
+only attention): Gated DeltaNet (Qwen3.5, Qwen3-Next, OLMo-hybrid), Mamba-2 (Bamba, Nemotron-H,
+Granite-4), Mamba (Jamba), Kimi Delta Attention, LFM2.
 
 Packed rows (neat_packing), GA 2, 4 optimizer steps: losses within 1e-5 relative, gradients within
 1e-4. The Qwen3-Next case splits 2 linear-attention key heads over 4 ranks, so each rank receives the
@@ -36,6 +37,8 @@ SWEEP = [
     (2, "tiny:lfm2", 2, "zigzag-ring"),
     (4, "tiny:lfm2", 4, "hybrid"),
     (4, "tiny:olmo_hybrid", 4, "zigzag-ring"),
+    (2, "tiny:jamba", 2, "zigzag-ring"),
+    (4, "tiny:jamba", 4, "hybrid"),
 ]
 
 

@@ -17,13 +17,13 @@ from torch import nn
 
 from ...parallel.mesh import SequenceParallelLayout
 from ..wrappers import unwrap_model
-from . import gated_deltanet, kimi_delta, mamba2, short_conv
+from . import gated_deltanet, kimi_delta, mamba1, mamba2, short_conv
 from .documents import CONTEXT_KEY, MixerContext, build_context
 
 # Mechanism modules by the transformers class names of the layers they drive.
 MECHANISMS = {
     name: mechanism
-    for mechanism in (gated_deltanet, kimi_delta, mamba2, short_conv)
+    for mechanism in (gated_deltanet, kimi_delta, mamba1, mamba2, short_conv)
     for name in mechanism.CLASS_NAMES
 }
 
@@ -44,7 +44,11 @@ def split_problems(model: nn.Module, sp_size: int) -> list[str]:
 
 
 def _mixer_forward(module: nn.Module, *args, **kwargs):
-    context: MixerContext | None = kwargs.pop(CONTEXT_KEY, None)
+    # The keyword argument is the context of this very forward, also when checkpointing replays it.
+    # Families whose layers do not hand keyword arguments to their mixer (Jamba) get the model
+    # call's context from the model's pre-hook instead, which holds in training, where each forward's
+    # backward (and its recomputation) runs before the next training forward.
+    context: MixerContext | None = kwargs.pop(CONTEXT_KEY, None) or module.__dict__.get("_ulysses_context")
     cache = kwargs.get("cache", kwargs.get("cache_params"))
     if context is None or cache is not None or (not context.sharded and context.one_document_per_row):
         return module._ulysses_own_forward(*args, **kwargs)
@@ -77,15 +81,18 @@ def _context_hook(layout: SequenceParallelLayout | None, sequence_parallel_name:
             or kwargs.get("past_key_values") is not None
             or kwargs.get("cache") is not None
         ):
+            for mixer in module.__dict__.get("_ulysses_mixers", ()):
+                mixer.__dict__["_ulysses_context"] = None
             return None  # generation: the mixers keep their own (cached) forward
         sharded = layout is not None and module.config._attn_implementation == sequence_parallel_name
         position_ids = _position_ids(module, args, kwargs)
         batch = _batch_size(args, kwargs)
-        if position_ids is None or batch is None:
-            return (
-                None  # one unsharded document per row: nothing to do (SP refuses a forward without positions)
-            )
-        kwargs[CONTEXT_KEY] = build_context(position_ids, layout if sharded else None, batch)
+        context = None
+        if position_ids is not None and batch is not None:  # else one unsharded document per row
+            context = build_context(position_ids, layout if sharded else None, batch)
+            kwargs[CONTEXT_KEY] = context
+        for mixer in module.__dict__.get("_ulysses_mixers", ()):
+            mixer.__dict__["_ulysses_context"] = context
         return args, kwargs
 
     return attach
@@ -100,6 +107,8 @@ def install_recurrent_mixers(
     them to its layers); returns how many mixers."""
     hf_model = unwrap_model(model)
     mixers = recurrent_mixers(hf_model)
+    # Kept on the model (a deep copy, e.g. DPO's reference, gets its own mixers in the list).
+    hf_model.__dict__["_ulysses_mixers"] = [module for _, module in mixers]
     for _, module in mixers:
         if not hasattr(module, "_ulysses_own_forward"):
             module._ulysses_own_forward = module.forward

@@ -37,6 +37,10 @@ class MixerContext:
         self.layout = layout
         self._batch = batch
 
+    def __deepcopy__(self, memo) -> None:
+        # A copy of a model (DPO's frozen reference) gets no forward's context: it builds its own.
+        return None
+
     @property
     def sharded(self) -> bool:
         return self.layout is not None and self.layout.sp_size > 1

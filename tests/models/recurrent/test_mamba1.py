@@ -1,0 +1,27 @@
+"""Mamba selective-scan mixers (Jamba, Mamba) restart their convolution and scan at every packed
+document. Jamba's layers do not hand keyword arguments to their mixer, so the mixer takes the model
+call's context from the model's pre-hook."""
+
+from __future__ import annotations
+
+import pytest
+
+from ulysses_pro.models.attention import isolate_packed_documents
+from ulysses_pro.models.recurrent import recurrent_mixers
+from ulysses_pro.models.tiny import build_tiny_model
+
+from .packing import assert_packed_equals_alone, packed_and_alone
+
+
+@pytest.mark.parametrize("family", ["jamba", "mamba"])
+def test_packed_documents_compute_what_they_compute_alone(family):
+    model = build_tiny_model(family)
+    isolate_packed_documents(model)
+    assert recurrent_mixers(model)
+    assert_packed_equals_alone(model)
+
+
+def test_without_isolation_a_packed_document_reads_the_previous_one():
+    model = build_tiny_model("jamba")
+    packed, alone = packed_and_alone(model)
+    assert (packed - alone).abs().max() > 1e-4
