@@ -90,6 +90,7 @@ class ShapeOnlyKernel:
 def simulated_sequence_parallel(device: str) -> Iterator[None]:
     """Collectives, kernels and the attention plan simulated for a meta-device trace."""
     from ..models import attention as model_attention
+    from ..models.recurrent import documents as mixer_documents
 
     kernel = ShapeOnlyKernel(device)
 
@@ -107,6 +108,8 @@ def simulated_sequence_parallel(device: str) -> Iterator[None]:
         (comm.dist, "is_initialized", lambda: True),
         (kernels, "select_backend", lambda q, *_: kernel),
         (model_attention, "gather_documents", one_document_per_row),
+        # Attention plans and recurrent mixers read the documents from the forward's context.
+        (mixer_documents, "document_starts", lambda positions: [[0]] * positions.shape[0]),
     ]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:
