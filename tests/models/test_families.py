@@ -46,10 +46,10 @@ def test_mechanisms_sequence_parallelism_does_not_compute_are_named(verifying, f
 
 
 def test_a_convolution_no_mechanism_drives_is_found_in_the_module_tree(verifying):
-    (problem,) = sequence_parallel_problems(_config("falcon_h1"), 2)
-    assert "model type falcon_h1 mixes tokens in FalconH1Mixer layers" in problem
-    (leak,) = packing_problems(_config("falcon_h1"))
-    assert "FalconH1Mixer" in leak and "across document boundaries" in leak
+    (problem,) = sequence_parallel_problems(_config("lara_mini"), 2)
+    assert "model type lara_mini mixes tokens in LaraMiniGatedDeltaNet layers" in problem
+    (leak,) = packing_problems(_config("lara_mini"))
+    assert "LaraMiniGatedDeltaNet" in leak and "across document boundaries" in leak
     assert packing_problems(_config("lfm2")) == []  # short convolutions are driven
 
 

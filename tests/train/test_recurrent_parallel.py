@@ -39,6 +39,7 @@ SWEEP = [
     (4, "tiny:olmo_hybrid", 4, "zigzag-ring"),
     (2, "tiny:jamba", 2, "zigzag-ring"),
     (4, "tiny:jamba", 4, "hybrid"),
+    (2, "tiny:falcon_h1", 2, "zigzag-ring"),  # muP multipliers on the projection
 ]
 
 

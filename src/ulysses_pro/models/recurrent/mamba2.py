@@ -1,6 +1,7 @@
 """Mamba-2 mixers (Dao & Gu 2024, state space duality) under SP and across packed documents.
 
-The mixer of Bamba, Nemotron-H, Granite-MoE-hybrid, Zamba2 and Mamba-2 itself: one token-wise input
+The mixer of Bamba, Nemotron-H, Granite-MoE-hybrid, Zamba2, Falcon-H1 (with its muP multipliers)
+and Mamba-2 itself: one token-wise input
 projection into (gate, x, B, C, dt), a causal depthwise convolution over the x, B and C channels,
 the chunked selective scan per head (B and C shared by the heads of a group), a gated RMS norm and
 the output projection. As for Gated DeltaNet (`gated_deltanet.py`), the projections stay
@@ -25,6 +26,7 @@ from .per_document import run_per_document
 
 CLASS_NAMES = (
     "BambaMixer",
+    "FalconH1Mixer",
     "NemotronHMamba2Mixer",
     "GraniteMoeHybridMambaLayer",
     "Zamba2MambaMixer",
@@ -75,7 +77,10 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
     layout = context.layout
     sp_size, sp_rank = (layout.sp_size, layout.sp_rank) if context.sharded else (1, 0)
     heads, d, groups, n = module.num_heads, module.head_dim, module.n_groups, module.ssm_state_size
-    gate, xbc, dt = module.in_proj(hidden).split([module.intermediate_size, module.conv_dim, heads], dim=-1)
+    projected = module.in_proj(hidden * getattr(module, "ssm_in_multiplier", 1.0))
+    if hasattr(module, "mup_vector"):  # Falcon-H1's muP scaling of the projection's parts
+        projected = projected * module.mup_vector
+    gate, xbc, dt = projected.split([module.intermediate_size, module.conv_dim, heads], dim=-1)
     x, b, c = xbc.split([module.intermediate_size, groups * n, groups * n], dim=-1)
     x, b, c = (
         x.reshape(batch, local, heads, d),
@@ -118,5 +123,9 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
 
     out = run_per_document(run, [x, dt[..., 0], b, c], context)
     out = gather_heads(out.reshape(batch, length, local_heads, d), layout, context.order)
-    out = module.norm(out.reshape(batch, local, module.intermediate_size), gate)
+    out = out.reshape(batch, local, module.intermediate_size)
+    if getattr(module, "mamba_rms_norm", True):
+        out = module.norm(out, gate)
+    else:  # Falcon-H1 without its gated norm
+        out = out * torch.nn.functional.silu(gate)
     return module.out_proj(out.to(dtype))
