@@ -154,7 +154,10 @@ def main() -> int:
         return 0
     families, wrappers = swept_families()
     results = {} if options.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
-    todo = options.families or [f for f in families if f not in results]
+    results = {family: outcome for family, outcome in results.items() if family not in wrappers}
+    # A wrapper (Llama 4's multimodal class) is measured as the text family that stands for it.
+    todo = list(dict.fromkeys(wrappers.get(f, f) for f in options.families or []))
+    todo = todo or [f for f in families if f not in results]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         for index, family in enumerate(todo, 1):

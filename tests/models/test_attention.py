@@ -74,3 +74,18 @@ def test_forward_without_position_ids_is_refused():
         model(input_ids=ids)  # ordinary attention (e.g. generation): transformers' default is right
     remove_sequence_parallel(model, previous)
     model(input_ids=ids)
+
+
+def test_llama4_packed_documents_get_their_own_chunks_and_temperature():
+    """Llama 4 scales its NoPE queries by the position in the row; isolated, a packed document gets
+    the scales and chunks it gets alone (chunks of 32 and a temperature floor of 8 bite here)."""
+    from ulysses_pro.models.attention import isolate_packed_documents
+    from ulysses_pro.models.tiny import build_tiny_model
+
+    from .recurrent.packing import assert_packed_equals_alone, packed_and_alone
+
+    model = build_tiny_model("llama4_text")
+    packed, alone = packed_and_alone(model)
+    assert (packed - alone).abs().max() > 1e-4  # transformers: the row's temperature
+    isolate_packed_documents(model)
+    assert_packed_equals_alone(model)

@@ -34,7 +34,7 @@ def test_measured_families_pass_and_others_are_refused_by_name(monkeypatch):
     [
         ("bert", "model type bert is an encoder model"),
         ("bart", "model type bart is the decoder of an encoder-decoder model"),
-        ("llama4_text", "model type llama4_text uses chunked attention"),
+        ("deepseek_v4", "model type deepseek_v4 uses compressed attention"),
         ("deepseek_v32", "indexed sparse attention"),
         ("rwkv", "RWKV time-mixing recurrence"),
         ("bloom", "model type bloom uses ALiBi"),

@@ -15,7 +15,7 @@ import torch
 from ulysses_pro.data.collators import PaddingCollator
 from ulysses_pro.data.packing import shifted
 from ulysses_pro.parallel.mesh import init_sequence_parallel
-from ulysses_pro.parallel.plan import build_attention_plan, build_plan
+from ulysses_pro.parallel.plan import DocumentLayout, build_attention_plan, build_plan
 from ulysses_pro.parallel.sharding import ring_runs
 
 CPU = torch.device("cpu")
@@ -85,6 +85,28 @@ def test_plan_covers_each_allowed_pair_once(ring_size, window):
                         allowed = key <= query and documents[row][key] == documents[row][query]
                         allowed = allowed and (window is None or query - key < window)
                         assert ((row, query, key) in counts) == allowed, (starts, ring_rank, row, query, key)
+
+
+@pytest.mark.parametrize("ring_size", [1, 2, 4])
+def test_chunked_plan_keeps_each_query_in_its_document_chunk(ring_size):
+    """Llama 4's chunked layers: a query sees the keys of its own `chunk`-token chunk, the chunk
+    grid starting at its document's start (as for the document alone)."""
+    generator = random.Random(ring_size)
+    length, chunk = 24 * ring_size, 5
+    for _trial in range(4):
+        starts = [sorted({0, *generator.sample(range(1, length), generator.randint(0, 4))}) for _ in range(2)]
+        chunked = DocumentLayout(starts, length, CPU).in_chunks(chunk)
+        for row in range(2):
+            documents = _document_of(starts[row], length)
+            offsets = [index - max(s for s in starts[row] if s <= index) for index in range(length)]
+            for ring_rank in range(ring_size):
+                plan = build_plan(chunked.starts, length, ring_size, ring_rank, CPU)
+                counts, q_global = _covered_pairs(plan, length, ring_size, ring_rank)
+                for query in q_global:
+                    for key in range(length):
+                        allowed = key <= query and documents[key] == documents[query]
+                        allowed = allowed and offsets[key] // chunk == offsets[query] // chunk
+                        assert ((row, query, key) in counts) == allowed, (starts, ring_rank, query, key)
 
 
 def test_padded_rows_are_one_problem_each():

@@ -19,6 +19,7 @@ GEMMA3 = "tiny:gemma3?sliding_window=16&sliding_window_pattern=2"  # sliding, fu
 GEMMA2 = "tiny:gemma2?sliding_window=16&attn_logit_softcapping=2.0"  # a cap that bites at init
 QWEN3_MOE = "tiny:qwen3_moe"
 QWEN2_LAYERS = "tiny:qwen2?sliding_window=16&max_window_layers=1"  # layer 0 full, layer 1 windowed
+LLAMA4 = "tiny:llama4_text"  # chunks of 32 on 3 RoPE layers, a NoPE layer with temperature from 7
 
 
 def _train(rank, world_size, keys):
@@ -61,12 +62,20 @@ SWEEP = [
     (2, GEMMA3, 2, "zigzag-ring", {}),
     (4, GEMMA3, 4, "zigzag-ring", {}),
     (2, GEMMA2, 2, "zigzag-ring", {}),
-    (4, GEMMA2, 4, "zigzag-ring", {}),  # ring 4 with windows: also covered by tests/parallel/test_attention.py
+    (
+        4,
+        GEMMA2,
+        4,
+        "zigzag-ring",
+        {},
+    ),  # ring 4 with windows: also covered by tests/parallel/test_attention.py
     (4, GEMMA2, 4, "hybrid", {}),
     (2, QWEN3_MOE, 2, "ulysses", {}),
     (2, QWEN3_MOE, 2, "zigzag-ring", {}),
     (2, QWEN2_LAYERS, 2, "zigzag-ring", {}),
     (4, QWEN2_LAYERS, 4, "hybrid", {}),
+    (2, LLAMA4, 2, "zigzag-ring", {}),
+    (4, LLAMA4, 4, "hybrid", {}),
 ]
 
 

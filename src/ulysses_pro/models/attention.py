@@ -21,27 +21,30 @@ from torch import nn
 from ..parallel.hybrid import sequence_parallel_attention
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
 from ..parallel.plan import AttentionPlan, DocumentLayout, gather_documents, plan_for
+from .nope_temperature import retune_query, tunes_temperature
 from .recurrent import install_recurrent_mixers
 from .recurrent.documents import CONTEXT_KEY
 from .wrappers import unwrap_model
 
 ATTENTION_NAME = "ulysses_pro_sp"
 
-# Families whose models build their attention masks without the position ids (transformers 5.25),
-# so that transformers' own attention lets packed documents see each other.
-MASKS_IGNORE_POSITION_IDS = frozenset({"afmoe", "gpt_oss", "granitemoehybrid"})
+# Families whose own attention lets packed documents see each other (transformers 5.25): AfMoE,
+# GPT-OSS and Granite-MoE-hybrid build their masks without the position ids; Llama 4 scales its NoPE
+# queries by the position in the row, not in the document. Packed, they attend through SP attention.
+PACKED_THROUGH_SP_ATTENTION = frozenset({"afmoe", "gpt_oss", "granitemoehybrid", "llama4", "llama4_text"})
 
 
 class _PlanCache:
-    """The attention plans of the full sequence, built once per forward (and window size) rather
-    than once per layer.
+    """The attention plans of the full sequence, built once per forward (and window or chunk size)
+    rather than once per layer.
 
     Every layer of one forward (and its checkpointed recomputation) receives the same position-id
     tensor object; a weak reference to it is the key, so a new batch can never hit a stale entry
     even if its tensor reuses the old one's memory. All ranks of an SP group run the same layers
     on the same call pattern, so they hit and miss (and so all-gather) together. The document
     layout is gathered once per forward; each window size (Gemma 3 alternates sliding and full
-    layers) gets its own plan from it, without communication.
+    layers) and chunk size (Llama 4 alternates chunked and full) gets its own plan from it, without
+    communication.
     """
 
     def __init__(self, layout: SequenceParallelLayout):
@@ -49,19 +52,34 @@ class _PlanCache:
         self.key: weakref.ref | None = None
         self.batch = 0
         self.documents: DocumentLayout | None = None
-        self.plans: dict[int | None, AttentionPlan] = {}
+        self.plans: dict[tuple[int | None, int | None], AttentionPlan] = {}
 
     def __call__(
-        self, position_ids: torch.Tensor, batch: int, window: int | None = None, context=None
+        self,
+        position_ids: torch.Tensor,
+        batch: int,
+        window: int | None = None,
+        context=None,
+        chunk: int | None = None,
     ) -> AttentionPlan:
         if self.key is None or self.key() is not position_ids or self.batch != batch:
             # The forward's mixer context holds the same documents (hybrids read them once).
             documents = context.document_layout if context is not None else None
             self.documents = documents or gather_documents(position_ids, self.layout, batch=batch)
             self.key, self.batch, self.plans = weakref.ref(position_ids), batch, {}
-        if window not in self.plans:
-            self.plans[window] = plan_for(self.documents, self.layout, window)
-        return self.plans[window]
+        if (window, chunk) not in self.plans:
+            documents = self.documents.in_chunks(chunk) if chunk else self.documents
+            self.plans[window, chunk] = plan_for(documents, self.layout, window)
+        return self.plans[window, chunk]
+
+
+def _chunk_size(module: nn.Module) -> int | None:
+    """The chunk of a chunked-attention layer (Llama 4's RoPE layers), None on other layers."""
+    config, index = getattr(module, "config", None), getattr(module, "layer_idx", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is None or index is None or layer_types[index] != "chunked_attention":
+        return None
+    return getattr(config, "attention_chunk_size", None)
 
 
 def _attention_function(layout: SequenceParallelLayout):
@@ -86,7 +104,9 @@ def _attention_function(layout: SequenceParallelLayout):
         window = kwargs.get("sliding_window")
         window = int(window) if window is not None and window < query.shape[2] * layout.sp_size else None
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        plan = plan_of(position_ids, query.shape[0], window, context)
+        plan = plan_of(position_ids, query.shape[0], window, context, _chunk_size(module))
+        if tunes_temperature(module):
+            query = retune_query(module, query, position_ids)
         softcap = float(kwargs.get("softcap") or 0.0)
         value_dim = value.shape[-1]
         if value_dim != query.shape[-1]:
@@ -154,11 +174,11 @@ class _SharedLayout:
 
 def isolate_packed_documents(model: nn.Module) -> str | None:
     """Without SP, make packed documents train as if alone: recurrent mixers restart at every document
-    (`models/recurrent`); a family whose own masks ignore position ids (GPT-OSS) attends through SP
-    attention on a one-rank layout, which reads the documents from them (transformers' attention
-    does that itself for the others). Returns the attention implementation replaced, if any."""
+    (`models/recurrent`); a family whose own attention does not separate them (GPT-OSS's masks,
+    Llama 4's NoPE temperature) attends through SP attention on a one-rank layout, which reads the documents
+    from the position ids (transformers' attention does that itself for the others). Returns the attention implementation replaced, if any."""
     hf_model = unwrap_model(model)
-    if getattr(hf_model.config, "model_type", None) in MASKS_IGNORE_POSITION_IDS:
+    if getattr(hf_model.config, "model_type", None) in PACKED_THROUGH_SP_ATTENTION:
         heads, kv_heads = attention_heads(hf_model)
         return apply_sequence_parallel(
             hf_model, init_sequence_parallel(1, num_heads=heads, num_kv_heads=kv_heads)

@@ -54,8 +54,6 @@ NOT_DECODERS: dict[str, str] = {
 
 # Families whose attention does something the SP path does not compute, with what it is.
 REFUSED: dict[str, str] = {
-    "llama4": "chunked attention (attention_chunk_size) with NoPE layers",
-    "llama4_text": "chunked attention (attention_chunk_size) with NoPE layers",
     "deepseek_v4": "compressed attention",
     "deepseek_v32": "indexed sparse attention (the lightning indexer picks keys per query)",
     "glm_moe_dsa": "indexed sparse attention (the lightning indexer picks keys per query)",
@@ -140,7 +138,9 @@ EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "mo
 def routes_experts(config) -> bool:
     """Whether the decoder routes tokens to experts (so an expert may get no token in a step)."""
     text = _text_config(config)
-    return any(isinstance(getattr(text, key, None), int) and getattr(text, key) > 1 for key in EXPERT_COUNT_KEYS)
+    return any(
+        isinstance(getattr(text, key, None), int) and getattr(text, key) > 1 for key in EXPERT_COUNT_KEYS
+    )
 
 
 def _unrouted_mixers(model: nn.Module) -> list[str]:
@@ -219,7 +219,9 @@ def packing_problems(config, model: nn.Module | None = None) -> list[str]:
     leaks = {} if os.environ.get(VERIFYING_ENV) else packing_leaks()
     for kind in model_types(config):
         if kind in RECURRENCES_WITHOUT_CONV:
-            return [f"model type {kind} uses {RECURRENCES_WITHOUT_CONV[kind]}, which runs across document boundaries"]
+            return [
+                f"model type {kind} uses {RECURRENCES_WITHOUT_CONV[kind]}, which runs across document boundaries"
+            ]
         if kind in leaks:
             return [
                 f"model type {kind} does not restart its positions or attention at position-id restarts "

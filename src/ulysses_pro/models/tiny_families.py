@@ -91,6 +91,7 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     "zamba2": {"n_mamba_heads": 8, "mamba_ngroups": 2, "chunk_size": 16, "adapter_rank": 8},
     "falcon_mamba": {"state_size": 16, "expand": 2},
     "bamba": {"attn_layer_indices": [1, 3]},
+    "llama4_text": {"floor_scale": 8},  # NoPE temperature tuning from position 7, not 8191
     "falcon_h1": {
         "ssm_in_multiplier": 0.5,
         "ssm_multipliers": [0.5, 2.0, 0.25, 1.5, 0.75],

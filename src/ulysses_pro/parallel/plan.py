@@ -231,6 +231,16 @@ class DocumentLayout:
     length: int
     device: torch.device
 
+    def in_chunks(self, size: int) -> DocumentLayout:
+        """Chunked attention (Llama 4: a token sees only its own `size`-token chunk of its document)
+        as documents: each document also restarts every `size` tokens. Positions restart at 0 per
+        document, so the chunk grid starts at each document start, as it would for the document alone."""
+        rows = []
+        for row in self.starts:
+            ends = [*row[1:], self.length]
+            rows.append([chunk for start, end in zip(row, ends) for chunk in range(start, end, size)])
+        return DocumentLayout(rows, self.length, self.device)
+
 
 def gather_documents(
     position_ids: torch.Tensor, layout: SequenceParallelLayout, batch: int | None = None
