@@ -248,6 +248,19 @@ def test_efficient_rms_norm_is_exact_forward_and_backward(arch):
     _compare(plain, swapped)
 
 
+def test_weightless_rms_norms_keep_their_own_forward():
+    """Falcon-Mamba normalises its 4-wide time step with a norm whose dummy 128-wide weight buffer is
+    never used: swapping it would multiply by that buffer."""
+    from ulysses_pro.models.efficient_norm import use_efficient_rms_norms
+    from ulysses_pro.models.tiny import build_tiny_model
+
+    model = build_tiny_model("falcon_mamba")
+    weightless = [m for m in model.modules() if type(m).__name__ == "FalconMambaWeightlessRMSNorm"]
+    assert weightless and use_efficient_rms_norms(model) > 0
+    assert all("forward" not in m.__dict__ for m in weightless)
+    model(input_ids=IDS, use_cache=False)
+
+
 def test_a_deep_copy_after_the_memory_stack_uses_its_own_weights():
     """DPO's frozen reference is a deep copy of the prepared policy: its norms and tiled MLPs must
     read the copy's weights, not the policy's (a closure over the module would share them)."""

@@ -40,6 +40,8 @@ SWEEP = [
     (2, "tiny:jamba", 2, "zigzag-ring"),
     (4, "tiny:jamba", 4, "hybrid"),
     (2, "tiny:falcon_h1", 2, "zigzag-ring"),  # muP multipliers on the projection
+    (2, "tiny:falcon_mamba", 2, "ulysses"),  # normalised time step, B and C
+    (4, "tiny:zamba2", 2, "zigzag-ring"),  # a transformer block shared by layers; DP 2 x SP 2
 ]
 
 

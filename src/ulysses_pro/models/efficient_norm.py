@@ -73,7 +73,8 @@ def _eps(module: nn.Module) -> float | None:
 def _candidate(module: nn.Module) -> bool:
     return (
         type(module).__name__.endswith("RMSNorm")
-        and isinstance(getattr(module, "weight", None), torch.Tensor)
+        # A parameter: weightless norms (Falcon-Mamba's) keep a dummy buffer of another width.
+        and isinstance(getattr(module, "weight", None), nn.Parameter)
         and _eps(module) is not None
         and "forward" not in module.__dict__
     )

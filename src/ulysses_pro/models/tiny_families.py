@@ -88,7 +88,15 @@ FAMILY_OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "lfm2": {"layer_types": ["conv", "full_attention", "conv", "full_attention"]},
     "lfm2_moe": {"layer_types": ["conv", "full_attention", "conv", "full_attention"]},
-    "zamba2": {"n_mamba_heads": 8, "mamba_ngroups": 2, "chunk_size": 16, "adapter_rank": 8},
+    "zamba2": {
+        "n_mamba_heads": 8,
+        "mamba_ngroups": 2,
+        "chunk_size": 16,
+        "adapter_rank": 8,
+        # Both names: the config derives hybrid_layer_ids from one and keeps the other.
+        "layer_types": ["linear_attention", "hybrid", "linear_attention", "hybrid"],
+        "layers_block_type": ["linear_attention", "hybrid", "linear_attention", "hybrid"],
+    },
     "falcon_mamba": {"state_size": 16, "expand": 2},
     "bamba": {"attn_layer_indices": [1, 3]},
     "llama4_text": {"floor_scale": 8},  # NoPE temperature tuning from position 7, not 8191

@@ -1,4 +1,4 @@
-"""Mamba selective-scan mixers (Jamba, Mamba) restart their convolution and scan at every packed
+"""Mamba selective-scan mixers (Jamba, Mamba, Falcon-Mamba) restart their convolution and scan at every packed
 document. Jamba's layers do not hand keyword arguments to their mixer, so the mixer takes the model
 call's context from the model's pre-hook."""
 
@@ -13,7 +13,7 @@ from ulysses_pro.models.tiny import build_tiny_model
 from .packing import assert_packed_equals_alone, packed_and_alone
 
 
-@pytest.mark.parametrize("family", ["jamba", "mamba"])
+@pytest.mark.parametrize("family", ["jamba", "mamba", "falcon_mamba"])
 def test_packed_documents_compute_what_they_compute_alone(family):
     model = build_tiny_model(family)
     isolate_packed_documents(model)

@@ -1,4 +1,4 @@
-"""Mamba-2 mixers (Bamba, Nemotron-H, Granite-MoE-hybrid, Falcon-H1) restart their convolution and scan state at
+"""Mamba-2 mixers (Bamba, Nemotron-H, Granite-MoE-hybrid, Falcon-H1, Zamba2) restart their convolution and scan state at
 every packed document: a packed row gives each document the logits and gradients it gets alone."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ulysses_pro.models.tiny import build_tiny_model
 from .packing import assert_packed_equals_alone, packed_and_alone
 
 
-@pytest.mark.parametrize("family", ["bamba", "nemotron_h", "granitemoehybrid", "falcon_h1"])
+@pytest.mark.parametrize("family", ["bamba", "nemotron_h", "granitemoehybrid", "falcon_h1", "zamba2"])
 def test_packed_documents_compute_what_they_compute_alone(family):
     model = build_tiny_model(family)
     isolate_packed_documents(model)

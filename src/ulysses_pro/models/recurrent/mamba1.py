@@ -1,13 +1,14 @@
-"""Mamba (Gu & Dao 2023) selective-scan mixers under SP and across packed documents: Jamba, Mamba.
+"""Mamba (Gu & Dao 2023) selective-scan mixers under SP and across packed documents: Jamba, Mamba,
+Falcon-Mamba.
 
 The layer projects into (x, gate), convolves x causally per channel, projects the convolved x of
-*all* channels token by token into the time step, B and C (Jamba normalises them), and scans every
-channel along the sequence with B and C shared by all channels. Two mixing steps sit on either side
-of a channel-mixing projection, so under SP the exchange happens twice: x goes to its channel slice
-of the whole sequence for the convolution and back to sequence shards for the projection; then
-x, the time step and the gate go to their channel slice again (B and C, a few values per token,
-to every rank) for the scan, whose output comes back before the output projection. The
-convolution and the scan restart at every document start.
+*all* channels token by token into the time step, B and C (Jamba and Falcon-Mamba normalise them),
+and scans every channel along the sequence with B and C shared by all channels. Two mixing steps
+sit on either side of a channel-mixing projection, so under SP the exchange happens twice: x goes
+to its channel slice of the whole sequence for the convolution and back to sequence shards for the
+projection; then x, the time step and the gate go to their channel slice again (B and C, a few
+values per token, to every rank) for the scan, whose output comes back before the output
+projection. The convolution and the scan restart at every document start.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .conv import causal_conv_documents, conv_rows
 from .documents import MixerContext
 from .per_document import run_per_document
 
-CLASS_NAMES = ("JambaMambaMixer", "MambaMixer")
+CLASS_NAMES = ("JambaMambaMixer", "MambaMixer", "FalconMambaMixer")
 
 
 def split_problem(module: nn.Module, sp_size: int) -> str | None:
@@ -53,7 +54,7 @@ def forward(module: nn.Module, hidden: torch.Tensor, context: MixerContext) -> t
     dt, b, c = torch.split(
         module.x_proj(x), [module.time_step_rank, module.ssm_state_size, module.ssm_state_size], dim=-1
     )
-    if hasattr(module, "dt_layernorm"):  # Jamba normalises the time step, B and C
+    if hasattr(module, "dt_layernorm"):  # Jamba and Falcon-Mamba normalise the time step, B and C
         dt, b, c = module.dt_layernorm(dt), module.b_layernorm(b), module.c_layernorm(c)
     dt = dt @ module.dt_proj.weight.t()  # (b, s, I); the bias is added inside the scan
     shared = [t.unsqueeze(2).expand(-1, -1, sp_size, -1) for t in (b, c)]  # every rank reads B and C
