@@ -58,6 +58,6 @@ def test_llamafactory_keys_at_their_default_are_accepted_and_otherwise_named(tmp
 def test_cheap_llamafactory_keys_take_effect(tmp_path):
     base = {"model_name_or_path": "tiny:llama", "output_dir": str(tmp_path), "stage": "sft"}
     assert load_config({**base, "disable_shuffling": True}).training.train_sampling_strategy == "sequential"
-    assert load_config({**base, "fsdp": ["full_shard", "auto_wrap"]}).training.fsdp  # a YAML list
+    assert load_config({**base, "fsdp": ["full_shard", "auto_wrap"]}).fsdp.reshard_after_forward  # a YAML list
     with pytest.raises(ConfigError, match=r"flash_attn: fa3 needs FlashAttention-3 .* not installed"):
         load_config({**base, "flash_attn": "fa3"})

@@ -16,9 +16,14 @@ class CaptureGradients(TrainerCallback):
         self.steps: list[dict] = []
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        self.steps.append(
-            {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-        )
+        self.steps.append({n: _whole(p.grad) for n, p in model.named_parameters() if p.grad is not None})
+
+
+def _whole(grad):
+    """A gradient as one tensor: FSDP2's shards are gathered (every rank runs the callback)."""
+    if hasattr(grad, "full_tensor"):
+        return grad.full_tensor().detach().clone()
+    return grad.detach().clone()
 
 
 def training_config(**keys):

@@ -241,30 +241,3 @@ def test_split_backward_replays_the_neftune_noise(tmp_path):
     clean = RecordFirstLayerInputs()
     run_training(callbacks=(clean,), **{k: v for k, v in common.items() if k != "neftune_noise_alpha"})
     assert not torch.allclose(clean.inputs[0], chosen)  # the noise was there to replay
-
-
-def _warnings_of_a_run(rank, world_size, keys):
-    import logging
-
-    class Keep(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-
-    keep = Keep()
-    logging.getLogger("ulysses_pro").addHandler(keep)
-    run_training(**keys)
-    return keep.messages
-
-
-def test_fsdp_that_accelerate_does_not_enable_is_reported(tmp_path):
-    """On CPU accelerate silently trains without FSDP; the user is told the weights are not sharded."""
-    from ..launcher import run_ranks
-
-    messages = run_ranks(
-        _warnings_of_a_run, 2, keys(tmp_path, "sft", "demo_tasks", max_steps=1, fsdp="full_shard")
-    )
-    assert all(any("fsdp is set but accelerate did not enable FSDP here" in m for m in ms) for ms in messages)

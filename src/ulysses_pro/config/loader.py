@@ -24,8 +24,10 @@ from .args import (
     ParallelArguments,
     ProArguments,
 )
+from .fsdp import FsdpSettings, take_fsdp_settings
 from .llamafactory_keys import LLAMAFACTORY_DEFAULTS, NO_DEFAULT
 from .parsing import ConfigError, Setting, coerce, parse_cli_tokens, parse_scalar, read_config_file
+from .process_group import cuda_available, init_cpu_deepspeed_comm, init_cpu_process_group
 from .validation import validate
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class RunConfig:
     origins: dict[str, str] = dataclasses.field(default_factory=dict)
     export: ExportArguments = dataclasses.field(default_factory=ExportArguments)
     generating: GeneratingArguments = dataclasses.field(default_factory=GeneratingArguments)
+    # FSDP2, driven by engines/fsdp2.py (None: off); `fsdp`/`fsdp_config` never reach TrainingArguments.
+    fsdp: FsdpSettings | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict of every key of our argument groups (for logs and `get_status`)."""
@@ -155,6 +159,8 @@ def _apply_legacy(settings: dict[str, Setting]) -> tuple[dict[str, Setting], boo
             out["train_sampling_strategy"] = Setting("sequential", setting.origin)
     if isinstance(out.get("fsdp") and out["fsdp"].value, list):  # `fsdp: [full_shard, auto_wrap]`
         out["fsdp"] = Setting(" ".join(str(option) for option in out["fsdp"].value), out["fsdp"].origin)
+    elif "fsdp" in out and isinstance(out["fsdp"].value, bool):  # transformers' `fsdp: true`
+        out["fsdp"] = Setting("full_shard" if out["fsdp"].value else "", out["fsdp"].origin)
     if "group_by_length" in out:
         setting = out.pop("group_by_length")
         if coerce("group_by_length", setting, bool):
@@ -325,14 +331,15 @@ def load_config(
     training_kwargs.setdefault("report_to", "none")
     # The trainer computes its own loss from pre-shifted labels; keep every collated column.
     training_kwargs["remove_unused_columns"] = False
-    if not _cuda_available():
+    fsdp = take_fsdp_settings(training_kwargs, origins, model)
+    if not cuda_available():
         # LLaMA-Factory configs say bf16: true for GPUs; on a CPU-only machine that still works with use_cpu.
         training_kwargs.setdefault("use_cpu", True)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             training_kwargs.setdefault("ddp_backend", "gloo")
-            _init_cpu_process_group(training_kwargs["ddp_backend"], training_kwargs.get("ddp_timeout", 1800))
+            init_cpu_process_group(training_kwargs["ddp_backend"], training_kwargs.get("ddp_timeout", 1800))
             if training_kwargs.get("deepspeed"):
-                _init_cpu_deepspeed_comm(training_kwargs["ddp_backend"])
+                init_cpu_deepspeed_comm(training_kwargs["ddp_backend"])
     try:
         training = training_cls(**training_kwargs)
     except (ValueError, TypeError) as err:
@@ -350,6 +357,7 @@ def load_config(
         origins,
         export,
         generating,
+        fsdp,
     )
 
 
@@ -380,38 +388,3 @@ def _resolve_checkpointing(model: ModelArguments, training_kwargs: dict[str, Any
 
 def _default_learning_rate(training_cls) -> float:
     return next(f.default for f in dataclasses.fields(training_cls) if f.name == "learning_rate")
-
-
-def _init_cpu_deepspeed_comm(backend: str) -> None:
-    """DeepSpeed's own communicator over the group started above. On GPUs TrainingArguments starts it;
-    with `use_cpu` it does not, and DeepSpeed then takes the world for one process when it fills
-    `train_batch_size: auto` (its batch check fails on every config that sets it)."""
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend=backend)
-
-
-def _init_cpu_process_group(backend: str, timeout_seconds: int) -> None:
-    """Start the default process group with the run's `ddp_timeout` (before TrainingArguments does).
-
-    With `use_cpu`, transformers starts it without the timeout, so a collective on the default
-    group (the logged loss's gather, DDP's gradient all-reduce) waits 30 minutes for a hung rank
-    instead of `ddp_timeout` seconds; accelerate keeps a group that already exists.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and not dist.is_initialized():
-        from datetime import timedelta
-
-        dist.init_process_group(
-            backend,
-            rank=int(os.environ["RANK"]),
-            world_size=int(os.environ["WORLD_SIZE"]),
-            timeout=timedelta(seconds=int(timeout_seconds)),
-        )
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -99,7 +99,13 @@ def value_head_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The head's weights in LLaMA-Factory's key names, on the host (call on every rank)."""
     head = unwrap_model(model).v_head
     with _whole_parameters(head):
-        return {_WEIGHT: head.weight.detach().cpu().clone(), _BIAS: head.bias.detach().cpu().clone()}
+        return {_WEIGHT: _on_host(head.weight), _BIAS: _on_host(head.bias)}
+
+
+def _on_host(param: torch.Tensor) -> torch.Tensor:
+    """A whole copy on the host: FSDP2's shards (DTensors) are gathered first (every rank enters)."""
+    whole = param.full_tensor() if hasattr(param, "full_tensor") else param
+    return whole.detach().cpu().clone()
 
 
 def save_value_head(model: nn.Module, output_dir: str | Path, state: dict | None = None) -> Path:
@@ -122,6 +128,10 @@ def load_value_head(model: nn.Module, folder: str | Path) -> bool:
     state = load_file(path)
     head = unwrap_model(model).v_head
     with _whole_parameters(head, modifier_rank=0), torch.no_grad():
-        head.weight.copy_(state[_WEIGHT])
-        head.bias.copy_(state[_BIAS])
+        for param, value in ((head.weight, state[_WEIGHT]), (head.bias, state[_BIAS])):
+            if hasattr(param, "device_mesh"):  # FSDP2: this rank's shard of the saved head
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+            param.copy_(value)
     return True

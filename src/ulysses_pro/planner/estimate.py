@@ -78,7 +78,7 @@ def options_of(config) -> Options:
 
 def _sharded(config) -> bool:
     training = config.training
-    if training.fsdp:
+    if config.fsdp is not None:
         return True
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 

@@ -23,6 +23,7 @@ from ..parallel.sharding import SequenceParallelCollator
 from ..pro.torch_compat import safe_checkpoint_loading
 from .checkpoints import staged_checkpoint
 from .evaluation import PADDING_BATCH, EvaluationCollator, EvaluationRows
+from .fsdp2_hooks import Fsdp2Hooks
 from .loraplus import loraplus_param_groups
 from .metrics import SequenceMetrics
 
@@ -35,7 +36,7 @@ def row_length(row: dict) -> int:
     return sum(len(value) for key, value in row.items() if key.endswith("input_ids"))
 
 
-class UlyssesTrainer(Trainer):
+class UlyssesTrainer(Fsdp2Hooks, Trainer):
     """transformers.Trainer whose token losses keep DESIGN contract 6 across GA and ranks."""
 
     # The loader's batches are token rows to split over the SP group; RL stages load prompts and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -13,6 +14,7 @@ import torch
 from ..config import ConfigError, RunConfig
 from ..data.collators import KtoCollator, PaddingCollator, PairwiseCollator
 from ..data.pipeline import build_datasets
+from ..engines.fsdp2 import shard_model
 from ..models.attention import (
     apply_sequence_parallel,
     attention_heads,
@@ -93,6 +95,26 @@ def allow_idle_experts(config: RunConfig, model) -> None:
     config.model.use_reentrant_gc = False
 
 
+def layers_sharing_weights(model) -> bool:
+    """Whether one parameter object serves several decoder layers (Zamba's shared transformer block,
+    HRM's reused modules)."""
+    names: dict[int, set[str]] = {}
+    for name, param in unwrap_model(model).named_parameters(remove_duplicate=False):
+        layer = re.search(r"layers\.(\d+)\.", name)
+        if layer is not None:
+            names.setdefault(id(param), set()).add(layer.group(1))
+    return any(len(layers) > 1 for layers in names.values())
+
+
+def checkpoint_shared_layers_without_reentry(config: RunConfig, model) -> None:
+    """Reentrant checkpointing recomputes a layer in a backward of its own, so DDP sees a parameter
+    that several layers share become ready more than once and stops; non-reentrant checkpointing
+    accumulates its gradient in the one backward."""
+    if config.model.use_reentrant_gc and layers_sharing_weights(model):
+        logger.info("decoder layers share weights: checkpointing is non-reentrant")
+        config.model.use_reentrant_gc = False
+
+
 def pro_features(config: RunConfig, layout: SequenceParallelLayout | None) -> dict:
     """Trainer keyword arguments for the opt-in Pro features (debug logging, gradient guard)."""
     callbacks, sources, observers = [], [], []
@@ -158,11 +180,11 @@ def load_reference(config: RunConfig, policy, tokenizer) -> ReferenceModel:
 
 
 def weights_are_sharded(trainer: UlyssesTrainer) -> bool:
-    """ZeRO-3 and FSDP hold a shard of each weight per rank: a forward on rank 0 alone (the sample
+    """ZeRO-3 and FSDP2 hold a shard of each weight per rank: a forward on rank 0 alone (the sample
     generations) would read empty partitions or wait forever for the other ranks."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-    return bool(trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled())
+    return bool(trainer.sharded_by_fsdp2 or is_deepspeed_zero3_enabled())
 
 
 def run_workflow(
@@ -191,6 +213,7 @@ def run_workflow(
     logger.info("data ready in %.1fs", time.perf_counter() - started)
     model = load_model(config.model, config.finetuning, tokenizer, args, is_trainable=args.do_train)
     allow_idle_experts(config, model)
+    checkpoint_shared_layers_without_reentry(config, model)
     if prepare_model is not None:
         model = prepare_model(model, config)
     loss_head = apply_memory_stack(model, config.model, config.memory, training=args.do_train)
@@ -199,6 +222,9 @@ def run_workflow(
     if needs_reference:
         # After SP is wired: the reference runs the policy's (sequence-parallel) attention.
         extra["reference"] = load_reference(config, model, tokenizer)
+    if config.fsdp is not None:
+        # Last, so the memory stack, SP wiring and a reference copy all see the whole model.
+        shard_model(model, config.fsdp, args, pure_bf16=config.finetuning.pure_bf16)
     pro = pro_features(config, layout)
     trainer = trainer_class(
         model=model,
@@ -225,12 +251,6 @@ def run_workflow(
     trainer.replaced_attention = plain_attention
     if configure_trainer is not None:
         configure_trainer(trainer, bundle, config)
-    if args.fsdp and not trainer.is_fsdp_enabled:
-        # accelerate turns FSDP on only for accelerator device types; on CPU it silently runs DDP.
-        logger.warning(
-            "fsdp is set but accelerate did not enable FSDP here (%s): weights are replicated, not sharded",
-            trainer.accelerator.state.distributed_type,
-        )
     # A reward model scores answers; it does not write them.
     show_samples = (
         trainer.is_world_process_zero()

@@ -1,0 +1,1 @@
+"""Training engines this project drives itself (FSDP2); DeepSpeed stays with accelerate."""

@@ -1,0 +1,265 @@
+"""FSDP2 driven by this project (`engines/fsdp2.py`): the whole world shards every weight, and
+training under FSDP2 + SP reproduces the single-process losses and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from ulysses_pro.config import ConfigError, load_config
+from ulysses_pro.config.fsdp import fsdp_settings
+
+from ..launcher import run_ranks
+from ..train.harness import parallel_keys, relative_error, run_training
+from ..train.test_sequence_parallel import DATA, STEPS, case_keys, compare
+
+
+def test_llamafactory_fsdp_keys_keep_their_meaning():
+    settings = fsdp_settings(
+        ["full_shard", "auto_wrap"], {"fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}
+    )
+    assert settings.reshard_after_forward and not settings.cpu_offload
+    assert settings.layer_classes == ("LlamaDecoderLayer",)
+    settings = fsdp_settings("shard_grad_op offload", {"version": 2})
+    assert not settings.reshard_after_forward and settings.cpu_offload
+    assert fsdp_settings(True, {"reshard_after_forward": "false", "cpu_offload": True}).cpu_offload
+    assert fsdp_settings(None, None) is None
+
+
+@pytest.mark.parametrize(
+    ("fsdp", "config", "words"),
+    [
+        ("full_shard", {"version": 1}, "FSDP1 is not supported"),
+        ("hybrid_shard", None, "fsdp option hybrid_shard is not supported"),
+        ("full_shard", {"auto_wrap_policy": "SIZE_BASED_WRAP"}, "size-based wrapping is not supported"),
+        ("full_shard", {"unheard_of": 1}, "unknown fsdp_config key(s) unheard_of"),
+        (None, {"version": 2}, "fsdp_config is set but fsdp is not"),
+    ],
+)
+def test_fsdp_options_fsdp2_cannot_honour_are_refused_by_name(fsdp, config, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        fsdp_settings(fsdp, config)
+
+
+def test_fsdp_keys_never_reach_accelerate(tmp_path):
+    config = load_config(
+        {"model_name_or_path": "tiny:llama", "output_dir": str(tmp_path), "fsdp": "full_shard", "bf16": True}
+    )
+    assert config.fsdp is not None and not config.training.fsdp
+    with pytest.raises(ConfigError, match="fp16 with FSDP2"):
+        load_config(
+            {"model_name_or_path": "tiny:llama", "output_dir": str(tmp_path), "fsdp": True, "fp16": True}
+        )
+
+
+class ShardFraction(TrainerCallback):
+    """The fraction of the model's parameter values this rank holds at the end of training."""
+
+    fraction = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+        self.fraction = local / sum(p.numel() for p in model.parameters())
+
+
+def _train_sharded(rank, world_size, keys):
+    shards = ShardFraction()
+    result = run_training(callbacks=(shards,), **keys)
+    result["local_fraction"] = shards.fraction  # FSDP2 pads the last shard of an uneven split
+    return result if rank == 0 else None
+
+
+@pytest.mark.parametrize(
+    ("world", "mode", "extra"),
+    [
+        (2, "ulysses", {}),
+        pytest.param(
+            2, "zigzag-ring", {"finetuning_type": "lora", "lora_target": "all"}, marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_fsdp2_with_sequence_parallelism_matches_single_process(tmp_path, world, mode, extra):
+    reference = run_training(**case_keys(tmp_path, "ref", **extra))
+    candidate = run_ranks(
+        _train_sharded,
+        world,
+        case_keys(tmp_path, "fsdp", fsdp="full_shard", **parallel_keys(world, mode), **extra),
+    )[0]
+    compare(reference, candidate)
+    assert candidate["local_fraction"] == pytest.approx(1 / world, rel=0.02)
+
+
+def _weights(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_the_saved_model_is_whole_and_equals_the_single_process_one(tmp_path):
+    """The final save gathers every rank's shards into one Hugging Face folder."""
+    reference_keys = case_keys(tmp_path, "ref", max_steps=2)
+    run_training(**reference_keys)
+    sharded_keys = case_keys(tmp_path, "fsdp", max_steps=2, fsdp="full_shard", **parallel_keys(2, "ulysses"))
+    run_ranks(_train_sharded, 2, sharded_keys)
+    reference, sharded = _weights(tmp_path / "ref"), _weights(tmp_path / "fsdp")
+    assert reference.keys() == sharded.keys()
+    # Adam turns a gradient's last-bit differences into whole-learning-rate steps on the entries
+    # whose gradient is near zero: the weights agree as tensors, not to the last entry.
+    errors = {name: float((sharded[name] - w).norm() / w.norm()) for name, w in reference.items()}
+    assert max(errors.values()) <= 1e-4, errors
+
+
+def test_a_sharded_checkpoint_resumes_at_another_world_size(tmp_path):
+    """Checkpoints hold each rank's shards (torch.distributed.checkpoint); one written by 2 ranks
+    (SP 2) resumes on 1 and continues as the uninterrupted run did."""
+    saving = {"save_strategy": "steps", "save_steps": 2, "fsdp": "full_shard"}
+    whole = run_ranks(_train_sharded, 2, case_keys(tmp_path, "two", **saving, **parallel_keys(2, "ulysses")))[
+        0
+    ]
+    checkpoint = tmp_path / "two" / "checkpoint-2"
+    assert (checkpoint / "fsdp2_state" / ".metadata").is_file()
+    assert not (checkpoint / "model.safetensors").exists()  # no gather to one rank per checkpoint
+    resumed = run_ranks(
+        _train_sharded,
+        1,
+        case_keys(tmp_path, "one", fsdp="full_shard", resume_from_checkpoint=str(checkpoint)),
+    )[0]
+    assert len(resumed["losses"]) == len(whole["losses"]) == STEPS
+    errors = [abs(a - b) / abs(a) for a, b in zip(whole["losses"][2:], resumed["losses"][2:])]
+    assert max(errors) <= 1e-5, (whole["losses"], resumed["losses"])
+
+
+PREFERENCE = {
+    "dataset_dir": DATA,
+    "max_samples": 16,
+    "max_steps": 3,
+    "per_device_train_batch_size": 4,
+    "cutoff_len": 64,
+}
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        {
+            "stage": "dpo",
+            "dataset": "demo_pairs",
+            "finetuning_type": "full",
+            "sequence_parallel_mode": "zigzag-ring",
+        },
+        pytest.param(
+            {"stage": "dpo", "dataset": "demo_pairs", "finetuning_type": "lora"}, marks=pytest.mark.slow
+        ),
+        pytest.param(
+            {"stage": "kto", "dataset": "demo_kto", "finetuning_type": "full"}, marks=pytest.mark.slow
+        ),
+        pytest.param(
+            {"stage": "rm", "dataset": "demo_pairs", "finetuning_type": "full"}, marks=pytest.mark.slow
+        ),
+    ],
+    ids=["dpo-full-ring", "dpo-lora", "kto-full", "rm-full"],
+)
+def test_preference_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path, keys):
+    common = {**PREFERENCE, **keys}
+    single = {k: v for k, v in common.items() if not k.startswith("sequence_parallel")}
+    reference = run_training(**single, output_dir=str(tmp_path / "ref"))
+    sharded = run_ranks(
+        _train_sharded,
+        2,
+        {**common, "sequence_parallel_size": 2, "fsdp": "full_shard", "output_dir": str(tmp_path / "fsdp")},
+    )[0]
+    assert len(sharded["losses"]) == len(reference["losses"]) == 3
+    for a, b in zip(reference["losses"], sharded["losses"]):
+        assert abs(a - b) / abs(a) <= 1e-5, (reference["losses"], sharded["losses"])
+    errors = [relative_error(a, b) for a, b in zip(reference["grads"], sharded["grads"])]
+    assert max(errors) <= 1e-4, errors
+
+
+def _rl_sharded(rank, world_size, keys):
+    from ulysses_pro.train.rl import rollout
+
+    from ..train.rl.test_grpo_parallel import fixed_completions
+
+    rollout.PolicySampler.__call__ = fixed_completions
+    return _train_sharded(rank, world_size, keys)
+
+
+def _rl_single(rank, world_size, keys):
+    from ulysses_pro.train.rl import rollout
+
+    from ..train.rl.test_grpo_parallel import fixed_completions
+
+    rollout.PolicySampler.__call__ = fixed_completions
+    return run_training(**keys)
+
+
+@pytest.mark.parametrize("stage", ["ppo", pytest.param("grpo", marks=pytest.mark.slow)])
+def test_rl_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path, stage):
+    """Fixed rollouts, full fine-tuning: the policy (with PPO's value head) sharded, SP 2."""
+    from ..train.rl.reward_models import write_reward_models
+    from ..train.rl.test_grpo_parallel import REWARDS
+
+    common = {
+        "stage": stage,
+        "finetuning_type": "full",
+        "dataset": "demo_tasks",
+        "dataset_dir": DATA,
+        "template": "chatml",
+        "max_samples": 16,
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "cutoff_len": 64,
+    }
+    if stage == "ppo":
+        common.update(
+            reward_model=str(write_reward_models(tmp_path / "rm")["full"]), reward_model_type="full"
+        )
+        common.update(ppo_epochs=1)
+    else:
+        common.update(reward_funcs=[f"{REWARDS}:answer_overlap"], num_generations=4, beta=0.1)
+    reference = run_ranks(_rl_single, 1, {**common, "output_dir": str(tmp_path / "ref")})[0]
+    sharded = run_ranks(
+        _rl_sharded,
+        2,
+        {**common, "sequence_parallel_size": 2, "fsdp": "full_shard", "output_dir": str(tmp_path / "fsdp")},
+    )[0]
+    assert len(sharded["losses"]) == len(reference["losses"]) == 2
+    for a, b in zip(reference["losses"], sharded["losses"]):
+        assert abs(a - b) <= 1e-5, (reference["losses"], sharded["losses"])
+    errors = [relative_error(a, b) for a, b in zip(reference["grads"], sharded["grads"])]
+    assert len(errors) == 2 and max(errors) <= 1e-4, errors
+
+
+class ShardDtypes(TrainerCallback):
+    """The dtypes of the sharded parameters (the masters the optimizer steps)."""
+
+    dtypes = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.dtypes = {p.dtype for p in model.parameters() if p.requires_grad}
+
+
+def _train_bf16(rank, world_size, keys):
+    dtypes = ShardDtypes()
+    result = run_training(callbacks=(dtypes,), **keys)
+    result["master_dtypes"] = dtypes.dtypes
+    return result if rank == 0 else None
+
+
+def test_bf16_under_fsdp2_keeps_fp32_masters_and_matches_one_process(tmp_path):
+    """`bf16: true`: fp32 master weights, bf16 compute, fp32 reduction; against SP=1 bf16 as in the
+    DDP bf16 test (tests/train/test_sequence_parallel.py), within bf16 rounding."""
+    shared = {"bf16": True, "neat_packing": True}
+    reference = run_training(**case_keys(tmp_path, "ref", **shared))
+    candidate = run_ranks(
+        _train_bf16,
+        2,
+        case_keys(tmp_path, "fsdp", fsdp="full_shard", **parallel_keys(2, "ulysses"), **shared),
+    )[0]
+    assert candidate["master_dtypes"] == {torch.float32}
+    loss_errors = [abs(a - b) / abs(a) for a, b in zip(reference["losses"], candidate["losses"])]
+    grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
+    assert len(loss_errors) == STEPS and max(loss_errors) <= 2e-4, loss_errors
+    assert max(grad_errors) <= 2e-2, grad_errors
