@@ -1,4 +1,4 @@
-"""`ulysses-pro train | plan | preview | export | chat | make-tiny-model | env`, with torchrun self-launch."""
+"""`ulysses-pro train | plan | preview | export | convert | chat | make-tiny-model | env`, with torchrun self-launch."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ commands:
   train CONFIG.yaml [key=value | --key value ...]   train a stage (LLaMA-Factory config keys)
   plan CONFIG.yaml [--gpu-memory 80GiB] [--nproc 8]  per-rank peak memory and longest length (no weights)
   export CONFIG.yaml [key=value ...]                merge LoRA into the base model, write a HF folder
+  convert CHECKPOINT OUTPUT [--dtype bf16]           a sharded (FSDP2 / ZeRO) checkpoint as a HF folder
   chat CONFIG.yaml [key=value ...] [--prompt TEXT]  talk to the model (streamed), or answer once
   preview CONFIG.yaml [key=value ...] [--rows N] [--jsonl OUT]
                                                     the first training rows as the model sees them
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         from .planner.report import run
 
         return run(rest)
-    if command in ("preview", "export", "chat"):
+    if command in ("preview", "export", "chat", "convert"):
         return _input_command(command, rest)
     if command == "make-tiny-model":
         return make_tiny_model_command(rest)

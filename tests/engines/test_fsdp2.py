@@ -47,6 +47,16 @@ def test_fsdp_keys_never_reach_accelerate(tmp_path):
         {"model_name_or_path": "tiny:llama", "output_dir": str(tmp_path), "fsdp": "full_shard", "bf16": True}
     )
     assert config.fsdp is not None and not config.training.fsdp
+    with pytest.raises(ConfigError, match="load_best_model_at_end with fsdp"):
+        load_config(
+            {
+                "model_name_or_path": "tiny:llama",
+                "output_dir": str(tmp_path),
+                "fsdp": True,
+                "load_best_model_at_end": True,
+                "eval_strategy": "steps",
+            }
+        )
     with pytest.raises(ConfigError, match="fp16 with FSDP2"):
         load_config(
             {"model_name_or_path": "tiny:llama", "output_dir": str(tmp_path), "fsdp": True, "fp16": True}
@@ -110,14 +120,22 @@ def test_the_saved_model_is_whole_and_equals_the_single_process_one(tmp_path):
     assert max(errors.values()) <= 1e-4, errors
 
 
-def test_a_sharded_checkpoint_resumes_at_another_world_size(tmp_path):
-    """Checkpoints hold each rank's shards (torch.distributed.checkpoint); one written by 2 ranks
-    (SP 2) resumes on 1 and continues as the uninterrupted run did."""
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory):
+    """SFT at SP=2 on 2 ranks under FSDP2, checkpointed every 2 of its 4 steps."""
+    folder = tmp_path_factory.mktemp("checkpointed")
     saving = {"save_strategy": "steps", "save_steps": 2, "fsdp": "full_shard"}
-    whole = run_ranks(_train_sharded, 2, case_keys(tmp_path, "two", **saving, **parallel_keys(2, "ulysses")))[
+    result = run_ranks(_train_sharded, 2, case_keys(folder, "two", **saving, **parallel_keys(2, "ulysses")))[
         0
     ]
-    checkpoint = tmp_path / "two" / "checkpoint-2"
+    return folder / "two", result
+
+
+def test_a_sharded_checkpoint_resumes_at_another_world_size(tmp_path, checkpointed_run):
+    """Checkpoints hold each rank's shards (torch.distributed.checkpoint); one written by 2 ranks
+    (SP 2) resumes on 1 and continues as the uninterrupted run did."""
+    run_dir, whole = checkpointed_run
+    checkpoint = run_dir / "checkpoint-2"
     assert (checkpoint / "fsdp2_state" / ".metadata").is_file()
     assert not (checkpoint / "model.safetensors").exists()  # no gather to one rank per checkpoint
     resumed = run_ranks(
@@ -137,6 +155,24 @@ PREFERENCE = {
     "per_device_train_batch_size": 4,
     "cutoff_len": 64,
 }
+
+
+def _train_counting_shardings(rank, world_size, keys):
+    """`_train_sharded`, also counting the models FSDP2 shards (the policy, and a frozen reference)."""
+    from ulysses_pro.train import workflow
+
+    sharded = []
+    shard_model = workflow.shard_model
+
+    def counting(model, *args, **kwargs):
+        sharded.append(type(model).__name__)
+        return shard_model(model, *args, **kwargs)
+
+    workflow.shard_model = counting
+    result = _train_sharded(rank, world_size, keys)
+    if result is not None:
+        result["sharded_models"] = len(sharded)
+    return result
 
 
 @pytest.mark.parametrize(
@@ -165,10 +201,13 @@ def test_preference_stages_under_fsdp2_and_sequence_parallelism_match_one_proces
     single = {k: v for k, v in common.items() if not k.startswith("sequence_parallel")}
     reference = run_training(**single, output_dir=str(tmp_path / "ref"))
     sharded = run_ranks(
-        _train_sharded,
+        _train_counting_shardings,
         2,
         {**common, "sequence_parallel_size": 2, "fsdp": "full_shard", "output_dir": str(tmp_path / "fsdp")},
     )[0]
+    # full fine-tuning DPO and KTO shard their frozen reference copy too; LoRA's is the policy
+    frozen_reference = keys["stage"] in ("dpo", "kto") and keys["finetuning_type"] == "full"
+    assert sharded["sharded_models"] == 1 + frozen_reference
     assert len(sharded["losses"]) == len(reference["losses"]) == 3
     for a, b in zip(reference["losses"], sharded["losses"]):
         assert abs(a - b) / abs(a) <= 1e-5, (reference["losses"], sharded["losses"])
@@ -263,3 +302,30 @@ def test_bf16_under_fsdp2_keeps_fp32_masters_and_matches_one_process(tmp_path):
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
     assert len(loss_errors) == STEPS and max(loss_errors) <= 2e-4, loss_errors
     assert max(grad_errors) <= 2e-2, grad_errors
+
+
+@pytest.mark.parametrize(
+    ("fsdp", "memory"),
+    [
+        # FSDP2's CPUOffloadPolicy (shards, gradients and optimizer state in host memory) with
+        # shard_grad_op (gathered weights kept from forward to backward)
+        ("shard_grad_op offload", {}),
+        # the memory stack under FSDP2: tiled MLP, host-offloaded checkpoints, a small loss chunk
+        (
+            "full_shard",
+            {
+                "tiled_mlp": True,
+                "tiled_mlp_tile_tokens": 16,
+                "gradient_checkpointing_offload": True,
+                "loss_chunk_tokens": 24,
+            },
+        ),
+    ],
+    ids=["offload-shard-grad-op", "memory-stack"],
+)
+def test_fsdp2_options_and_the_memory_stack_keep_the_single_process_numbers(tmp_path, fsdp, memory):
+    reference = run_training(**case_keys(tmp_path, "ref"))
+    candidate = run_ranks(
+        _train_sharded, 2, case_keys(tmp_path, "fsdp", fsdp=fsdp, **parallel_keys(2, "zigzag-ring"), **memory)
+    )[0]
+    compare(reference, candidate)

@@ -124,3 +124,15 @@ def test_deep_decoders_are_extrapolated_from_three_shallow_traces(keys, monkeypa
     full = real(config, Layout(ulysses=2), 8192, options, 2, "cpu", load_model_config(config.model))
     for field in ("peak", "static", "host", "trainable"):
         assert abs(getattr(extrapolated, field) - getattr(full, field)) <= 0.002 * getattr(full, field), field
+
+
+def test_fsdp2_shards_and_its_offload_move_the_static_memory_off_the_device():
+    """FSDP2 over 4 ranks keeps a quarter of the weights and optimizer state plus one gathered layer;
+    with `offload` they go to host memory and the device holds the gathered layer only."""
+    options = Options(checkpointing=True, tiled_mlp=False, offload=False)
+    replicated = trace(_config(), Layout(), 4096, options, world=4, device="cpu")
+    sharded = trace(_config(fsdp="full_shard"), Layout(), 4096, options, world=4, device="cpu")
+    offloaded = trace(_config(fsdp="full_shard offload"), Layout(), 4096, options, world=4, device="cpu")
+    assert replicated.static > sharded.static > offloaded.static
+    assert replicated.peak > sharded.peak > offloaded.peak
+    assert offloaded.host > 0 and sharded.host == 0

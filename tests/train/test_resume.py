@@ -81,6 +81,9 @@ RESUME_CASES = [
         id="dp2xsp2-streaming",
         marks=pytest.mark.slow,  # 53 s on 2 cores; SP 2 reads a stream in the default case
     ),
+    # FSDP2's sharded checkpoints (the default run resumes one at another world size:
+    # tests/engines/test_fsdp2.py)
+    pytest.param(2, {"sequence_parallel_size": 2, "fsdp": "full_shard"}, id="fsdp2-sp2", marks=pytest.mark.slow),
 ]
 
 

@@ -164,6 +164,12 @@ def take_fsdp_settings(
             f"{origins.get('fp16', 'fp16')}: fp16 with FSDP2 needs a sharded gradient scaler this project does "
             "not drive; use bf16: true"
         )
+    if training_kwargs.get("load_best_model_at_end"):
+        raise ConfigError(
+            f"{origins.get('load_best_model_at_end', 'load_best_model_at_end')}: load_best_model_at_end with fsdp: "
+            "checkpoints hold sharded states that transformers cannot load back; convert the best checkpoint "
+            "with `ulysses-pro convert` instead"
+        )
     if training_kwargs.get("deepspeed"):
         raise ConfigError(f"{settings.origin}: fsdp and deepspeed both shard the model; choose one")
     return settings

@@ -85,6 +85,10 @@ def _sharded(config) -> bool:
     return bool(training.deepspeed) and is_deepspeed_zero3_enabled()
 
 
+def _offloads_shards(config) -> bool:
+    return config.fsdp is not None and config.fsdp.cpu_offload
+
+
 def trace(
     config, layout: Layout, length: int, options: Options, *, world: int, device: str = "cuda"
 ) -> Estimate:
@@ -211,7 +215,15 @@ def _trace_at_depth(
         _print_peak(live)
     trainable_bytes = sum(p.numel() * 4 for p in trainable)
     extra = 0
-    if _sharded(config):
+    host = offload_hooks.offloaded_bytes if offload_hooks is not None else 0
+    if _sharded(config) and _offloads_shards(config):
+        # FSDP2's CPUOffloadPolicy: the shards, their gradients and the optimizer state live in host
+        # memory; the device holds one gathered layer and its unsharded gradients at a time.
+        layer = _largest_layer_bytes(model)
+        peak = live.peak - static + 2 * layer
+        host += static // world + trainable_bytes // world
+        static = layer
+    elif _sharded(config):
         # weights, gradients and optimizer state are sharded; one layer's weights are gathered at a time
         layer = _largest_layer_bytes(model)
         sharded_static = static // world + layer
@@ -221,7 +233,6 @@ def _trace_at_depth(
         if world > 1:
             extra = trainable_bytes  # DDP's flat gradient buckets (gradient_as_bucket_view off)
         peak = live.peak + extra
-    host = offload_hooks.offloaded_bytes if offload_hooks is not None else 0
     return Estimate(peak=peak, static=static + extra, host=host, trainable=sum(p.numel() for p in trainable))
 
 

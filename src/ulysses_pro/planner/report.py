@@ -69,6 +69,14 @@ def _option_sets(configured: Options) -> list[tuple[str, Options]]:
     return sets
 
 
+def _static_note(config, nproc: int) -> str:
+    if config.fsdp is not None and config.fsdp.cpu_offload:
+        return "; FSDP2 keeps their shards in host memory: this is one gathered layer"
+    if config.fsdp is not None:
+        return ", as FSDP2 shards, plus one gathered layer"
+    return ", DDP buckets" if nproc > 1 else ""
+
+
 def run(arguments: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ulysses-pro plan", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="the training YAML (LLaMA-Factory keys)")
@@ -105,9 +113,9 @@ def run(arguments: list[str]) -> int:
     )
     print(
         f"#   peak {gib(estimate.peak)} GiB = static {gib(estimate.static)} GiB (weights, optimizer state"
-        f"{', DDP buckets' if options.nproc > 1 else ''}) + {gib(estimate.peak - estimate.static)} GiB at the step's "
+        f"{_static_note(config, options.nproc)}) + {gib(estimate.peak - estimate.static)} GiB at the step's "
         "peak (gradients, activations, loss chunks)"
-        + (f"; host memory for offloaded checkpoints {gib(estimate.host)} GiB" if estimate.host else "")
+        + (f"; host memory for offloaded checkpoints and shards {gib(estimate.host)} GiB" if estimate.host else "")
     )
     print(
         f"#   {'fits' if estimate.peak <= budget else 'does NOT fit'} {gib(budget)} GiB per GPU (plus the CUDA context, ~0.5-1 GiB)"

@@ -48,6 +48,8 @@ class Fsdp2Hooks:
             fsdp2.save_sharded(output_dir, self.model, optimizer)
             if self.args.should_save:
                 unwrap_model(self.model).config.save_pretrained(output_dir)
+                for adapter in getattr(self.model, "peft_config", {}).values():
+                    adapter.save_pretrained(output_dir)  # adapter_config.json: `convert` writes an adapter
                 if self.processing_class is not None:
                     self.processing_class.save_pretrained(output_dir)
             return

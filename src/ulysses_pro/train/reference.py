@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from ..engines.fsdp2 import is_sharded
 from ..models.attention import share_sequence_parallel
 from ..models.wrappers import unwrap_engine, unwrap_model
 
@@ -52,8 +53,9 @@ class ReferenceModel:
         return cls(copy.deepcopy(unwrap_model(policy)))
 
     def to(self, device) -> ReferenceModel:
-        # A DeepSpeed engine has placed its partitions already.
-        if self.frozen is not None and not hasattr(self.frozen, "zero_optimization_stage"):
+        # A DeepSpeed engine and FSDP2 have placed their partitions already.
+        placed = hasattr(self.frozen, "zero_optimization_stage") or is_sharded(self.frozen)
+        if self.frozen is not None and not placed:
             self.frozen.to(device)
         return self
 

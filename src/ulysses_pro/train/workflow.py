@@ -225,6 +225,9 @@ def run_workflow(
     if config.fsdp is not None:
         # Last, so the memory stack, SP wiring and a reference copy all see the whole model.
         shard_model(model, config.fsdp, args, pure_bf16=config.finetuning.pure_bf16)
+        frozen = getattr(extra.get("reference"), "frozen", None)
+        if frozen is not None:  # a frozen copy or ref_model: sharded the same way, no optimizer
+            shard_model(frozen, config.fsdp, args, pure_bf16=config.finetuning.pure_bf16)
     pro = pro_features(config, layout)
     trainer = trainer_class(
         model=model,
