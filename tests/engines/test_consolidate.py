@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from ulysses_pro.engines.consolidate import CheckpointError, convert_checkpoint
@@ -21,7 +22,7 @@ from .test_fsdp2 import _train_sharded, checkpointed_run  # noqa: F401  (the sha
 
 def test_the_last_fsdp2_checkpoint_converts_to_the_final_model(tmp_path, checkpointed_run):  # noqa: F811
     """checkpoint-4 of a 4-step run holds the final weights: converted through the CLI, they equal the
-    folder the run's final save gathered, and transformers loads them."""
+    folder the run's final save gathered, and plain transformers gives equal logits from both."""
     from transformers import AutoModelForCausalLM
 
     run_dir, _ = checkpointed_run
@@ -38,7 +39,9 @@ def test_the_last_fsdp2_checkpoint_converts_to_the_final_model(tmp_path, checkpo
     )
     assert converted.keys() == final.keys()
     assert all((converted[name] == final[name]).all() for name in final)
-    assert AutoModelForCausalLM.from_pretrained(out).config.model_type == "llama"
+    ids = torch.randint(3, 500, (2, 24), generator=torch.Generator().manual_seed(0))
+    logits = [AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids).logits for folder in (out, run_dir)]
+    assert torch.equal(*logits)
     assert (out / "tokenizer.json").is_file()
 
 

@@ -64,40 +64,62 @@ def test_fsdp_keys_never_reach_accelerate(tmp_path):
 
 
 class ShardFraction(TrainerCallback):
-    """The fraction of the model's parameter values this rank holds at the end of training."""
+    """The fractions of the model's parameter values and of the optimizer state this rank holds at
+    the end of training (FSDP2 pads the last shard of an uneven split)."""
 
-    fraction = None
+    parameters = optimizer_state = None
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
-        self.fraction = local / sum(p.numel() for p in model.parameters())
+    def on_train_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.parameters = _local_fraction(list(model.parameters()))
+        states = getattr(optimizer, "optimizer", optimizer).state.values()
+        self.optimizer_state = _local_fraction([t for s in states for t in s.values() if t.dim() > 0])
+
+
+def _local_fraction(tensors) -> float:
+    local = sum(t.to_local().numel() if hasattr(t, "to_local") else t.numel() for t in tensors)
+    return local / sum(t.numel() for t in tensors)
 
 
 def _train_sharded(rank, world_size, keys):
     shards = ShardFraction()
     result = run_training(callbacks=(shards,), **keys)
-    result["local_fraction"] = shards.fraction  # FSDP2 pads the last shard of an uneven split
+    result["local_fraction"] = shards.parameters
+    result["optimizer_fraction"] = shards.optimizer_state
     return result if rank == 0 else None
 
 
 @pytest.mark.parametrize(
-    ("world", "mode", "extra"),
+    ("world", "sp", "mode", "extra"),
     [
-        (2, "ulysses", {}),
+        (2, 2, "ulysses", {}),
+        (4, 2, "zigzag-ring", {}),  # DP 2 x SP 2: four shards
         pytest.param(
-            2, "zigzag-ring", {"finetuning_type": "lora", "lora_target": "all"}, marks=pytest.mark.slow
+            2, 2, "zigzag-ring", {"finetuning_type": "lora", "lora_target": "all"}, marks=pytest.mark.slow
         ),
+        pytest.param(4, 4, "hybrid", {"finetuning_type": "lora"}, marks=pytest.mark.slow),
+        pytest.param(4, 2, "ulysses", {"finetuning_type": "lora"}, marks=pytest.mark.slow),
     ],
 )
-def test_fsdp2_with_sequence_parallelism_matches_single_process(tmp_path, world, mode, extra):
+def test_fsdp2_with_sequence_parallelism_matches_single_process(tmp_path, world, sp, mode, extra):
+    """Gradient checkpointing on (the default); each rank holds 1/world of every parameter and of the
+    optimizer state."""
     reference = run_training(**case_keys(tmp_path, "ref", **extra))
+    dp = world // sp
     candidate = run_ranks(
         _train_sharded,
         world,
-        case_keys(tmp_path, "fsdp", fsdp="full_shard", **parallel_keys(world, mode), **extra),
+        case_keys(
+            tmp_path,
+            "fsdp",
+            fsdp="full_shard",
+            per_device_train_batch_size=4 // dp,
+            **parallel_keys(sp, mode),
+            **extra,
+        ),
     )[0]
     compare(reference, candidate)
     assert candidate["local_fraction"] == pytest.approx(1 / world, rel=0.02)
+    assert candidate["optimizer_fraction"] == pytest.approx(1 / world, rel=0.02)
 
 
 def _weights(folder) -> dict:
@@ -122,39 +144,41 @@ def test_the_saved_model_is_whole_and_equals_the_single_process_one(tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory):
-    """SFT at SP=2 on 2 ranks under FSDP2, checkpointed every 2 of its 4 steps."""
+    """SFT at DP 2 x SP 2 on 4 ranks under FSDP2, checkpointed every 2 of its 4 steps."""
     folder = tmp_path_factory.mktemp("checkpointed")
-    saving = {"save_strategy": "steps", "save_steps": 2, "fsdp": "full_shard"}
-    result = run_ranks(_train_sharded, 2, case_keys(folder, "two", **saving, **parallel_keys(2, "ulysses")))[
+    saving = {
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "fsdp": "full_shard",
+        "per_device_train_batch_size": 2,
+    }
+    result = run_ranks(_train_sharded, 4, case_keys(folder, "four", **saving, **parallel_keys(2, "ulysses")))[
         0
     ]
-    return folder / "two", result
+    return folder / "four", result
 
 
 def test_a_sharded_checkpoint_resumes_at_another_world_size(tmp_path, checkpointed_run):
-    """Checkpoints hold each rank's shards (torch.distributed.checkpoint); one written by 2 ranks
-    (SP 2) resumes on 1 and continues as the uninterrupted run did."""
+    """Checkpoints hold each rank's shards (torch.distributed.checkpoint); one written by 4 ranks
+    (DP 2 x SP 2) resumes on 2 (SP 2) with the global batch kept by doubling gradient accumulation,
+    and continues as the uninterrupted run did."""
     run_dir, whole = checkpointed_run
     checkpoint = run_dir / "checkpoint-2"
     assert (checkpoint / "fsdp2_state" / ".metadata").is_file()
     assert not (checkpoint / "model.safetensors").exists()  # no gather to one rank per checkpoint
-    resumed = run_ranks(
-        _train_sharded,
-        1,
-        case_keys(tmp_path, "one", fsdp="full_shard", resume_from_checkpoint=str(checkpoint)),
-    )[0]
+    keys = case_keys(
+        tmp_path,
+        "two",
+        fsdp="full_shard",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        resume_from_checkpoint=str(checkpoint),
+        **parallel_keys(2, "ulysses"),
+    )
+    resumed = run_ranks(_train_sharded, 2, keys)[0]
     assert len(resumed["losses"]) == len(whole["losses"]) == STEPS
     errors = [abs(a - b) / abs(a) for a, b in zip(whole["losses"][2:], resumed["losses"][2:])]
     assert max(errors) <= 1e-5, (whole["losses"], resumed["losses"])
-
-
-PREFERENCE = {
-    "dataset_dir": DATA,
-    "max_samples": 16,
-    "max_steps": 3,
-    "per_device_train_batch_size": 4,
-    "cutoff_len": 64,
-}
 
 
 def _train_counting_shardings(rank, world_size, keys):
@@ -175,39 +199,63 @@ def _train_counting_shardings(rank, world_size, keys):
     return result
 
 
-@pytest.mark.parametrize(
-    "keys",
-    [
+PREFERENCE = {
+    "dataset_dir": DATA,
+    "max_samples": 16,
+    "max_steps": 3,
+    "per_device_train_batch_size": 4,
+    "cutoff_len": 64,
+}
+PREFERENCE_CASES = [
+    # (world, keys): world 2 is SP 2, world 4 is DP 2 x SP 2 (per-device batch 2)
+    (
+        2,
         {
             "stage": "dpo",
             "dataset": "demo_pairs",
             "finetuning_type": "full",
             "sequence_parallel_mode": "zigzag-ring",
         },
-        pytest.param(
-            {"stage": "dpo", "dataset": "demo_pairs", "finetuning_type": "lora"}, marks=pytest.mark.slow
-        ),
-        pytest.param(
-            {"stage": "kto", "dataset": "demo_kto", "finetuning_type": "full"}, marks=pytest.mark.slow
-        ),
-        pytest.param(
-            {"stage": "rm", "dataset": "demo_pairs", "finetuning_type": "full"}, marks=pytest.mark.slow
-        ),
-    ],
-    ids=["dpo-full-ring", "dpo-lora", "kto-full", "rm-full"],
-)
-def test_preference_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path, keys):
+    ),
+    (4, {"stage": "kto", "dataset": "demo_kto", "finetuning_type": "full"}),
+    pytest.param(
+        2, {"stage": "dpo", "dataset": "demo_pairs", "finetuning_type": "lora"}, marks=pytest.mark.slow
+    ),
+    pytest.param(
+        4, {"stage": "dpo", "dataset": "demo_pairs", "finetuning_type": "lora"}, marks=pytest.mark.slow
+    ),
+    pytest.param(
+        4, {"stage": "dpo", "dataset": "demo_pairs", "finetuning_type": "full"}, marks=pytest.mark.slow
+    ),
+    pytest.param(
+        2, {"stage": "kto", "dataset": "demo_kto", "finetuning_type": "lora"}, marks=pytest.mark.slow
+    ),
+    pytest.param(
+        2, {"stage": "rm", "dataset": "demo_pairs", "finetuning_type": "full"}, marks=pytest.mark.slow
+    ),
+    pytest.param(
+        4, {"stage": "sft", "dataset": "demo_chat", "finetuning_type": "lora"}, marks=pytest.mark.slow
+    ),
+]
+
+
+@pytest.mark.parametrize(("world", "keys"), PREFERENCE_CASES)
+def test_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path, world, keys):
     common = {**PREFERENCE, **keys}
     single = {k: v for k, v in common.items() if not k.startswith("sequence_parallel")}
     reference = run_training(**single, output_dir=str(tmp_path / "ref"))
-    sharded = run_ranks(
-        _train_counting_shardings,
-        2,
-        {**common, "sequence_parallel_size": 2, "fsdp": "full_shard", "output_dir": str(tmp_path / "fsdp")},
-    )[0]
+    sharded_keys = {
+        **common,
+        "sequence_parallel_size": 2,
+        "fsdp": "full_shard",
+        "output_dir": str(tmp_path / "fsdp"),
+    }
+    sharded_keys["per_device_train_batch_size"] = PREFERENCE["per_device_train_batch_size"] * 2 // world
+    sharded = run_ranks(_train_counting_shardings, world, sharded_keys)[0]
     # full fine-tuning DPO and KTO shard their frozen reference copy too; LoRA's is the policy
     frozen_reference = keys["stage"] in ("dpo", "kto") and keys["finetuning_type"] == "full"
     assert sharded["sharded_models"] == 1 + frozen_reference
+    assert sharded["local_fraction"] == pytest.approx(1 / world, rel=0.02)
     assert len(sharded["losses"]) == len(reference["losses"]) == 3
     for a, b in zip(reference["losses"], sharded["losses"]):
         assert abs(a - b) / abs(a) <= 1e-5, (reference["losses"], sharded["losses"])
@@ -233,8 +281,15 @@ def _rl_single(rank, world_size, keys):
     return run_training(**keys)
 
 
-@pytest.mark.parametrize("stage", ["ppo", pytest.param("grpo", marks=pytest.mark.slow)])
-def test_rl_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path, stage):
+@pytest.mark.parametrize(
+    ("world", "stage"),
+    [
+        (2, "ppo"),
+        pytest.param(2, "grpo", marks=pytest.mark.slow),
+        pytest.param(4, "grpo", marks=pytest.mark.slow),
+    ],
+)
+def test_rl_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path, world, stage):
     """Fixed rollouts, full fine-tuning: the policy (with PPO's value head) sharded, SP 2."""
     from ..train.rl.reward_models import write_reward_models
     from ..train.rl.test_grpo_parallel import REWARDS
@@ -259,11 +314,14 @@ def test_rl_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_pa
     else:
         common.update(reward_funcs=[f"{REWARDS}:answer_overlap"], num_generations=4, beta=0.1)
     reference = run_ranks(_rl_single, 1, {**common, "output_dir": str(tmp_path / "ref")})[0]
-    sharded = run_ranks(
-        _rl_sharded,
-        2,
-        {**common, "sequence_parallel_size": 2, "fsdp": "full_shard", "output_dir": str(tmp_path / "fsdp")},
-    )[0]
+    sharded_keys = {
+        **common,
+        "sequence_parallel_size": 2,
+        "fsdp": "full_shard",
+        "output_dir": str(tmp_path / "fsdp"),
+    }
+    sharded_keys["per_device_train_batch_size"] = 4 // world  # DP 2 x SP 2 on 4 ranks
+    sharded = run_ranks(_rl_sharded, world, sharded_keys)[0]
     assert len(sharded["losses"]) == len(reference["losses"]) == 2
     for a, b in zip(reference["losses"], sharded["losses"]):
         assert abs(a - b) <= 1e-5, (reference["losses"], sharded["losses"])

@@ -83,7 +83,12 @@ RESUME_CASES = [
     ),
     # FSDP2's sharded checkpoints (the default run resumes one at another world size:
     # tests/engines/test_fsdp2.py)
-    pytest.param(2, {"sequence_parallel_size": 2, "fsdp": "full_shard"}, id="fsdp2-sp2", marks=pytest.mark.slow),
+    pytest.param(
+        4,
+        {"sequence_parallel_size": 2, "fsdp": "full_shard", "per_device_train_batch_size": 1},
+        id="fsdp2-dp2xsp2",
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
