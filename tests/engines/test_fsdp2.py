@@ -182,8 +182,10 @@ def test_a_sharded_checkpoint_resumes_at_another_world_size(tmp_path, checkpoint
 
 
 def _train_counting_shardings(rank, world_size, keys):
-    """`_train_sharded`, also counting the models FSDP2 shards (the policy, and a frozen reference)."""
+    """`_train_sharded`, also counting the models FSDP2 shards (the policy, a frozen reference, PPO's
+    reward model)."""
     from ulysses_pro.train import workflow
+    from ulysses_pro.train.rl import reward_model
 
     sharded = []
     shard_model = workflow.shard_model
@@ -192,7 +194,7 @@ def _train_counting_shardings(rank, world_size, keys):
         sharded.append(type(model).__name__)
         return shard_model(model, *args, **kwargs)
 
-    workflow.shard_model = counting
+    workflow.shard_model = reward_model.shard_model = counting
     result = _train_sharded(rank, world_size, keys)
     if result is not None:
         result["sharded_models"] = len(sharded)
@@ -269,7 +271,7 @@ def _rl_sharded(rank, world_size, keys):
     from ..train.rl.test_grpo_parallel import fixed_completions
 
     rollout.PolicySampler.__call__ = fixed_completions
-    return _train_sharded(rank, world_size, keys)
+    return _train_counting_shardings(rank, world_size, keys)
 
 
 def _rl_single(rank, world_size, keys):
@@ -322,6 +324,8 @@ def test_rl_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_pa
     }
     sharded_keys["per_device_train_batch_size"] = 4 // world  # DP 2 x SP 2 on 4 ranks
     sharded = run_ranks(_rl_sharded, world, sharded_keys)[0]
+    # the policy, its frozen reference and (PPO) the full reward model are all sharded
+    assert sharded["sharded_models"] == (3 if stage == "ppo" else 2)
     assert len(sharded["losses"]) == len(reference["losses"]) == 2
     for a, b in zip(reference["losses"], sharded["losses"]):
         assert abs(a - b) <= 1e-5, (reference["losses"], sharded["losses"])

@@ -136,3 +136,18 @@ def test_fsdp2_shards_and_its_offload_move_the_static_memory_off_the_device():
     assert replicated.static > sharded.static > offloaded.static
     assert replicated.peak > sharded.peak > offloaded.peak
     assert offloaded.host > 0 and sharded.host == 0
+
+
+def test_a_zero3_config_read_in_the_same_process_does_not_break_the_skeleton():
+    """Reading a ZeRO-3 config makes transformers build every model inside zero.Init, which a
+    meta-device skeleton cannot take (it stopped the planner in a process that had trained)."""
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    zero3 = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})
+    try:
+        options = Options(checkpointing=True, tiled_mlp=False, offload=False)
+        assert trace(_config(), Layout(), 1024, options, world=1, device="cpu").peak > 0
+    finally:
+        del zero3
+        unset_hf_deepspeed_config()

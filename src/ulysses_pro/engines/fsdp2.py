@@ -65,6 +65,11 @@ def shard_model(
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     device = training_args.device
+    if not dist.is_initialized():
+        # One process (e.g. to offload a model that does not fit one GPU): a group of one.
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1
+        )
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     if settings.cpu_offload:
         offload = CPUOffloadPolicy(pin_memory=device.type == "cuda")

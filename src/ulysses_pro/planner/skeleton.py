@@ -8,6 +8,7 @@ it costs no FLOPs and no memory, yet every allocation has its real shape, dtype 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -90,6 +91,21 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in unwrap_model(model).modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
+@contextlib.contextmanager
+def _without_zero3_construction():
+    """A ZeRO-3 config read in this process makes transformers partition and initialise every model
+    it builds (`zero.Init`), which a meta-device skeleton cannot take; the planner accounts for the
+    sharding itself (planner/estimate.py)."""
+    from transformers.integrations import deepspeed
+
+    saved = deepspeed._hf_deepspeed_config_weak_ref
+    deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def build_skeleton(model_args, finetuning_args, training_args, config=None) -> nn.Module:
     """The model of the run on the meta device, trainable as the run would set it up (no weights)."""
     from transformers import AutoModelForCausalLM
@@ -98,7 +114,7 @@ def build_skeleton(model_args, finetuning_args, training_args, config=None) -> n
 
     config = load_model_config(model_args) if config is None else config
     dtype = _compute_dtype(training_args, finetuning_args)
-    with torch.device("meta"):
+    with torch.device("meta"), _without_zero3_construction():
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, trust_remote_code=model_args.trust_remote_code
         )

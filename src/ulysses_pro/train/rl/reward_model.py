@@ -23,6 +23,7 @@ from torch import nn
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from ...config import ConfigError, RunConfig
+from ...engines.fsdp2 import shard_model
 from ...models.attention import share_sequence_parallel
 from ...models.loader import load_model
 from ...models.value_head import VALUE_HEAD_FILE, attach_value_head, load_value_head
@@ -91,6 +92,10 @@ class RewardModel:
         if is_deepspeed_zero3_enabled():
             # Loaded as partitions (as the policy): an optimizer-free engine gathers them per layer.
             return cls(partitioned_for_inference(model, config.training))
+        if config.fsdp is not None:
+            # Sharded as the policy, no optimizer; the value head scores inside the model's forward
+            # (as its output layer), where the root's weights are gathered.
+            return cls(shard_model(model, config.fsdp, config.training, pure_bf16=config.finetuning.pure_bf16))
         return cls(model.to(next(unwrap_model(policy).parameters()).device))
 
     @contextlib.contextmanager
