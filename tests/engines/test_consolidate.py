@@ -17,10 +17,10 @@ from ulysses_pro.engines.consolidate import CheckpointError, convert_checkpoint
 from ..launcher import run_ranks
 from ..train.harness import parallel_keys, run_training
 from ..train.test_sequence_parallel import DATA, case_keys
-from .test_fsdp2 import _train_sharded, checkpointed_run  # noqa: F401  (the shared sharded run)
+from .test_fsdp2 import _train_sharded
 
 
-def test_the_last_fsdp2_checkpoint_converts_to_the_final_model(tmp_path, checkpointed_run):  # noqa: F811
+def test_the_last_fsdp2_checkpoint_converts_to_the_final_model(tmp_path, checkpointed_run):
     """checkpoint-4 of a 4-step run holds the final weights: converted through the CLI, they equal the
     folder the run's final save gathered, and plain transformers gives equal logits from both."""
     from transformers import AutoModelForCausalLM

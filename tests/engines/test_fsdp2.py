@@ -92,7 +92,8 @@ def _train_sharded(rank, world_size, keys):
     ("world", "sp", "mode", "extra"),
     [
         (2, 2, "ulysses", {}),
-        (4, 2, "zigzag-ring", {}),  # DP 2 x SP 2: four shards
+        # DP 2 x SP 2 on four shards: KTO and the checkpointed SFT run (conftest.py) train so by default
+        pytest.param(4, 2, "zigzag-ring", {}, marks=pytest.mark.slow),
         pytest.param(
             2, 2, "zigzag-ring", {"finetuning_type": "lora", "lora_target": "all"}, marks=pytest.mark.slow
         ),
@@ -140,22 +141,6 @@ def test_the_saved_model_is_whole_and_equals_the_single_process_one(tmp_path):
     # whose gradient is near zero: the weights agree as tensors, not to the last entry.
     errors = {name: float((sharded[name] - w).norm() / w.norm()) for name, w in reference.items()}
     assert max(errors.values()) <= 1e-4, errors
-
-
-@pytest.fixture(scope="module")
-def checkpointed_run(tmp_path_factory):
-    """SFT at DP 2 x SP 2 on 4 ranks under FSDP2, checkpointed every 2 of its 4 steps."""
-    folder = tmp_path_factory.mktemp("checkpointed")
-    saving = {
-        "save_strategy": "steps",
-        "save_steps": 2,
-        "fsdp": "full_shard",
-        "per_device_train_batch_size": 2,
-    }
-    result = run_ranks(_train_sharded, 4, case_keys(folder, "four", **saving, **parallel_keys(2, "ulysses")))[
-        0
-    ]
-    return folder / "four", result
 
 
 def test_a_sharded_checkpoint_resumes_at_another_world_size(tmp_path, checkpointed_run):
@@ -237,6 +222,12 @@ PREFERENCE_CASES = [
     ),
     pytest.param(
         4, {"stage": "sft", "dataset": "demo_chat", "finetuning_type": "lora"}, marks=pytest.mark.slow
+    ),
+    pytest.param(
+        2, {"stage": "sft", "dataset": "demo_chat", "finetuning_type": "freeze"}, marks=pytest.mark.slow
+    ),
+    pytest.param(
+        2, {"stage": "pt", "dataset": "demo_text", "finetuning_type": "full"}, marks=pytest.mark.slow
     ),
 ]
 
@@ -349,17 +340,26 @@ def _train_bf16(rank, world_size, keys):
     return result if rank == 0 else None
 
 
-def test_bf16_under_fsdp2_keeps_fp32_masters_and_matches_one_process(tmp_path):
-    """`bf16: true`: fp32 master weights, bf16 compute, fp32 reduction; against SP=1 bf16 as in the
-    DDP bf16 test (tests/train/test_sequence_parallel.py), within bf16 rounding."""
-    shared = {"bf16": True, "neat_packing": True}
+@pytest.mark.parametrize(
+    ("precision", "masters"),
+    [
+        ({"bf16": True}, torch.float32),
+        pytest.param({"bf16": True, "pure_bf16": True}, torch.bfloat16, marks=pytest.mark.slow),
+    ],
+    ids=["bf16", "pure-bf16"],
+)
+def test_bf16_under_fsdp2_keeps_its_masters_and_matches_one_process(tmp_path, precision, masters):
+    """`bf16: true`: fp32 master weights, bf16 compute, fp32 reduction (`pure_bf16`: bf16 throughout);
+    against SP=1 in the same precision as in the DDP bf16 test (tests/train/test_sequence_parallel.py),
+    within bf16 rounding."""
+    shared = {**precision, "neat_packing": True}
     reference = run_training(**case_keys(tmp_path, "ref", **shared))
     candidate = run_ranks(
         _train_bf16,
         2,
         case_keys(tmp_path, "fsdp", fsdp="full_shard", **parallel_keys(2, "ulysses"), **shared),
     )[0]
-    assert candidate["master_dtypes"] == {torch.float32}
+    assert candidate["master_dtypes"] == {masters}
     loss_errors = [abs(a - b) / abs(a) for a, b in zip(reference["losses"], candidate["losses"])]
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
     assert len(loss_errors) == STEPS and max(loss_errors) <= 2e-4, loss_errors
