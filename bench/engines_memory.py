@@ -27,18 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.launcher import run_ranks  # noqa: E402  (the project's one multi-rank launcher)
+from tests.train.harness import ZERO3  # noqa: E402  (the ZeRO-3 config the tests use)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory_probe import MIB, pin_malloc, reset_rss_peak, rss_kib  # noqa: E402
 
 DATA = str(Path(__file__).resolve().parent.parent / "data")
-ZERO3 = {
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "zero_allow_untested_optimizer": True,
-    "zero_optimization": {"stage": 3, "overlap_comm": False},
-}
 ENGINES = ["DDP", "ZeRO-3", "FSDP2", "FSDP2 + offload"]
 
 
@@ -146,7 +140,9 @@ def main() -> None:
         f"\nLlama-shaped, hidden {options.hidden}, {options.layers} layers, {options.length} tokens per row, "
         "4 processes, full fine-tuning, AdamW, fp32, CPU\n"
     )
-    print("| engine | SP | peak MiB / rank (RSS above the pre-load baseline) | s / step | planner MiB / rank |")
+    print(
+        "| engine | SP | peak MiB / rank (RSS above the pre-load baseline) | s / step | planner MiB / rank |"
+    )
     print("|---|---|---|---|---|")
     for engine, sp, peak, step, planned in rows:
         print(f"| {engine} | {sp} | {peak:.0f} | {step:.2f} | {planned:.0f} |")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from ulysses_pro.engines.consolidate import CheckpointError, convert_checkpoint
 
 from ..launcher import run_ranks
-from ..train.harness import parallel_keys, run_training
+from ..train.harness import ZERO3, parallel_keys, run_training
 from ..train.test_sequence_parallel import DATA, case_keys
 from .test_fsdp2 import _train_sharded
 
@@ -78,8 +78,6 @@ def test_a_zero3_checkpoint_converts_to_the_model_one_process_trains(tmp_path):
     """ZeRO-3 at SP=2 on 2 ranks, checkpointed after its 2 steps: the converted checkpoint is the
     model one process trains (to Adam's rounding, as in tests/engines/test_fsdp2.py)."""
     from ulysses_pro.models.tiny import make_tiny_model
-
-    from ..train.test_deepspeed import ZERO3
 
     config = tmp_path / "zero3.json"
     config.write_text(json.dumps(ZERO3))

@@ -12,6 +12,7 @@ from ulysses_pro.config.fsdp import fsdp_settings
 
 from ..launcher import run_ranks
 from ..train.harness import parallel_keys, relative_error, run_training
+from ..train.rl.fixed_rollouts import fixed_rollout_keys, train_with_fixed_rollouts, use_fixed_rollouts
 from ..train.test_sequence_parallel import DATA, STEPS, case_keys, compare
 
 
@@ -257,21 +258,8 @@ def test_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path,
 
 
 def _rl_sharded(rank, world_size, keys):
-    from ulysses_pro.train.rl import rollout
-
-    from ..train.rl.test_grpo_parallel import fixed_completions
-
-    rollout.PolicySampler.__call__ = fixed_completions
+    use_fixed_rollouts()
     return _train_counting_shardings(rank, world_size, keys)
-
-
-def _rl_single(rank, world_size, keys):
-    from ulysses_pro.train.rl import rollout
-
-    from ..train.rl.test_grpo_parallel import fixed_completions
-
-    rollout.PolicySampler.__call__ = fixed_completions
-    return run_training(**keys)
 
 
 @pytest.mark.parametrize(
@@ -284,29 +272,8 @@ def _rl_single(rank, world_size, keys):
 )
 def test_rl_stages_under_fsdp2_and_sequence_parallelism_match_one_process(tmp_path, world, stage):
     """Fixed rollouts, full fine-tuning: the policy (with PPO's value head) sharded, SP 2."""
-    from ..train.rl.reward_models import write_reward_models
-    from ..train.rl.test_grpo_parallel import REWARDS
-
-    common = {
-        "stage": stage,
-        "finetuning_type": "full",
-        "dataset": "demo_tasks",
-        "dataset_dir": DATA,
-        "template": "chatml",
-        "max_samples": 16,
-        "max_steps": 2,
-        "per_device_train_batch_size": 2,
-        "gradient_accumulation_steps": 2,
-        "cutoff_len": 64,
-    }
-    if stage == "ppo":
-        common.update(
-            reward_model=str(write_reward_models(tmp_path / "rm")["full"]), reward_model_type="full"
-        )
-        common.update(ppo_epochs=1)
-    else:
-        common.update(reward_funcs=[f"{REWARDS}:answer_overlap"], num_generations=4, beta=0.1)
-    reference = run_ranks(_rl_single, 1, {**common, "output_dir": str(tmp_path / "ref")})[0]
+    common = fixed_rollout_keys(stage, tmp_path)
+    reference = run_ranks(train_with_fixed_rollouts, 1, {**common, "output_dir": str(tmp_path / "ref")})[0]
     sharded_keys = {
         **common,
         "sequence_parallel_size": 2,

@@ -8,6 +8,15 @@ from transformers import TrainerCallback
 from ulysses_pro.config import load_config
 from ulysses_pro.train.stages import run_stage
 
+# A DeepSpeed ZeRO-3 config whose sizes the Trainer fills in ("auto"), for the ZeRO-3 tests and benches.
+ZERO3 = {
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "zero_allow_untested_optimizer": True,
+    "zero_optimization": {"stage": 3, "overlap_comm": False},
+}
+
 
 class CaptureGradients(TrainerCallback):
     """Copies gradients right before each optimizer step."""

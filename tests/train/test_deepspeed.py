@@ -16,18 +16,12 @@ from pathlib import Path
 import pytest
 
 from ..launcher import run_ranks
-from .harness import relative_error, run_training
+from .harness import ZERO3, relative_error, run_training
+from .rl.fixed_rollouts import fixed_rollout_keys, train_with_fixed_rollouts, use_fixed_rollouts
 
 pytest.importorskip("deepspeed")
 
 DATA = str(Path(__file__).resolve().parents[2] / "data")
-ZERO3 = {
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "zero_allow_untested_optimizer": True,
-    "zero_optimization": {"stage": 3, "overlap_comm": False},
-}
 
 
 @pytest.fixture(scope="module")
@@ -114,30 +108,14 @@ def test_zero3_with_sequence_parallelism_matches_one_process(tmp_path, saved_tin
 
 
 def _rl_under_zero3(rank, world_size, keys):
-    from ulysses_pro.train.rl import rollout
-
-    from .rl.test_grpo_parallel import fixed_completions
-
-    rollout.PolicySampler.__call__ = fixed_completions
+    use_fixed_rollouts()
     return _losses_and_gathered_gradients(rank, world_size, keys)
-
-
-def _rl_single(rank, world_size, keys):
-    from ulysses_pro.train.rl import rollout
-
-    from .rl.test_grpo_parallel import fixed_completions
-
-    rollout.PolicySampler.__call__ = fixed_completions
-    return run_training(**keys)
 
 
 @pytest.mark.parametrize("stage", ["ppo", pytest.param("grpo", marks=pytest.mark.slow)])
 def test_zero3_rl_stages_with_sequence_parallelism_match_one_process(tmp_path, saved_tiny_model, stage):
     """Full fine-tuning under ZeRO-3, SP=2, fixed rollouts: the reference (and PPO's full reward
     model, and its critic) are partitioned like the policy; the step matches one process."""
-    from .rl.reward_models import write_reward_models
-    from .rl.test_grpo_parallel import REWARDS
-
     config = tmp_path / "zero3.json"
     # Every parameter partitioned, even the small ones ZeRO-3 would keep whole (the value heads).
     zero3 = {
@@ -145,27 +123,8 @@ def test_zero3_rl_stages_with_sequence_parallelism_match_one_process(tmp_path, s
         "zero_optimization": {**ZERO3["zero_optimization"], "stage3_param_persistence_threshold": 0},
     }
     config.write_text(json.dumps(zero3))
-    common = {
-        "model_name_or_path": saved_tiny_model,
-        "stage": stage,
-        "finetuning_type": "full",
-        "dataset": "demo_tasks",
-        "dataset_dir": DATA,
-        "template": "chatml",
-        "max_samples": 16,
-        "max_steps": 2,
-        "per_device_train_batch_size": 2,
-        "gradient_accumulation_steps": 2,
-        "cutoff_len": 64,
-    }
-    if stage == "ppo":
-        common.update(
-            reward_model=str(write_reward_models(tmp_path / "rm")["full"]), reward_model_type="full"
-        )
-        common.update(ppo_epochs=1)
-    else:
-        common.update(reward_funcs=[f"{REWARDS}:answer_overlap"], num_generations=4, beta=0.1)
-    reference = run_ranks(_rl_single, 1, {**common, "output_dir": str(tmp_path / "ref")})[0]
+    common = fixed_rollout_keys(stage, tmp_path, model_name_or_path=saved_tiny_model)
+    reference = run_ranks(train_with_fixed_rollouts, 1, {**common, "output_dir": str(tmp_path / "ref")})[0]
     partitioned = run_ranks(
         _rl_under_zero3,
         2,
