@@ -115,7 +115,8 @@ class ShardedModel(nn.Module):
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's state dict on the CPU of every rank (collective: call on every rank)."""
+    """The whole model's state dict in rank 0's host memory, the rank that saves (collective: every
+    rank calls it; the others get an empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

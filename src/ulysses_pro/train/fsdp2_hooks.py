@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..engines import fsdp2
-from ..models.wrappers import unwrap_model
+from ..models.wrappers import unwrap_engine, unwrap_model
 
 SCHEDULER_FILE = "scheduler.pt"  # transformers' SCHEDULER_NAME
 
@@ -36,7 +36,7 @@ class Fsdp2Hooks:
         super()._move_model_to_device(model, device)
 
     def _wrap_model(self, model: nn.Module, training: bool = True, dataloader=None) -> nn.Module:
-        if training and fsdp2.is_sharded(unwrap_engine_of(model)):
+        if training and fsdp2.is_sharded(unwrap_engine(model)):
             return model if isinstance(model, fsdp2.ShardedModel) else fsdp2.ShardedModel(model)
         return super()._wrap_model(model, training, dataloader)
 
@@ -84,8 +84,3 @@ class Fsdp2Hooks:
         if os.path.isfile(scheduler):
             self.lr_scheduler.load_state_dict(torch.load(scheduler, weights_only=True))
         return None
-
-
-def unwrap_engine_of(model: nn.Module) -> nn.Module:
-    """`model` without our ShardedModel handle (the FSDP2 module itself)."""
-    return model.module if isinstance(model, fsdp2.ShardedModel) else model

@@ -96,8 +96,7 @@ def allow_idle_experts(config: RunConfig, model) -> None:
 
 
 def layers_sharing_weights(model) -> bool:
-    """Whether one parameter object serves several decoder layers (Zamba's shared transformer block,
-    HRM's reused modules)."""
+    """Whether one parameter object serves several decoder layers (Zamba2's shared transformer block)."""
     names: dict[int, set[str]] = {}
     for name, param in unwrap_model(model).named_parameters(remove_duplicate=False):
         layer = re.search(r"layers\.(\d+)\.", name)
