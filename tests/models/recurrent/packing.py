@@ -32,3 +32,16 @@ def gradients(model, logits):
     model.zero_grad()
     logits.square().mean().backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def assert_isolated_family_packs_exactly(family: str) -> None:
+    """A tiny `family` model with `isolate_packed_documents`: its mixers are driven, and a packed row
+    computes what its documents compute alone."""
+    from ulysses_pro.models.attention import isolate_packed_documents
+    from ulysses_pro.models.recurrent import recurrent_mixers
+    from ulysses_pro.models.tiny import build_tiny_model
+
+    model = build_tiny_model(family)
+    isolate_packed_documents(model)
+    assert recurrent_mixers(model)
+    assert_packed_equals_alone(model)

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from ulysses_pro.models.attention import isolate_packed_documents
-from ulysses_pro.models.recurrent import recurrent_mixers
 from ulysses_pro.models.tiny import build_tiny_model
 
-from .packing import assert_packed_equals_alone, packed_and_alone
+from .packing import assert_isolated_family_packs_exactly, packed_and_alone
 
 
 @pytest.mark.parametrize("family", ["jamba", "mamba", "falcon_mamba"])
 def test_packed_documents_compute_what_they_compute_alone(family):
-    model = build_tiny_model(family)
-    isolate_packed_documents(model)
-    assert recurrent_mixers(model)
-    assert_packed_equals_alone(model)
+    assert_isolated_family_packs_exactly(family)
 
 
 def test_without_isolation_a_packed_document_reads_the_previous_one():
