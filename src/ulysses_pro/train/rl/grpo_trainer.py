@@ -33,6 +33,8 @@ OLD_LOGPS = "old_logps"
 class GrpoTrainer(RolloutTrainer):
     """RolloutTrainer whose micro-batches are groups of scored completions per prompt."""
 
+    experience_keys = (ADVANTAGES, OLD_LOGPS)
+
     def __init__(self, *args: Any, grpo=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.grpo = grpo  # FinetuningArguments: num_generations, epsilon(s), beta, loss_normalization, ...
@@ -75,7 +77,7 @@ class GrpoTrainer(RolloutTrainer):
         for name, values in per_function.items():
             self.train_metrics.record(f"rewards/{name.rpartition(':')[2]}", torch.tensor(values))
         batch = self.collate([completion_row(r) for r in rollouts])
-        batch[ADVANTAGES] = advantages
+        batch[ADVANTAGES] = advantages.to(batch["input_ids"].device)
         return batch
 
     def items_in(self, batches: list[dict[str, torch.Tensor]], device) -> torch.Tensor | None:

@@ -46,6 +46,8 @@ EXPERIENCE = ("old_logps", "old_values", "returns", "advantages")
 class PpoTrainer(ValueHeadSaving, RolloutTrainer):
     """RolloutTrainer with a critic (the policy's value head) and a reward model."""
 
+    experience_keys = EXPERIENCE
+
     def __init__(self, *args: Any, ppo=None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ppo = ppo  # FinetuningArguments: ppo_* keys

@@ -123,6 +123,8 @@ class RolloutTrainer(UlyssesTrainer):
     # -- what a subclass defines -------------------------------------------------------------------
 
     rollout_passes = 1  # training passes over each rollout group
+    # Per-token experience in the training batches (not model inputs): kept in fp32 on the way in.
+    experience_keys: tuple[str, ...] = ()
 
     def rollout_group(self) -> int:
         """Prompt micro-batches rolled out together (their statistics are shared)."""
@@ -149,6 +151,15 @@ class RolloutTrainer(UlyssesTrainer):
             prompts, self.make_experience, self.rollout_group(), self.rollout_passes
         )
         return self._experience
+
+    def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        # transformers casts every floating tensor of a batch to DeepSpeed's dtype (meant for float
+        # model inputs): bf16-rounded old log-probs would put the first pass's ratio up to ~3% off 1
+        # and let the clip fire for nothing. The experience moves to the device as it is.
+        inputs = dict(inputs)
+        experience = {key: inputs.pop(key) for key in self.experience_keys if key in inputs}
+        prepared = super()._prepare_inputs(inputs)
+        return {**prepared, **{key: value.to(self.args.device) for key, value in experience.items()}}
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         batches = list(islice(epoch_iterator, num_batches))
@@ -199,7 +210,9 @@ class RolloutTrainer(UlyssesTrainer):
         )
 
     def collate(self, rows: list[dict], extra: Callable | None = None) -> dict[str, torch.Tensor]:
-        """Pad the rows (and `extra(rows, width)`'s per-token tensors), then keep this rank's shard."""
+        """Pad the rows (and `extra(rows, width)`'s per-token tensors), keep this rank's shard, and
+        put it on the model's device: the no-grad forwards of the experience (old log-probs, values,
+        reference and reward-model scores) run on it outside the Trainer's input preparation."""
         pad = self.processing_class.pad_token_id
         padding = PaddingCollator(pad)
 
@@ -212,7 +225,11 @@ class RolloutTrainer(UlyssesTrainer):
         collate = pad_all
         if self._sp_group is not None:
             collate = SequenceParallelCollator(pad_all, pad, self.sp_layout)
-        return collate(rows)
+        device = self.args.device
+        return {
+            key: value.to(device) if isinstance(value, torch.Tensor) else value
+            for key, value in collate(rows).items()
+        }
 
     def token_logps(
         self, model, batch: dict[str, torch.Tensor], targets: torch.Tensor, entropies: list | None = None
