@@ -89,3 +89,42 @@ def test_llama4_packed_documents_get_their_own_chunks_and_temperature():
     assert (packed - alone).abs().max() > 1e-4  # transformers: the row's temperature
     isolate_packed_documents(model)
     assert_packed_equals_alone(model)
+
+
+@pytest.mark.parametrize(
+    ("finetuning_type", "keys"),
+    [
+        ("full", {}),  # trainable weights upcast to fp32, embeddings included
+        ("freeze", {}),
+        ("lora", {}),
+        ("lora", {"additional_target": "embed_tokens"}),  # trained embeddings: fp32 again
+    ],
+)
+def test_q_k_v_reach_the_kernel_in_the_autocast_dtype(monkeypatch, finetuning_type, keys):
+    """bf16: true under CPU autocast: the SP attention receives q, k, v in bf16 whatever the loader
+    upcast (fp32 q/k would take the tiled reference kernel on CUDA)."""
+    from ulysses_pro.models import attention
+    from ulysses_pro.models.loader import load_model, load_tokenizer
+    from ulysses_pro.parallel import destroy_sequence_parallel, init_sequence_parallel
+
+    from ..train.harness import training_config
+
+    config = training_config(finetuning_type=finetuning_type, bf16=True, dataset="demo_chat", **keys)
+    tokenizer = load_tokenizer(config.model)
+    model = load_model(config.model, config.finetuning, tokenizer, config.training)
+    seen, real = [], attention.sequence_parallel_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype))
+        return real(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "sequence_parallel_attention", spy)
+    layout = init_sequence_parallel(1, "ulysses", num_heads=4, num_kv_heads=2)
+    attention.apply_sequence_parallel(model, layout)
+    try:
+        ids = torch.randint(3, 500, (1, 8))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, position_ids=torch.arange(8)[None]).logits.float().sum().backward()
+    finally:
+        destroy_sequence_parallel(layout)
+    assert seen and all(dtypes == (torch.bfloat16,) * 3 for dtypes in seen), seen

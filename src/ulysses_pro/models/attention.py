@@ -82,6 +82,24 @@ def _chunk_size(module: nn.Module) -> int | None:
     return getattr(config, "attention_chunk_size", None)
 
 
+def kernel_dtype(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """q, k and v in the one dtype the kernels compute in: autocast's when it is on, else their
+    common type.
+
+    Under bf16 autocast with trainable fp32 embeddings (full fine-tuning, LoRA with trained
+    embeddings) the rotary cos/sin are fp32, so the rotated q and k come out fp32 beside a bf16 v;
+    kernel choice follows q, and fp32 would take the tiled reference instead of a flash kernel (and
+    double the all-to-all bytes). transformers' flash path casts back the same way, and SDPA under
+    autocast computes in the autocast dtype.
+    """
+    device_type = query.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
 def _attention_function(layout: SequenceParallelLayout):
     plan_of = _PlanCache(layout)
 
@@ -108,6 +126,7 @@ def _attention_function(layout: SequenceParallelLayout):
         if tunes_temperature(module):
             query = retune_query(module, query, position_ids)
         softcap = float(kwargs.get("softcap") or 0.0)
+        query, key, value = kernel_dtype(query, key, value)
         value_dim = value.shape[-1]
         if value_dim != query.shape[-1]:
             # MLA (DeepSeek) values are narrower than queries and keys; the kernels want one head
