@@ -95,7 +95,8 @@ def load_tokenizer(model_args):
     return tokenizer
 
 
-def _compute_dtype(training_args, finetuning_args=None) -> torch.dtype:
+def compute_dtype_for(training_args, finetuning_args=None) -> torch.dtype:
+    """The dtype weights load in and mixed precision computes in (bf16, fp16, else fp32)."""
     if finetuning_args is not None and getattr(finetuning_args, "pure_bf16", False):
         return torch.bfloat16
     if getattr(training_args, "bf16", False):
@@ -118,7 +119,7 @@ def load_model(
             raise ImportError(
                 "flash_attn: fa2 needs the flash-attn package; install it or use sdpa"
             ) from None
-    dtype = _compute_dtype(training_args, finetuning_args)
+    dtype = compute_dtype_for(training_args, finetuning_args)
     seed = getattr(training_args, "seed", 42)
     if path.startswith(TINY_PREFIX):
         from .tiny import build_tiny_model

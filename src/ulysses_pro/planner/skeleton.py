@@ -110,10 +110,10 @@ def build_skeleton(model_args, finetuning_args, training_args, config=None) -> n
     """The model of the run on the meta device, trainable as the run would set it up (no weights)."""
     from transformers import AutoModelForCausalLM
 
-    from ..models.loader import _apply_finetuning, _compute_dtype
+    from ..models.loader import _apply_finetuning, compute_dtype_for
 
     config = load_model_config(model_args) if config is None else config
-    dtype = _compute_dtype(training_args, finetuning_args)
+    dtype = compute_dtype_for(training_args, finetuning_args)
     with torch.device("meta"), _without_zero3_construction():
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, trust_remote_code=model_args.trust_remote_code

@@ -22,7 +22,7 @@ from ..models.attention import (
     unsharded_attention,
 )
 from ..models.families import routes_experts
-from ..models.loader import load_model, load_tokenizer
+from ..models.loader import compute_dtype_for, load_model, load_tokenizer
 from ..models.memory_stack import apply_memory_stack
 from ..models.wrappers import unwrap_model
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
@@ -175,7 +175,9 @@ def load_reference(config: RunConfig, policy, tokenizer) -> ReferenceModel:
         loaded = load_model(ref_args, config.finetuning, tokenizer, config.training, is_trainable=False)
         if is_deepspeed_zero3_enabled():
             loaded = partitioned_for_inference(loaded, config.training)
-    return ReferenceModel.build(policy, loaded)
+    compute_dtype = compute_dtype_for(config.training, config.finetuning)
+    mixed = compute_dtype != torch.float32 and not config.finetuning.pure_bf16
+    return ReferenceModel.build(policy, loaded, compute_dtype, autocast_dtype=compute_dtype if mixed else None)
 
 
 def weights_are_sharded(trainer: UlyssesTrainer) -> bool:
