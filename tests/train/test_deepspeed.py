@@ -62,7 +62,15 @@ def _losses_and_gathered_gradients(rank, world_size, keys):
 @pytest.mark.parametrize(
     "keys",
     [
-        {"stage": "sft", "dataset": "demo_chat", "finetuning_type": "full", "neat_packing": True},
+        # the tiled MLP's ZeRO-3 path: tiles recomputed over gathered weights, reduced once at the last
+        {
+            "stage": "sft",
+            "dataset": "demo_chat",
+            "finetuning_type": "full",
+            "neat_packing": True,
+            "tiled_mlp": True,
+            "tiled_mlp_tile_tokens": 8,
+        },
         # full fine-tuning: the reference is loaded again and partitioned (a deepcopy would be empty)
         {
             "stage": "dpo",
@@ -78,7 +86,7 @@ def _losses_and_gathered_gradients(rank, world_size, keys):
             {"stage": "kto", "dataset": "demo_kto", "finetuning_type": "full"}, marks=pytest.mark.slow
         ),
     ],
-    ids=["sft-full-packed", "dpo-full-ring", "dpo-lora", "kto-full"],
+    ids=["sft-full-packed-tiled-mlp", "dpo-full-ring", "dpo-lora", "kto-full"],
 )
 def test_zero3_with_sequence_parallelism_matches_one_process(tmp_path, saved_tiny_model, keys):
     config = tmp_path / "zero3.json"
@@ -92,7 +100,7 @@ def test_zero3_with_sequence_parallelism_matches_one_process(tmp_path, saved_tin
         "cutoff_len": 64,
         **keys,
     }
-    single = {k: v for k, v in common.items() if not k.startswith("sequence_parallel")}
+    single = {k: v for k, v in common.items() if not k.startswith(("sequence_parallel", "tiled_mlp"))}
     reference = run_training(**single, output_dir=str(tmp_path / "ref"))
     partitioned = run_ranks(
         _losses_and_gathered_gradients,

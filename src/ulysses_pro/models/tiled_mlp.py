@@ -4,8 +4,15 @@ exist for the whole local sequence (the idea of DeepSpeed's ALST TiledMLP, Bekma
 
 A dense MLP is token-wise, so tiling is exact (only the GEMM shapes change). The autograd function
 takes the MLP's trainable parameters as inputs and returns their gradients summed over tiles, so
-DDP / FSDP / DeepSpeed see one gradient per parameter, as for an ordinary module. The recompute in
-backward runs under the autocast state of the forward.
+DDP / FSDP see one gradient per parameter, as for an ordinary module. The recompute in backward
+runs under the autocast state of the forward.
+
+Under DeepSpeed ZeRO-3 a parameter is an empty partition outside its module's forward, gathered by
+hooks on each submodule call; its gradient is reduce-scattered by ZeRO's own hook when it arrives.
+There the backward lets autograd put each tile's gradient into ZeRO's buffers instead
+(`torch.autograd.backward` over the tile's recompute, which fires the gathering hooks), and tells
+ZeRO not to reduce until the last tile (`ds_grad_is_ready`, the flag DeepSpeed's own ALST TiledMLP
+uses for the same purpose).
 """
 
 from __future__ import annotations
@@ -52,6 +59,39 @@ class _TiledMLP(torch.autograd.Function):
         return (None, None, None, grad_x, *grad_params)
 
 
+class _TiledMLPPartitioned(torch.autograd.Function):
+    """ZeRO-3's variant: only x is an input; the parameters' gradients reach ZeRO through autograd."""
+
+    @staticmethod
+    def forward(ctx, mlp_forward, tile_tokens, autocast, params, x):
+        ctx.mlp_forward, ctx.tile_tokens, ctx.autocast, ctx.params = mlp_forward, tile_tokens, autocast, params
+        ctx.save_for_backward(x)
+        with torch.no_grad():
+            return _tiles_no_grad(mlp_forward, x, tile_tokens)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        device_type, enabled, dtype = ctx.autocast
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[4] else None
+        starts = range(0, x.shape[1], ctx.tile_tokens)
+        try:
+            for index, start in enumerate(starts):
+                last = index == len(starts) - 1
+                for param in ctx.params:  # ZeRO reduces a gradient once, after the last tile's
+                    param.ds_grad_is_ready = last
+                piece = x[:, start : start + ctx.tile_tokens].detach().requires_grad_(grad_x is not None)
+                with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+                    out = ctx.mlp_forward(piece)
+                torch.autograd.backward(out, grad_out[:, start : start + ctx.tile_tokens])
+                if grad_x is not None:
+                    grad_x[:, start : start + ctx.tile_tokens] = piece.grad
+        finally:
+            for param in ctx.params:
+                param.ds_grad_is_ready = True
+        return (None, None, None, None, grad_x)
+
+
 def _is_mixture_of_experts(mlp: nn.Module) -> bool:
     name = type(mlp).__name__.lower()
     return "moe" in name or "sparse" in name or hasattr(mlp, "experts")
@@ -96,7 +136,10 @@ def _tiled_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not torch.is_grad_enabled():
         return _tiles_no_grad(plain, x, tile_tokens)
     params = [p for p in self.parameters() if p.requires_grad]
-    return _TiledMLP.apply(plain, tile_tokens, _autocast_state(x.device.type), x, *params)
+    autocast = _autocast_state(x.device.type)
+    if any(hasattr(p, "ds_id") for p in self.parameters()):  # ZeRO-3 partitions (module docstring)
+        return _TiledMLPPartitioned.apply(plain, tile_tokens, autocast, params, x)
+    return _TiledMLP.apply(plain, tile_tokens, autocast, x, *params)
 
 
 def _autocast_state(device_type: str) -> tuple:
