@@ -259,6 +259,7 @@ def test_flash_attn_release_detection(monkeypatch):
 def test_cuda_dispatch_prefers_flash_kernels(monkeypatch):
     """bf16/fp16 on CUDA: the flash-attn package when installed, else torch's flash; fp32: reference."""
     monkeypatch.setattr(cuda, "aten_flash_supported", lambda index: True)
+    monkeypatch.setattr(cuda, "ampere_or_newer", lambda index: True)
     monkeypatch.setattr(cuda, "flash_attn_package", lambda: None)
     with FakeTensorMode():
         bf16 = torch.empty(1, HEADS, 16, 64, device="cuda", dtype=torch.bfloat16)
@@ -271,11 +272,49 @@ def test_cuda_dispatch_prefers_flash_kernels(monkeypatch):
     assert kernels.select_backend(torch.empty(1, HEADS, 16, 64)) is reference.CPU_FLASH
 
 
+def test_flash_kernels_are_not_chosen_before_ampere(monkeypatch):
+    """A T4 / V100 (sm75 / sm70): neither FlashAttention-2 build has kernels for it, installed or not."""
+    package = cuda.FlashAttnPackage(types.SimpleNamespace(), "2.8.3")
+    monkeypatch.setattr(cuda, "flash_attn_package", lambda: package)
+    monkeypatch.setattr(cuda, "aten_flash_supported", lambda index: True)
+    monkeypatch.setattr(cuda, "ampere_or_newer", lambda index: False)
+    with FakeTensorMode():
+        bf16 = torch.empty(1, HEADS, 16, 64, device="cuda", dtype=torch.bfloat16)
+        assert kernels.select_backend(bf16) is reference.REFERENCE
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_the_flash_attn_backward_is_told_whether_determinism_is_on(deterministic):
+    """`full_determinism` / torch.use_deterministic_algorithms reach flash-attn's backward (ATen's
+    flash backward reads the same switch itself)."""
+    interface, _ = _stand_in_2_6()
+    seen = []
+    backward = interface._flash_attn_varlen_backward
+
+    def recording(*args, **kwargs):
+        seen.append(args[19])  # `deterministic`, positional in every release
+        return backward(*args, **kwargs)
+
+    interface._flash_attn_varlen_backward = recording
+    backend = cuda.FlashAttnPackage(interface, "2.6.3")
+    causal, sequences = _calls(1, 8)["causal"]
+    q, k, v, grad = _inputs(1, 8, 8, dtype=torch.float32)
+    out, lse = backend.forward(q, k, v, 0.3, causal, sequences)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        backend.backward(grad, q, k, v, out, lse, 0.3, causal, sequences)
+    finally:
+        torch.use_deterministic_algorithms(was)
+    assert seen == [deterministic]
+
+
 @pytest.mark.parametrize("ring_size", [1, 2])
 def test_torch_flash_path_on_fake_cuda_tensors(ring_size, monkeypatch, caplog):
     """Every piece of a packed plan runs torch's varlen flash ops with device-true, correctly shaped
     arguments (the ops' meta functions check them) and no host sync (fake tensors refuse one)."""
     monkeypatch.setattr(cuda, "aten_flash_supported", lambda index: True)
+    monkeypatch.setattr(cuda, "ampere_or_newer", lambda index: True)
     monkeypatch.setattr(cuda, "flash_attn_package", lambda: None)
     monkeypatch.setattr(kernels, "_LOGGED", set())
     length = 32

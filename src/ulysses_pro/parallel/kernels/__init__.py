@@ -6,8 +6,8 @@ exact: with P = exp(S - lse_final) and delta = rowsum(dO * O_final), every block
 dS = P * (dO V^T - delta) is its share of the full softmax gradient (FlashAttention-2, Dao 2023).
 
 Backends, chosen per call from the query's device and dtype:
-- CUDA, fp16/bf16: the flash-attn package when installed (>= 2.6), else PyTorch's own flash
-  kernels (sm80+; not for soft-capping, nor for windows when this torch's kernel lacks window
+- CUDA, fp16/bf16, sm80+: the flash-attn package when installed (>= 2.6), else PyTorch's own
+  flash kernels (not for soft-capping, nor for windows when this torch's kernel lacks window
   arguments); both as one varlen call (`cuda.py`);
 - CPU: ATen's fused CPU flash kernel (`reference.py`);
 - otherwise (fp32 on CUDA, other devices): the pure-torch reference, tiled by query rows.
@@ -38,6 +38,8 @@ def select_backend(q: torch.Tensor, window: int = -1, softcap: float = 0.0):
     if q.device.type == "cpu":
         return REFERENCE if softcap else CPU_FLASH  # ATen's CPU kernel has no cap; windows are banded calls
     if q.device.type == "cuda" and q.dtype in cuda.HALF_TYPES and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0:
+        if not cuda.ampere_or_newer(q.device.index or 0):
+            return REFERENCE  # FlashAttention-2 (either package) has no kernels before sm80
         package = cuda.flash_attn_package()
         if package is not None:
             return package  # flash-attn >= 2.6 takes window_size and softcap

@@ -146,11 +146,17 @@ ATEN_FLASH = AtenFlash()
 
 
 @functools.cache
+def ampere_or_newer(device_index: int) -> bool:
+    """FlashAttention-2 kernels (PyTorch's and the flash-attn package's) need sm80 or newer."""
+    return torch.cuda.get_device_capability(device_index) >= (8, 0)
+
+
+@functools.cache
 def aten_flash_supported(device_index: int) -> bool:
     """PyTorch's flash kernels run on Ampere (sm80) and newer, in builds compiled with them."""
     if not torch.backends.cuda.is_flash_attention_available():
         return False
-    return torch.cuda.get_device_capability(device_index) >= (8, 0)
+    return ampere_or_newer(device_index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +243,9 @@ class FlashAttnPackage:
             *self._window(causal, window),
             float(softcap),
             None,  # alibi_slopes
-            False,  # deterministic
+            # `full_determinism` / torch.use_deterministic_algorithms: ATen's flash backward reads
+            # the same switch itself; flash-attn is told.
+            torch.are_deterministic_algorithms_enabled(),
             None,  # rng_state
         )
         if not self.split_window:
