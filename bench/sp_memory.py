@@ -103,10 +103,19 @@ def _step(rank, world, sp_size, mode, length, hidden, layers, repeats, memory_ke
     return _peak_mib(baseline), (time.perf_counter() - started) / repeats
 
 
-def measure(world: int, sp_size: int, mode: str, length: int, args) -> tuple[float, float]:
-    """(max peak MiB over ranks, global tokens per second)."""
+def measure(world: int, sp_size: int, mode: str, length: int, args) -> tuple[float, float] | None:
+    """(max peak MiB over ranks, global tokens per second); None on CUDA with fewer GPUs than ranks."""
     memory = {"checkpointing": not args.no_checkpointing, "tiled_mlp": args.tiled_mlp}
-    results = run_ranks(_step, world, sp_size, mode, length, args.hidden, args.layers, args.repeats, memory)
+    backend = "gloo"
+    if torch.cuda.is_available():
+        # gloo cannot send/recv CUDA tensors (the ring's exchange), and one GPU cannot host two
+        # NCCL ranks: one GPU per rank, or the row is skipped.
+        if world > torch.cuda.device_count():
+            return None
+        backend = "nccl"
+    results = run_ranks(
+        _step, world, sp_size, mode, length, args.hidden, args.layers, args.repeats, memory, backend=backend
+    )
     peak = max(r[0] for r in results)
     seconds = max(r[1] for r in results)
     sequences = world // sp_size
@@ -145,7 +154,11 @@ def main() -> None:
     for length in args.lengths if "memory" in tables else []:
         base = None
         for sp_size, mode in configs:
-            peak, throughput = measure(sp_size, sp_size, mode if sp_size > 1 else "ulysses", length, args)
+            measured = measure(sp_size, sp_size, mode if sp_size > 1 else "ulysses", length, args)
+            if measured is None:
+                print(f"| {length} | {sp_size} | {mode} | needs {sp_size} GPUs | | |", flush=True)
+                continue
+            peak, throughput = measured
             base = peak if sp_size == 1 else base
             print(
                 f"| {length} | {sp_size} | {mode} | {peak:.1f} | {peak / base:.2f} | {throughput:.0f} |",
@@ -155,9 +168,11 @@ def main() -> None:
     print("| L | DP=2 tokens/s | SP=2 ulysses tokens/s | ratio | SP=2 ring tokens/s | ratio |")
     print("|---|---|---|---|---|---|")
     for length in args.lengths if "dp" in tables else []:
-        _, dp = measure(2, 1, "ulysses", length, args)
-        _, uly = measure(2, 2, "ulysses", length, args)
-        _, ring = measure(2, 2, "zigzag-ring", length, args)
+        rows = [measure(2, sp, mode, length, args) for sp, mode in ((1, "ulysses"), (2, "ulysses"), (2, "zigzag-ring"))]
+        if None in rows:
+            print(f"| {length} | needs 2 GPUs | | | | |", flush=True)
+            continue
+        (_, dp), (_, uly), (_, ring) = rows
         print(
             f"| {length} | {dp:.0f} | {uly:.0f} | {uly / dp:.2f} | {ring:.0f} | {ring / dp:.2f} |", flush=True
         )

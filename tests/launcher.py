@@ -29,7 +29,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _entry(rank: int, world_size: int, port: int, out_dir: str, fn, args) -> None:
+def _entry(rank: int, world_size: int, port: int, out_dir: str, fn, args, backend: str = "gloo") -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -40,7 +40,9 @@ def _entry(rank: int, world_size: int, port: int, out_dir: str, fn, args) -> Non
     )
     # Oversubscribed OpenMP threads spin against each other and slow CPU runs by orders of magnitude.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         result = ("ok", fn(rank, world_size, *args))
     except BaseException:  # report every failure, including assertion errors, to the parent
@@ -66,12 +68,13 @@ def _entry(rank: int, world_size: int, port: int, out_dir: str, fn, args) -> Non
     os._exit(0)
 
 
-def run_ranks(fn, world_size: int, *args, timeout: float = 300):
-    """Run `fn` on `world_size` gloo ranks and return the list of their results."""
+def run_ranks(fn, world_size: int, *args, timeout: float = 300, backend: str = "gloo"):
+    """Run `fn` on `world_size` gloo ranks and return the list of their results. `backend="nccl"`
+    (benches on a machine with one GPU per rank): rank r uses GPU r; gloo cannot send CUDA tensors."""
     with tempfile.TemporaryDirectory() as out_dir:
         context = mp.start_processes(
             _entry,
-            args=(world_size, _free_port(), out_dir, fn, args),
+            args=(world_size, _free_port(), out_dir, fn, args, backend),
             nprocs=world_size,
             join=False,
             start_method="spawn",

@@ -130,15 +130,22 @@ class GradientGuard(TrainerCallback):
         self.counts["small_grad_elements"] += int(torch.stack(scaled).sum())
 
     def _add_noise(self, grads, step: int) -> None:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        seed = self.seed * 1_000_003 + step
         if any(_is_sharded(g) for g in grads) and dist.is_initialized():
             # Shards are distinct tensors: give each rank its own stream.
-            generator.manual_seed(self.seed * 1_000_003 + step + 7919 * dist.get_rank())
+            seed += 7919 * dist.get_rank()
         std = self.settings.gradient_guard_noise_std
+        generators: dict[torch.device, torch.Generator] = {}
         for grad in grads:
             local = _local(grad)
-            noise = torch.randn(local.shape, generator=generator, dtype=torch.float32) * std
-            local.add_(noise.to(device=local.device, dtype=local.dtype))
+            # Drawn where the gradient lives (no host draw and copy per parameter); one seeded
+            # stream per device, so a run and its resume add the same noise.
+            if local.device not in generators:
+                generators[local.device] = torch.Generator(device=local.device).manual_seed(seed)
+            noise = torch.randn(
+                local.shape, generator=generators[local.device], dtype=torch.float32, device=local.device
+            )
+            local.add_((noise * std).to(local.dtype))
         self.counts["noise_steps"] += 1
 
     def _boost_learning_rate(self, optimizer) -> None:

@@ -179,6 +179,19 @@ class UlyssesTrainer(Fsdp2Hooks, Trainer):
         """How many ranks the engine averages gradients over (DDP, FSDP and DeepSpeed all average)."""
         return max(1, self.args.world_size)
 
+    def _loader_options(self) -> dict:
+        """Workers and host memory from transformers' `dataloader_*` arguments, as its loaders take them."""
+        args = self.args
+        # Pinned host pages make each batch's copy to the GPU a DMA transfer instead of a staged one.
+        options = {
+            "num_workers": args.dataloader_num_workers,
+            "pin_memory": bool(args.dataloader_pin_memory) and args.device.type == "cuda",
+        }
+        if args.dataloader_num_workers > 0:
+            options["persistent_workers"] = args.dataloader_persistent_workers
+            options["prefetch_factor"] = args.dataloader_prefetch_factor
+        return options
+
     def _sharded_loader(
         self,
         dataset,
@@ -201,7 +214,7 @@ class UlyssesTrainer(Fsdp2Hooks, Trainer):
                 dataset.shard(dp_size, dp_rank),
                 batch_size=batch_size,
                 collate_fn=collate,
-                num_workers=self.args.dataloader_num_workers,
+                **self._loader_options(),
             )
         if evaluation:
             # Every row once over the DP ranks, in order; short ranks run padding batches.
@@ -209,7 +222,7 @@ class UlyssesTrainer(Fsdp2Hooks, Trainer):
                 EvaluationRows(dataset),
                 batch_sampler=EvaluationBatches(len(dataset), batch_size, dp_size, dp_rank),
                 collate_fn=EvaluationCollator(collate),
-                num_workers=self.args.dataloader_num_workers,
+                **self._loader_options(),
             )
         grouping = {}
         if group_by_length:
@@ -226,7 +239,7 @@ class UlyssesTrainer(Fsdp2Hooks, Trainer):
             ),
             collate_fn=collate,
             drop_last=self.args.dataloader_drop_last,
-            num_workers=self.args.dataloader_num_workers,
+            **self._loader_options(),
         )
 
     def get_train_dataloader(self) -> DataLoader:
