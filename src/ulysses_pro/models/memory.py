@@ -107,6 +107,13 @@ class _SummedLossWithGradients(torch.autograd.Function):
     projected twice (forward, and the gradient with respect to the weight and the hidden states
     from the same logits) instead of three times as with recomputation. d(hidden) is one
     `tokens x hidden` tensor, which takes the place of the hidden states the recomputation keeps.
+
+    The weight's gradient is summed over chunks in fp32 and cast to the weight's dtype once, in
+    backward: with bf16 weights (pure_bf16, FSDP2's bf16 compute copy) hundreds of chunk gradients
+    summed in bf16 would lose their low bits (2^-8 relative per addition). It is a `vocab x hidden`
+    fp32 buffer from this forward to its backward, which follows at once (the summed head ends the
+    forward: SFT and pre-training); under FSDP2 / ZeRO-3 the unsharded gradient the engine would
+    reduce-scatter has the same size.
     """
 
     @staticmethod
@@ -115,8 +122,8 @@ class _SummedLossWithGradients(torch.autograd.Function):
         flat_targets = targets.reshape(-1)
         wants = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
         grad_hidden = torch.empty_like(flat_hidden) if wants[0] else None
-        grad_weight = torch.zeros_like(weight) if wants[1] else None
-        grad_bias = torch.zeros_like(bias) if wants[2] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if wants[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if wants[2] else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         weight_leaf = weight.detach().requires_grad_(wants[1])
         bias_leaf = bias.detach().requires_grad_(wants[2]) if bias is not None else None
@@ -138,14 +145,15 @@ class _SummedLossWithGradients(torch.autograd.Function):
                 grad_bias += next(grads)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
         ctx.wants, ctx.hidden_shape = wants, hidden.shape
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         saved = iter(ctx.saved_tensors)
         grad_hidden = next(saved).view(ctx.hidden_shape) * grad_total if ctx.wants[0] else None
-        grad_weight = next(saved) * grad_total if ctx.wants[1] else None
-        grad_bias = next(saved) * grad_total if ctx.wants[2] else None
+        grad_weight = (next(saved) * grad_total).to(ctx.dtypes[0]) if ctx.wants[1] else None
+        grad_bias = (next(saved) * grad_total).to(ctx.dtypes[1]) if ctx.wants[2] else None
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
