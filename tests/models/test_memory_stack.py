@@ -105,7 +105,8 @@ def test_checkpointing_recomputes_layers_and_matches(reentrant):
 
 @pytest.mark.parametrize("reentrant", [True, False])
 def test_host_offload_is_exact_and_moves_each_layer_input(reentrant):
-    """The checkpointed inputs (one b x s x hidden tensor per layer) go to host memory and come back."""
+    """The checkpointed inputs (one b x s x hidden tensor per layer) go to host memory and come back,
+    each but the first one backward needs copied back before it is needed (prefetch)."""
     model = _model()
     checkpointing.enable_gradient_checkpointing(model, use_reentrant=reentrant)
     kept = _loss_and_grads(model, IDS)
@@ -117,6 +118,8 @@ def test_host_offload_is_exact_and_moves_each_layer_input(reentrant):
         assert torch.equal(moved[1][name], kept[1][name]), name  # copies, never changes: bit-identical
     hidden = offloaded.config.hidden_size
     assert hooks.offloaded_bytes == 2 * IDS.numel() * hidden * 4  # 2 layers x (2 x 37 x hidden) fp32
+    # backward unpacks layer 1's input first and starts layer 0's copy back then: one served ahead
+    assert hooks.prefetched == 1
 
 
 def test_lora_with_reentrant_checkpointing_trains_frozen_embeddings_path():

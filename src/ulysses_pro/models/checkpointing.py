@@ -6,8 +6,8 @@ trainable parameters, and marks the layer input as requiring grad so reentrant c
 works when the embeddings are frozen (LoRA). The same rules hold here.
 
 `gradient_checkpointing_offload: true` (ours) also moves what each checkpoint keeps (the layer
-input, `batch x seq x hidden` per layer) to pinned host memory, asynchronously on CUDA, and brings
-it back when backward recomputes that layer (as DeepSpeed's ALST does). The tensors checkpointing
+input, `batch x seq x hidden` per layer) to pinned host memory, on a side stream on CUDA, and
+brings it back ahead of the backward that recomputes that layer (as DeepSpeed's ALST does). The tensors checkpointing
 saves pass through `torch.autograd.graph.saved_tensors_hooks` for both implementations (the
 reentrant function saves its inputs with `save_for_backward`; the non-reentrant one with a no-op
 autograd function before it starts recording), so one pair of hooks around the checkpoint call
@@ -29,11 +29,38 @@ from .wrappers import unwrap_model
 logger = logging.getLogger(__name__)
 
 
+class _Saved:
+    """One offloaded tensor: its host copy, and (once prefetched) its copy back on the device."""
+
+    __slots__ = ("device", "requires_grad", "host", "previous", "fetched", "ready")
+
+    def __init__(self, device: torch.device, requires_grad: bool, host, previous: _Saved | None):
+        self.device, self.requires_grad, self.host, self.previous = device, requires_grad, host, previous
+        self.fetched: torch.Tensor | None = None  # the prefetched device copy
+        self.ready = None  # CUDA event recorded after the prefetch copy
+
+
 class HostOffload:
-    """saved_tensors_hooks pair: floating tensors go to (pinned) host memory and come back on use."""
+    """saved_tensors_hooks pair: floating tensors go to (pinned) host memory and come back on use.
+
+    On CUDA both copies run on a side stream, so they overlap the layers' compute instead of
+    queueing behind it: the copy out waits only for the kernels that produced the tensor (and keeps
+    its memory alive until copied, `record_stream`); backward consumes the saved tensors in reverse
+    order, so unpacking one layer's input starts the copy back of the input packed before it (the
+    next layer backward recomputes), and the compute stream waits for that copy only when it needs
+    it. On the CPU the copies are plain and the same schedule runs (`prefetched` counts its hits).
+    """
 
     def __init__(self) -> None:
         self.offloaded_bytes = 0  # running total, for logs and tests
+        self.prefetched = 0  # unpacks served by a copy started ahead of need
+        self._last: _Saved | None = None
+        self._stream = None  # CUDA side stream, made on first use
+
+    def _side_stream(self, device: torch.device):
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=device)
+        return self._stream
 
     def pack(self, tensor: torch.Tensor):
         if not tensor.is_floating_point() or tensor.numel() == 0:
@@ -41,21 +68,55 @@ class HostOffload:
         if tensor.device.type == "meta":  # the planner's trace: nothing stays on the "device"
             self.offloaded_bytes += tensor.numel() * tensor.element_size()
             return tensor.device, tensor.requires_grad, (tensor.shape, tensor.dtype)
-        pinned = tensor.is_cuda and torch.cuda.is_available()
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pinned)
-        host.copy_(tensor, non_blocking=pinned)
+        on_gpu = tensor.is_cuda and torch.cuda.is_available()
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=on_gpu)
+        if on_gpu:
+            stream = self._side_stream(tensor.device)
+            stream.wait_stream(torch.cuda.current_stream(tensor.device))
+            with torch.cuda.stream(stream):
+                host.copy_(tensor, non_blocking=True)
+            tensor.record_stream(stream)
+        else:
+            host.copy_(tensor)
         self.offloaded_bytes += tensor.numel() * tensor.element_size()
-        return tensor.device, tensor.requires_grad, host
+        self._last = _Saved(tensor.device, tensor.requires_grad, host, self._last)
+        return self._last
+
+    def _prefetch(self, saved: _Saved | None) -> None:
+        if saved is None or saved.fetched is not None or saved.host is None:
+            return
+        if saved.device.type == "cuda" and torch.cuda.is_available():
+            stream = self._side_stream(saved.device)
+            with torch.cuda.stream(stream):
+                saved.fetched = saved.host.to(saved.device, non_blocking=True)
+                saved.ready = stream.record_event()
+        else:
+            saved.fetched = saved.host.to(saved.device)
 
     def unpack(self, packed):
         if isinstance(packed, torch.Tensor):
             return packed
-        device, requires_grad, host = packed
-        if isinstance(host, tuple):  # the planner's meta trace: the copy comes back for backward
-            shape, dtype = host
+        if isinstance(packed, tuple):  # the planner's meta trace: the copy comes back for backward
+            device, requires_grad, (shape, dtype) = packed
             return torch.empty(shape, dtype=dtype, device=device).requires_grad_(requires_grad)
-        restored = host.to(device, non_blocking=host.is_pinned())
-        return restored.requires_grad_(requires_grad) if restored.is_leaf else restored
+        saved: _Saved = packed
+        if saved.fetched is not None:
+            restored, saved.fetched = saved.fetched, None
+            self.prefetched += 1
+            if saved.ready is not None:
+                current = torch.cuda.current_stream(saved.device)
+                current.wait_event(saved.ready)
+                restored.record_stream(current)
+        elif saved.device.type == "cuda" and torch.cuda.is_available():
+            current = torch.cuda.current_stream(saved.device)
+            current.wait_stream(self._side_stream(saved.device))  # the copy out has finished
+            restored = saved.host.to(saved.device, non_blocking=True)
+        else:
+            restored = saved.host.to(saved.device)
+        # Backward goes in reverse order: the tensor packed before this one is needed next.
+        previous, saved.previous = saved.previous, None
+        self._prefetch(previous)
+        return restored.requires_grad_(saved.requires_grad) if restored.is_leaf else restored
 
 
 def _trainable(module: nn.Module) -> bool:
