@@ -151,3 +151,26 @@ def test_a_zero3_config_read_in_the_same_process_does_not_break_the_skeleton():
     finally:
         del zero3
         unset_hf_deepspeed_config()
+
+
+def test_the_frozen_reference_is_counted_as_the_run_builds_it():
+    """Full-parameter DPO in bf16: the planner's frozen bytes equal the reference copy the run makes
+    (train/reference.py, compute dtype); LoRA's reference is the policy (nothing); FSDP2 over 4
+    ranks holds a quarter of it plus one gathered layer."""
+    from ulysses_pro.models.loader import compute_dtype_for, load_model
+    from ulysses_pro.models.tokenizer import load_builtin_tokenizer
+    from ulysses_pro.train.reference import ReferenceModel
+
+    options = Options(checkpointing=True, tiled_mlp=False, offload=False)
+    keys = {"stage": "dpo", "dataset": "demo_pairs", "bf16": True}
+    config = _config(**keys)
+    planned = trace(config, Layout(), 1024, options, world=1, device="cpu")
+    policy = load_model(config.model, config.finetuning, load_builtin_tokenizer(), config.training)
+    dtype = compute_dtype_for(config.training, config.finetuning)
+    reference = ReferenceModel.build(policy, None, dtype)
+    assert planned.frozen == storage_bytes(reference.frozen.parameters())
+    assert planned.static > planned.frozen > 0
+    assert trace(_config(**keys, finetuning_type="lora"), Layout(), 1024, options, world=1, device="cpu").frozen == 0
+    sharded = trace(_config(**keys, fsdp="full_shard"), Layout(), 1024, options, world=4, device="cpu")
+    layer = max(storage_bytes(layer.parameters()) for layer in reference.frozen.model.layers)
+    assert sharded.frozen == planned.frozen // 4 + layer

@@ -6,6 +6,11 @@ backward through checkpointed / tiled / offloaded layers, and the optimizer. Mem
 the sequence length for this stack (no attention matrix is ever materialised), so the longest
 trainable length comes from two traces and is then traced once more to confirm.
 
+Frozen models beside the policy are counted as weights in the compute dtype, sharded like the
+policy: the reference copy of full-parameter DPO / KTO / PPO / GRPO (train/reference.py) and PPO's
+full reward model; a `ref_model` or reward model is taken to be the policy's size. Their no-grad
+forwards' activations are not (they are freed layer by layer, below the training step's peak).
+
 Not counted (they are not tensors): the CUDA context and kernels' workspaces (about 0.5-1 GiB on a
 GPU), allocator fragmentation, NCCL buffers. Counted analytically: DDP's gradient buckets (a copy
 of the gradients when more than one process replicates weights), and ZeRO-3 / FSDP sharding (the
@@ -60,9 +65,10 @@ class Estimate:
     """Per-rank bytes of one step."""
 
     peak: int  # device bytes at the step's peak, static state included
-    static: int  # weights, gradients, optimizer state, DDP buckets (after sharding)
+    static: int  # weights, gradients, optimizer state, DDP buckets, frozen models (after sharding)
     host: int  # host bytes the offloaded checkpoints take
     trainable: int  # trainable parameters
+    frozen: int = 0  # of `static`: the frozen reference / reward model weights
 
 
 def options_of(config) -> Options:
@@ -233,7 +239,52 @@ def _trace_at_depth(
         if world > 1:
             extra = trainable_bytes  # DDP's flat gradient buckets (gradient_as_bucket_view off)
         peak = live.peak + extra
-    return Estimate(peak=peak, static=static + extra, host=host, trainable=sum(p.numel() for p in trainable))
+    frozen, frozen_host = _frozen_model_bytes(config, model, world)
+    return Estimate(
+        peak=peak + frozen,
+        static=static + extra + frozen,
+        host=host + frozen_host,
+        trainable=sum(p.numel() for p in trainable),
+        frozen=frozen,
+    )
+
+
+def frozen_models(config) -> int:
+    """Whole frozen models a run holds beside the policy: the reference copy (or `ref_model`) when
+    the stage has a reference and LoRA cannot give it, and PPO's full reward model."""
+    from ..train.losses import REFERENCE_FREE_LOSSES
+
+    finetuning = config.finetuning
+    stage = finetuning.stage
+    needs_reference = (
+        (stage == "dpo" and finetuning.pref_loss not in REFERENCE_FREE_LOSSES)
+        or stage in ("kto", "ppo")
+        or (stage == "grpo" and finetuning.beta > 0)
+    )
+    count = int(needs_reference and (finetuning.finetuning_type != "lora" or bool(finetuning.ref_model)))
+    if stage == "ppo" and finetuning.reward_model_type == "full" and finetuning.reward_model:
+        count += 1
+    return count
+
+
+def _frozen_model_bytes(config, model, world: int) -> tuple[int, int]:
+    """(device, host) bytes per rank of the frozen models: compute-dtype weights, sharded as the policy."""
+    from ..models.loader import compute_dtype_for
+
+    count = frozen_models(config)
+    if not count:
+        return 0, 0
+    itemsize = torch.empty((), dtype=compute_dtype_for(config.training, config.finetuning)).element_size()
+    adapters = ("lora_", "modules_to_save", "v_head")
+    whole = sum(
+        p.numel() * itemsize for name, p in model.named_parameters() if not any(a in name for a in adapters)
+    )
+    layer = itemsize * max((sum(p.numel() for p in m.parameters()) for m in decoder_layers(model)), default=0)
+    if _sharded(config) and _offloads_shards(config):
+        return count * layer, count * whole // world
+    if _sharded(config):
+        return count * (whole // world + layer), 0
+    return count * whole, 0
 
 
 _DIAGNOSE = False

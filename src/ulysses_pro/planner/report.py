@@ -113,7 +113,9 @@ def run(arguments: list[str]) -> int:
     )
     print(
         f"#   peak {gib(estimate.peak)} GiB = static {gib(estimate.static)} GiB (weights, optimizer state"
-        f"{_static_note(config, options.nproc)}) + {gib(estimate.peak - estimate.static)} GiB at the step's "
+        f"{_static_note(config, options.nproc)}"
+        + (f"; frozen reference / reward model {gib(estimate.frozen)} GiB" if estimate.frozen else "")
+        + f") + {gib(estimate.peak - estimate.static)} GiB at the step's "
         "peak (gradients, activations, loss chunks)"
         + (f"; host memory for offloaded checkpoints and shards {gib(estimate.host)} GiB" if estimate.host else "")
     )
