@@ -1,0 +1,174 @@
+"""Qwen2-VL / Qwen2.5-VL: how many visual tokens each image and video becomes, and the expanded text.
+
+The rules are LLaMA-Factory's (`data/mm_plugin.py`, `Qwen2VLPlugin`, at the commit of its demo data,
+ff6d4d12), on top of transformers' Qwen2-VL processor:
+- an image is first resized to at most `image_max_pixels` (768 x 768) and at least
+  `image_min_pixels` (32 x 32) pixels, keeping its aspect (sides truncated to integers); then each
+  side to at least 28, and an aspect beyond 200:1 cut to 180:1;
+- the processor resizes it to multiples of patch x merge (`smart_resize`, 14 x 2 = 28) within its
+  own pixel bounds and cuts it into patch x patch patches: grid (t, h, w) = (1, H / 14, W / 14);
+- video frames get the same first step with `video_max_pixels` (256 x 256) / `video_min_pixels`
+  (16 x 16), are sampled as `media.sample_indices` says, padded to an even count (the temporal patch
+  is 2 frames), and resized within the *video* processor's pixel bounds (its own defaults: 128 x 28
+  x 28 to 768 x 28 x 28): grid (frames / 2, H / 14, W / 14), computed from the stream's size as
+  LLaMA-Factory's `_get_qwen_video_grid_metadata` does, without decoding;
+- a placeholder becomes `<|vision_start|>` + `<|image_pad|>` (or `<|video_pad|>`) x (t h w / merge^2)
+  + `<|vision_end|>`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError, RowRef
+from .media import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, open_image, sample_indices, video_stream
+
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_TOKEN, VIDEO_TOKEN = "<|image_pad|>", "<|video_pad|>"
+
+
+@dataclass(frozen=True)
+class VisionLimits:
+    """LLaMA-Factory's keys for media size and sampling, with its defaults."""
+
+    image_max_pixels: int = 768 * 768
+    image_min_pixels: int = 32 * 32
+    video_max_pixels: int = 256 * 256
+    video_min_pixels: int = 16 * 16
+    video_fps: float = 2.0
+    video_maxlen: int = 128
+
+
+def regularized_size(width: int, height: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
+    """The (width, height) LLaMA-Factory resizes an image or a video frame to before the processor."""
+    if width * height > max_pixels:
+        factor = math.sqrt(max_pixels / (width * height))
+        width, height = int(width * factor), int(height * factor)
+    if width * height < min_pixels:
+        factor = math.sqrt(min_pixels / (width * height))
+        width, height = int(width * factor), int(height * factor)
+    if min(width, height) < 28:
+        width, height = max(width, 28), max(height, 28)
+    if width / height > 200:
+        width, height = height * 180, height
+    if height / width > 200:
+        width, height = width, width * 180
+    return width, height
+
+
+def regularize_image(image, max_pixels: int, min_pixels: int):
+    """The image resized as `regularized_size` says (PIL's default filter, as LLaMA-Factory), in RGB."""
+    size = regularized_size(image.width, image.height, max_pixels, min_pixels)
+    if size != (image.width, image.height):
+        image = image.resize(size)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+@dataclass(frozen=True)
+class ProcessorGeometry:
+    """What the token count needs from a Qwen2-VL image processor."""
+
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+
+    @classmethod
+    def of(cls, image_processor) -> ProcessorGeometry:
+        size = image_processor.size
+        get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+        return cls(
+            patch_size=image_processor.patch_size,
+            merge_size=image_processor.merge_size,
+            temporal_patch_size=image_processor.temporal_patch_size,
+            min_pixels=get("shortest_edge") or cls.min_pixels,
+            max_pixels=get("longest_edge") or cls.max_pixels,
+        )
+
+    @classmethod
+    def video_defaults(cls) -> ProcessorGeometry:
+        """transformers' `Qwen2VLVideoProcessor` class defaults (its pixel bounds differ from the
+        image processor's)."""
+        return cls(min_pixels=128 * 28 * 28, max_pixels=28 * 28 * 768)
+
+    def grid(self, width: int, height: int, frames: int = 1) -> tuple[int, int, int]:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        factor = self.patch_size * self.merge_size
+        resized_height, resized_width = smart_resize(
+            height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        return (
+            math.ceil(frames / self.temporal_patch_size),
+            resized_height // self.patch_size,
+            resized_width // self.patch_size,
+        )
+
+    def tokens(self, grid: Sequence[int]) -> int:
+        return math.prod(grid) // self.merge_size**2
+
+
+def image_grid(
+    path: Path, geometry: ProcessorGeometry, limits: VisionLimits, row: RowRef
+) -> tuple[int, int, int]:
+    image = open_image(path, row)
+    width, height = regularized_size(
+        image.width, image.height, limits.image_max_pixels, limits.image_min_pixels
+    )
+    return geometry.grid(width, height)
+
+
+def video_grid(
+    path: Path, geometry: ProcessorGeometry, limits: VisionLimits, row: RowRef
+) -> tuple[int, int, int]:
+    stream = video_stream(path, row)
+    frames = len(sample_indices(stream, limits.video_fps, limits.video_maxlen))
+    frames += frames % 2  # the last frame repeated: the temporal patch takes two
+    width, height = regularized_size(
+        stream.width, stream.height, limits.video_max_pixels, limits.video_min_pixels
+    )
+    return geometry.grid(width, height, frames)
+
+
+def expand_placeholders(
+    messages: list[dict[str, str]],
+    image_grids: list[tuple[int, int, int]],
+    video_grids: list[tuple[int, int, int]],
+    geometry: ProcessorGeometry,
+    row: RowRef,
+) -> list[dict[str, str]]:
+    """The messages with each `<image>` / `<video>` replaced by its visual tokens, in order; the
+    placeholders must match the row's media one for one."""
+    expanded, images, videos = [], 0, 0
+    for message in messages:
+        content = message["content"]
+        pieces = []
+        while True:
+            at_image, at_video = content.find(IMAGE_PLACEHOLDER), content.find(VIDEO_PLACEHOLDER)
+            hits = [(at, kind) for at, kind in ((at_image, "image"), (at_video, "video")) if at >= 0]
+            if not hits:
+                pieces.append(content)
+                break
+            at, kind = min(hits)
+            pieces.append(content[:at])
+            grids, used = (image_grids, images) if kind == "image" else (video_grids, videos)
+            if used >= len(grids):
+                raise DataError.at(
+                    row, f"more <{kind}> placeholders than {kind}s ({len(grids)} in the row's {kind}s column)"
+                )
+            token = IMAGE_TOKEN if kind == "image" else VIDEO_TOKEN
+            pieces.append(VISION_START + token * geometry.tokens(grids[used]) + VISION_END)
+            if kind == "image":
+                images += 1
+            else:
+                videos += 1
+            content = content[at + len(f"<{kind}>") :]
+        expanded.append({**message, "content": "".join(pieces)})
+    for kind, used, grids in (("image", images, image_grids), ("video", videos, video_grids)):
+        if used < len(grids):
+            raise DataError.at(row, f"{len(grids)} {kind}s but {used} <{kind}> placeholders in the messages")
+    return expanded
