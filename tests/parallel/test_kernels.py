@@ -272,6 +272,21 @@ def test_cuda_dispatch_prefers_flash_kernels(monkeypatch):
     assert kernels.select_backend(torch.empty(1, HEADS, 16, 64)) is reference.CPU_FLASH
 
 
+def test_the_reference_kernel_on_cuda_is_named_with_its_reason_once(monkeypatch, caplog):
+    """fp32 on CUDA is correct on the tiled reference but slow: one warning per path says why."""
+    monkeypatch.setattr(cuda, "ampere_or_newer", lambda index: True)
+    monkeypatch.setattr(kernels, "_LOGGED", set())
+    with FakeTensorMode(), caplog.at_level(logging.INFO, logger="ulysses_pro.parallel.kernels"):
+        fp32 = torch.empty(1, HEADS, 16, 64, device="cuda", dtype=torch.float32)
+        for _ in range(2):
+            kernels._record("some path", kernels.select_backend(fp32), fp32)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "some path: the tiled reference kernel runs on CUDA "
+        "(float32 inputs: the flash kernels take fp16/bf16 (train with bf16: true))"
+    ]
+
+
 def test_flash_kernels_are_not_chosen_before_ampere(monkeypatch):
     """A T4 / V100 (sm75 / sm70): neither FlashAttention-2 build has kernels for it, installed or not."""
     package = cuda.FlashAttnPackage(types.SimpleNamespace(), "2.8.3")

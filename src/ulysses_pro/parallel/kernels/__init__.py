@@ -49,11 +49,29 @@ def select_backend(q: torch.Tensor, window: int = -1, softcap: float = 0.0):
     return REFERENCE
 
 
-def _record(path: str, backend) -> None:
+def _why_reference_on_cuda(q: torch.Tensor, softcap: float) -> str:
+    if q.dtype not in cuda.HALF_TYPES:
+        return f"{str(q.dtype)[6:]} inputs: the flash kernels take fp16/bf16 (train with bf16: true)"
+    if q.shape[-1] > 256 or q.shape[-1] % 8:
+        return f"head size {q.shape[-1]}: the flash kernels take multiples of 8 up to 256"
+    if not cuda.ampere_or_newer(q.device.index or 0):
+        return "a GPU older than sm80: FlashAttention-2 has no kernels for it"
+    if softcap:
+        return "soft-capping: PyTorch's flash kernel has none (flash-attn >= 2.6 does)"
+    return "no flash kernel for this call (a window this torch's flash kernel cannot take)"
+
+
+def _record(path: str, backend, q: torch.Tensor, softcap: float = 0.0) -> None:
     _LAST_USED[path] = backend.name
     if (path, backend.name) not in _LOGGED:
         _LOGGED.add((path, backend.name))
-        logger.info("%s: %s", path, backend.name)
+        if backend is REFERENCE and q.device.type == "cuda":
+            # Correct, but several times slower and more memory than a fused kernel: say so, once.
+            logger.warning(
+                "%s: the tiled reference kernel runs on CUDA (%s)", path, _why_reference_on_cuda(q, softcap)
+            )
+        else:
+            logger.info("%s: %s", path, backend.name)
 
 
 def kernels_used() -> dict[str, str]:
@@ -78,7 +96,7 @@ def block_forward(
     diagonal (flash-attention's window_size_left, bottom-right aligned per problem); `softcap` > 0
     scores cap * tanh(s / cap) (Gemma 2)."""
     backend = select_backend(q, window, softcap)
-    _record(path, backend)
+    _record(path, backend, q, softcap)
     return backend.forward(q, k, v, scale, causal, sequences, window, softcap)
 
 
