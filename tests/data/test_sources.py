@@ -194,14 +194,15 @@ def test_openai_rows_with_tool_calls_and_tool_responses(tmp_path):
     assert "<tool_call>" in trained and "Oslo 4C" in trained and "temp" not in trained
 
 
-def test_media_columns_are_refused_by_name(tmp_path):
+def test_image_columns_are_read_and_audio_columns_refused_by_name(tmp_path):
     write_info(
-        tmp_path, mm={"file_name": "mm.json", "formatting": "sharegpt", "columns": {"images": "images"}}
+        tmp_path,
+        mm={"file_name": "mm.json", "formatting": "sharegpt", "columns": {"images": "images"}},
+        sound={"file_name": "s.json", "formatting": "sharegpt", "columns": {"audios": "audios"}},
     )
-    with pytest.raises(
-        DataError, match=r"column 'images' \('images'\) holds media; Ulysses Pro trains text-only"
-    ):
-        load_dataset_specs("mm", tmp_path)
+    assert load_dataset_specs("mm", tmp_path)[0].column("images") == "images"
+    with pytest.raises(DataError, match=r"column 'audios' \('audios'\): audio inputs are not supported"):
+        load_dataset_specs("sound", tmp_path)
 
 
 @pytest.mark.parametrize("source", ["hub parquet", "csv", "arrow"])
@@ -240,11 +241,11 @@ def test_every_entry_of_llamafactory_dataset_info_is_read_or_refused_by_name():
             sources[spec.load_from] = sources.get(spec.load_from, 0) + 1
         except DataError as err:
             refused[name] = str(err)
-    # The multimodal entries (images, videos, audios) are the only ones refused, each naming its column.
-    assert refused and all("holds media; Ulysses Pro trains text-only models" in m for m in refused.values())
-    assert all(
-        any(k in info[name].get("columns", {}) for k in ("images", "videos", "audios")) for name in refused
+    # The entries with audio are the only ones refused, each naming its column (images, videos are read).
+    assert refused and all(
+        "column 'audios' ('audios'): audio inputs are not supported" in m for m in refused.values()
     )
+    assert all("audios" in info[name].get("columns", {}) for name in refused)
     assert (
         sources["hf_hub"] > 50 and sources["file"] >= 10 and len(refused) + sum(sources.values()) == len(info)
     )

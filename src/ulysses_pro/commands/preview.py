@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -62,6 +63,14 @@ def preview_rows(config, count: int) -> tuple[object, list[tuple[object, dict]]]
     return tokenizer, out[:count]
 
 
+# A placeholder's visual tokens are hundreds of one repeated token: shown as one, with its count.
+_VISUAL_RUN = re.compile(r"(<\|(?:image|video)_pad\|>)(?:\1)+")
+
+
+def _folded(text: str) -> str:
+    return _VISUAL_RUN.sub(lambda m: f"{m.group(1)} x {len(m.group(0)) // len(m.group(1))}", text)
+
+
 def describe(tokenizer, ref, row: dict, color: bool) -> str:
     lines = [f"── {ref}"]
     for prefix in SEQUENCE_PREFIXES:
@@ -70,8 +79,11 @@ def describe(tokenizer, ref, row: dict, color: bool) -> str:
         ids, labels = row[prefix + "input_ids"], row[prefix + "labels"]
         trained = sum(label != IGNORE_INDEX for label in labels)
         name = {"": "sequence", "kl_": "mismatched (KL)"}.get(prefix, prefix.rstrip("_"))
-        lines.append(f"{name}: {len(ids)} tokens, {trained} trained")
-        lines.append(marked_text(tokenizer, ids, labels, color))
+        text = marked_text(tokenizer, ids, labels, color)
+        visual = {kind: text.count(f"<|{kind}_pad|>") for kind in ("image", "video")}
+        shown = ", ".join(f"{count} {kind}" for kind, count in visual.items() if count)
+        lines.append(f"{name}: {len(ids)} tokens, {trained} trained" + (f", visual: {shown}" if shown else ""))
+        lines.append(_folded(text))
     if "kto_tag" in row:
         lines.append(f"kto_tag: {row['kto_tag']}")
     return "\n".join(lines)

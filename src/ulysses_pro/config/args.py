@@ -108,6 +108,16 @@ class DataArguments:
     interleave_probs: str | None = None
     default_system: str | None = None
     ignore_pad_token_for_loss: bool = True
+    # Media (LLaMA-Factory keeps the size keys with its model arguments; here they shape the data).
+    media_dir: str | None = field(
+        default=None, metadata={"help": "Folder the images / videos paths are relative to. Default: dataset_dir."}
+    )
+    image_max_pixels: int = 768 * 768
+    image_min_pixels: int = 32 * 32
+    video_max_pixels: int = 256 * 256
+    video_min_pixels: int = 16 * 16
+    video_fps: float = 2.0
+    video_maxlen: int = 128
     skip_invalid_rows: bool = field(
         default=False,
         metadata={

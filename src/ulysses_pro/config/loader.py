@@ -41,12 +41,6 @@ IGNORED_KEYS = {
     "logging_dir": "tensorboard writes under output_dir/runs in transformers 5",
     "save_safetensors": "checkpoints are always safetensors",
     "print_param_status": "trainable parameters are always summarised",
-    "image_max_pixels": "text-only",
-    "image_min_pixels": "text-only",
-    "video_max_pixels": "text-only",
-    "video_min_pixels": "text-only",
-    "video_fps": "text-only",
-    "video_maxlen": "text-only",
 }
 # LLaMA-Factory features that would silently change results if ignored: refuse unless left at default.
 UNSUPPORTED_KEYS = {

@@ -71,6 +71,7 @@ def validate(
         _validate_pro(pro, fail)
     if memory is not None:
         _validate_memory(model, memory, fail)
+    _validate_media(data, fail)
     _validate_preference(finetuning, data, fail)
     _validate_grpo(finetuning, data, training, fail)
     _validate_ppo(finetuning, data, training, fail)
@@ -312,6 +313,16 @@ def _validate_streaming(data: DataArguments, training: dict[str, Any], fail) -> 
         fail("buffer_size", f"must be a positive number of rows, got {data.buffer_size}")
     if training.get("train_sampling_strategy", "random") != "random":
         fail("train_sampling_strategy", "a stream is shuffled by its buffer; remove group_by_length")
+
+
+def _validate_media(data: DataArguments, fail) -> None:
+    """LLaMA-Factory's own checks of its media keys."""
+    for kind in ("image", "video"):
+        high, low = getattr(data, f"{kind}_max_pixels"), getattr(data, f"{kind}_min_pixels")
+        if low < 1 or high < low:
+            fail(f"{kind}_max_pixels", f"must be >= {kind}_min_pixels >= 1, got {high} and {low}")
+    if data.video_fps <= 0 or data.video_maxlen < 1:
+        fail("video_fps", f"video_fps must be > 0 and video_maxlen >= 1, got {data.video_fps}, {data.video_maxlen}")
 
 
 def _validate_memory(model: ModelArguments, memory: MemoryArguments, fail) -> None:

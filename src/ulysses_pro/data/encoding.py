@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..parallel.reduce import IGNORE_INDEX
 from .chat_format import ChatFormat
 from .errors import DataError
+from .multimodal.rows import VisionSettings, expand_media
 from .packing import Document, windows
 from .preference import kto_pieces, pair_pieces, pair_row
 from .truncation import supervised_row, turns_length
@@ -33,6 +34,7 @@ class EncodeSettings:
     mask_history: bool = False
     skip_invalid_rows: bool = False
     pretrain_eos: str | None = None  # appended to each pretraining text
+    vision: VisionSettings | None = None  # how a vision template expands images and videos
 
 
 SEQUENCE_PREFIXES = ("", "chosen_", "rejected_", "kl_")
@@ -78,6 +80,7 @@ def llamafactory_rows(tokenizer, settings: EncodeSettings, item: Any) -> tuple[l
     if stage == "kto":
         raise ValueError("KTO rows are paired across the dataset; use preference.pair_kto")
     template = settings.template
+    item = expand_media(item, settings.vision)
     turns = template.turns(tokenizer, item, mask_history=settings.mask_history)
     input_ids, labels = supervised_row(
         turns,

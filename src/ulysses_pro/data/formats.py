@@ -7,7 +7,8 @@ it is never skipped silently.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import DataError, RowRef
@@ -27,6 +28,9 @@ class Conversation:
     tools: str | None = None
     # RL prompts (grpo): the row's columns that no role of dataset_info.json maps, for reward functions.
     columns: dict[str, Any] | None = None
+    # The row's `images` / `videos` files, in placeholder order (data/multimodal).
+    images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
 
 
 def require_mapping(row: Any, ref: RowRef) -> dict:

@@ -20,6 +20,7 @@ from .encoding import EncodeSettings, documents_of, encode_all, to_document
 from .errors import DataError, RowRef, SkippedRows
 from .formats import Conversation, to_conversation, to_prompt, to_text
 from .mixing import mix, mix_stream, parse_probabilities
+from .multimodal.rows import attach_media, media_columns, vision_settings
 from .packing import Document, PackingReport, pack_documents, report
 from .preference import KtoExample, PreferencePair, pair_kto, to_kto_example, to_preference_pair
 from .registry import load_dataset_specs
@@ -90,6 +91,12 @@ def check_sources(data_args, stage: str) -> None:
             check_source(spec)
 
 
+def media_datasets(data_args) -> list[str]:
+    """The configured datasets whose rows carry images or videos."""
+    names = [n for n in (data_args.dataset, data_args.eval_dataset) if n]
+    return [spec.name for n in names for spec in load_dataset_specs(n, data_args.dataset_dir) if media_columns(spec)]
+
+
 def _convert(row, spec, ref, stage: str):
     if stage == "pt":
         return to_text(row, spec, ref)
@@ -119,7 +126,7 @@ def _rows_of(spec, data_args, stage: str, skipped: SkippedRows, seed: int) -> It
         if data_args.max_samples is not None and count >= data_args.max_samples:
             return
         try:
-            item = _convert(row, spec, ref, stage)
+            item = attach_media(_convert(row, spec, ref, stage), row, spec, data_args, ref, stage)
         except DataError as err:
             if not data_args.skip_invalid_rows:
                 raise
@@ -356,6 +363,7 @@ def encode_settings(data_args, tokenizer, stage: str) -> EncodeSettings:
         mask_history=data_args.mask_history,
         skip_invalid_rows=data_args.skip_invalid_rows,
         pretrain_eos=pretrain_eos(tokenizer, data_args.template),
+        vision=vision_settings(data_args, tokenizer),
     )
 
 

@@ -125,11 +125,10 @@ def _parse_entry(name: str, entry: Any, dataset_dir: Path, info_path: Path | str
     unknown = set(user_columns) - _COLUMN_KEYS
     if unknown:
         raise DataError(f"{where}: unknown column keys {sorted(unknown)}; valid: {sorted(_COLUMN_KEYS)}")
-    media = [key for key in MEDIA_COLUMNS if user_columns.get(key)]
-    if media:
+    if user_columns.get("audios"):
         raise DataError(
-            f"{where}: column {media[0]!r} ({user_columns[media[0]]!r}) holds media; Ulysses Pro trains "
-            "text-only models, so drop the column mapping (and the media) or use a text dataset"
+            f"{where}: column 'audios' ({user_columns['audios']!r}): audio inputs are not supported; "
+            "images and videos are (data/multimodal)"
         )
     columns.update(user_columns)
     tags = dict(OPENAI_TAGS if formatting == "openai" else DEFAULT_TAGS)

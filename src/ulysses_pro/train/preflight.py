@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
-from ..data.pipeline import check_sources, isolates_documents
+from ..data.pipeline import check_sources, isolates_documents, media_datasets
 from ..data.templates import chat_format
 from ..models.attention import attention_heads
 from ..models.families import meta_model, packing_problems, sequence_parallel_problems
@@ -140,6 +140,13 @@ def preflight(config: RunConfig, world_size: int, tokenizer=None) -> None:
     try:
         if config.training.do_train or config.training.do_eval:
             check_sources(config.data, config.finetuning.stage)
+            media = media_datasets(config.data)
+            if media:
+                raise ConfigError(
+                    f"{_where(config, 'dataset')}: dataset: {', '.join(media)}: images/videos columns: "
+                    "training vision-language models is not built yet (the vision tower under sequence "
+                    "parallelism comes next); `ulysses-pro preview` shows these rows with their visual tokens"
+                )
         if config.data.template:
             # A tokenizer is cheap to load, and it decides whether the template's tokens exist.
             chat_format(tokenizer or load_tokenizer(config.model), config.data)

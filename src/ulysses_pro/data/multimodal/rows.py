@@ -1,0 +1,100 @@
+"""Where media meets the rows: a row's files are attached to its conversation when it is read, and
+its placeholders are expanded into visual tokens when it is encoded (by the template's rules)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError, RowRef
+from .media import resolve_media
+from .qwen_vl import ProcessorGeometry, VisionLimits, expand_placeholders, image_grid, video_grid
+
+MEDIA_KINDS = ("images", "videos")
+# Templates whose placeholder rules are implemented (LLaMA-Factory's mm_plugin of the same template).
+VISION_TEMPLATES = {"qwen2_vl": "Qwen2-VL, Qwen2.5-VL"}
+
+
+def media_columns(spec) -> dict[str, str]:
+    """The dataset's mapped media columns, by kind."""
+    return {kind: spec.column(kind) for kind in MEDIA_KINDS if spec.column(kind)}
+
+
+def attach_media(item, row: dict, spec, data_args, ref: RowRef, stage: str):
+    """The conversation with its row's image and video files (paths resolved and checked)."""
+    columns = media_columns(spec)
+    if not columns:
+        return item
+    if stage != "sft":
+        raise DataError(
+            f"dataset {spec.name!r}: {', '.join(columns)} columns: stage {stage} does not take media yet "
+            "(sft does)"
+        )
+    media_dir = Path(data_args.media_dir or data_args.dataset_dir)
+    for kind, column in columns.items():
+        setattr(item, kind, resolve_media(row.get(column), media_dir, ref, column))
+    return item
+
+
+@dataclass(frozen=True)
+class VisionSettings:
+    """What expanding a row's media needs: the keys' limits and the processors' geometry."""
+
+    template: str
+    limits: VisionLimits
+    image: ProcessorGeometry
+    video: ProcessorGeometry
+
+
+def _geometry(path: Path, default: ProcessorGeometry) -> ProcessorGeometry:
+    """A processor's patch, merge and pixel bounds from its config file in the model folder."""
+    if not path.is_file():
+        return default
+    config = json.loads(path.read_text())
+    size = config.get("size") or {}
+    return ProcessorGeometry(
+        patch_size=config.get("patch_size", default.patch_size),
+        merge_size=config.get("merge_size", default.merge_size),
+        temporal_patch_size=config.get("temporal_patch_size", default.temporal_patch_size),
+        min_pixels=config.get("min_pixels") or size.get("shortest_edge") or default.min_pixels,
+        max_pixels=config.get("max_pixels") or size.get("longest_edge") or default.max_pixels,
+    )
+
+
+def vision_settings(data_args, tokenizer) -> VisionSettings | None:
+    """For a vision template: the limits from the config and the geometry of the processors saved
+    with the model (`preprocessor_config.json`, `video_preprocessor_config.json`), else transformers'
+    Qwen2-VL defaults. None for a text template."""
+    if data_args.template not in VISION_TEMPLATES:
+        return None
+    folder = Path(getattr(tokenizer, "name_or_path", "") or ".")
+    limits = VisionLimits(
+        image_max_pixels=data_args.image_max_pixels,
+        image_min_pixels=data_args.image_min_pixels,
+        video_max_pixels=data_args.video_max_pixels,
+        video_min_pixels=data_args.video_min_pixels,
+        video_fps=data_args.video_fps,
+        video_maxlen=data_args.video_maxlen,
+    )
+    return VisionSettings(
+        data_args.template,
+        limits,
+        _geometry(folder / "preprocessor_config.json", ProcessorGeometry()),
+        _geometry(folder / "video_preprocessor_config.json", ProcessorGeometry.video_defaults()),
+    )
+
+
+def expand_media(conversation, settings: VisionSettings | None):
+    """The conversation with each placeholder replaced by its visual tokens."""
+    if not (conversation.images or conversation.videos):
+        return conversation
+    ref = conversation.ref
+    if settings is None:
+        covered = ", ".join(f"{name} ({models})" for name, models in VISION_TEMPLATES.items())
+        raise DataError.at(ref, f"images/videos need a vision template; covered so far: template {covered}")
+    images = [image_grid(path, settings.image, settings.limits, ref) for path in conversation.images]
+    videos = [video_grid(path, settings.video, settings.limits, ref) for path in conversation.videos]
+    messages = expand_placeholders(conversation.messages, images, videos, settings.image, ref)
+    return dataclasses.replace(conversation, messages=messages)

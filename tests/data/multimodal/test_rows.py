@@ -1,0 +1,159 @@
+"""Media in the data pipeline: a row's images and videos resolved when it is read, its placeholders
+expanded into visual tokens (masked in the labels) when it is encoded, shown by `ulysses-pro
+preview`; malformed media rows stop with file and row; training on them is refused by name."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from ulysses_pro.commands.preview import describe, preview_rows
+from ulysses_pro.config import ConfigError, load_config
+from ulysses_pro.data.errors import DataError
+from ulysses_pro.data.multimodal.qwen_vl import ProcessorGeometry, VisionLimits, regularized_size
+from ulysses_pro.parallel.reduce import IGNORE_INDEX
+
+LF_DATA = Path(__file__).resolve().parents[4] / "shared" / "lf-data"
+QWEN_TOKENIZER = Path(__file__).resolve().parents[4] / "shared" / "lf-golden" / "tokenizers" / "qwen2.5"
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+@pytest.fixture
+def vision_tokenizer(tmp_path, tokenizer) -> str:
+    """The built-in tokenizer with Qwen2-VL's vision tokens added (a model folder without weights)."""
+    tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    folder = tmp_path / "vision-tokenizer"
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _image_tokens(size: tuple[int, int]) -> int:
+    limits, geometry = VisionLimits(), ProcessorGeometry()
+    return geometry.tokens(
+        geometry.grid(*regularized_size(*size, limits.image_max_pixels, limits.image_min_pixels))
+    )
+
+
+def _dataset(tmp_path: Path, rows: list[dict]) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    for name, size in (("wide.png", (300, 168)), ("tall.png", (50, 900))):
+        Image.new("RGB", size, (10, 200, 90)).save(folder / name)
+    (folder / "pictures.json").write_text(json.dumps(rows))
+    entry = {
+        "file_name": "pictures.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+    }
+    entry["tags"] = {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+    }
+    (folder / "dataset_info.json").write_text(json.dumps({"pictures": entry}))
+    return folder
+
+
+def _chat(*turns: str) -> list[dict]:
+    return [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+
+
+def _config(model: str, folder: Path, tmp_path: Path, **keys):
+    base = {
+        "model_name_or_path": model,
+        "template": "qwen2_vl",
+        "dataset": "pictures",
+        "dataset_dir": str(folder),
+        "stage": "sft",
+        "do_train": True,
+        "output_dir": str(tmp_path / "out"),
+    }
+    return load_config({**base, **keys})
+
+
+def test_placeholders_become_masked_visual_tokens_and_preview_counts_them(tmp_path, vision_tokenizer):
+    rows = [{"messages": _chat("<image>Which way? <image>", "Both."), "images": ["wide.png", "tall.png"]}]
+    folder = _dataset(tmp_path, rows)
+    tokenizer, previewed = preview_rows(_config(vision_tokenizer, folder, tmp_path), 1)
+    ((ref, row),) = previewed
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    expected = _image_tokens((300, 168)) + _image_tokens((50, 900))
+    assert row["input_ids"].count(pad) == expected > 0
+    assert all(label == IGNORE_INDEX for token, label in zip(row["input_ids"], row["labels"]) if token == pad)
+    shown = describe(tokenizer, ref, row, color=False)
+    assert f"visual: {expected} image" in shown
+    assert f"<|image_pad|> x {_image_tokens((300, 168))}<|vision_end|>" in shown  # folded, not 66 copies
+
+
+@pytest.mark.parametrize(
+    ("row", "keys", "message"),
+    [
+        (
+            {"messages": _chat("<image><image>?", "a"), "images": ["wide.png"]},
+            {},
+            "more <image> placeholders than images",
+        ),
+        (
+            {"messages": _chat("no placeholder", "a"), "images": ["wide.png"]},
+            {},
+            "1 images but 0 <image> placeholders",
+        ),
+        (
+            {"messages": _chat("<image>", "a"), "images": ["gone.png"]},
+            {},
+            r"images\[0\] 'gone.png': no such file",
+        ),
+        (
+            {"messages": _chat("<image>", "a"), "images": ["wide.png"]},
+            {"template": "chatml"},
+            "need a vision template",
+        ),
+    ],
+    ids=["too-many-placeholders", "too-few", "missing-file", "text-template"],
+)
+def test_malformed_media_rows_stop_with_file_and_row(tmp_path, vision_tokenizer, row, keys, message):
+    folder = _dataset(tmp_path, [row])
+    with pytest.raises(DataError, match=rf"pictures.json.*row 0: .*{message}"):
+        preview_rows(_config(vision_tokenizer, folder, tmp_path, **keys), 1)
+
+
+def test_training_on_media_is_refused_by_name_before_anything_loads(tmp_path, vision_tokenizer):
+    from ulysses_pro.train.preflight import preflight
+
+    folder = _dataset(tmp_path, [{"messages": _chat("<image>", "a"), "images": ["wide.png"]}])
+    config = _config("tiny:llama", folder, tmp_path)
+    with pytest.raises(
+        ConfigError, match="dataset: pictures: images/videos columns: training vision-language"
+    ):
+        preflight(config, 1)
+    from ulysses_pro.data.pipeline import load_rows
+
+    with pytest.raises(DataError, match="stage grpo does not take media yet"):
+        load_rows(_config(vision_tokenizer, folder, tmp_path).data, "grpo")
+
+
+@pytest.mark.skipif(not (LF_DATA.is_dir() and QWEN_TOKENIZER.is_dir()), reason="../shared not present")
+def test_llamafactory_demo_rows_carry_the_visual_tokens_its_plugin_gives(tmp_path):
+    pytest.importorskip("av")
+    from ulysses_pro.data.errors import RowRef
+    from ulysses_pro.data.multimodal.qwen_vl import image_grid, video_grid
+
+    for dataset, kind, rows_wanted in (("mllm_demo", "images", 6), ("mllm_video_demo", "videos", 3)):
+        config = _config(str(QWEN_TOKENIZER), LF_DATA, tmp_path, dataset=dataset)
+        tokenizer, rows = preview_rows(config, rows_wanted)
+        raw = json.loads((LF_DATA / f"{dataset}.json").read_text())
+        assert len(rows) == rows_wanted
+        pad = tokenizer.convert_tokens_to_ids("<|image_pad|>" if kind == "images" else "<|video_pad|>")
+        for (ref, row), source in zip(rows, raw):
+            geometry = ProcessorGeometry() if kind == "images" else ProcessorGeometry.video_defaults()
+            grid = image_grid if kind == "images" else video_grid
+            wanted = sum(
+                math.prod(grid(LF_DATA / path, geometry, VisionLimits(), RowRef("x", 0))) // 4
+                for path in source[kind]
+            )
+            assert row["input_ids"].count(pad) == wanted > 0, ref
