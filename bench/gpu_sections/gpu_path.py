@@ -51,7 +51,9 @@ def check_full_bf16_kernels(args):
         bf16=True,
         dataset="demo_chat",
     )
-    model = load_model(config.model, config.finetuning, load_tokenizer(config.model), config.training).to(device)
+    model = load_model(config.model, config.finetuning, load_tokenizer(config.model), config.training).to(
+        device
+    )
     assert model.get_input_embeddings().weight.dtype == torch.float32  # what made q/k fp32
     heads, kv_heads = attention_heads(model)
     layout = init_sequence_parallel(1, "ulysses", num_heads=heads, num_kv_heads=kv_heads)
@@ -245,7 +247,9 @@ def _stack_step(device, memory_keys: dict, ids, positions):
     from ulysses_pro.models.memory_stack import apply_memory_stack
     from ulysses_pro.models.tiny import build_tiny_model
 
-    model = build_tiny_model("llama", hidden_size=256, num_layers=3, num_heads=4, num_kv_heads=2, seed=0).to(device)
+    model = build_tiny_model("llama", hidden_size=256, num_layers=3, num_heads=4, num_kv_heads=2, seed=0).to(
+        device
+    )
     model.train()
     head = apply_memory_stack(model, ModelArguments(), MemoryArguments(**memory_keys), training=True)
     targets = ids.roll(-1, dims=1)
@@ -266,14 +270,20 @@ def check_memory_stack_bf16(args):
     positions = torch.arange(length, device=device)[None]
     base_loss, base = _stack_step(device, {}, ids, positions)
     offload_loss, offloaded = _stack_step(device, {"gradient_checkpointing_offload": True}, ids, positions)
-    tiled_loss, tiled = _stack_step(device, {"tiled_mlp": True, "tiled_mlp_tile_tokens": length // 4}, ids, positions)
+    tiled_loss, tiled = _stack_step(
+        device, {"tiled_mlp": True, "tiled_mlp_tile_tokens": length // 4}, ids, positions
+    )
     identical = offload_loss == base_loss and all(torch.equal(offloaded[n], base[n]) for n in base)
     tiled_error = max(max_rel(tiled[n], base[n]) for n in base)
     if not identical:
         raise AssertionError("offloaded checkpoints changed the step")
     if abs(tiled_loss - base_loss) > 1e-2 * abs(base_loss) or tiled_error > 5e-2:
         raise AssertionError(f"tiled MLP: loss {tiled_loss} vs {base_loss}, gradient error {tiled_error:.1e}")
-    return {"loss": round(base_loss, 4), "offload": "bit-identical", "tiled_mlp_grad_error": f"{tiled_error:.1e}"}
+    return {
+        "loss": round(base_loss, 4),
+        "offload": "bit-identical",
+        "tiled_mlp_grad_error": f"{tiled_error:.1e}",
+    }
 
 
 @section("flash backends, deterministic backward")
@@ -298,7 +308,8 @@ def check_deterministic_flash(args):
         raise Skip("no flash backend on this device")
     generator = torch.Generator(device=device).manual_seed(1)
     q, k, v, grad = (
-        torch.randn(1, h, length, 128, generator=generator, device=device, dtype=dtype) for h in (16, 4, 4, 16)
+        torch.randn(1, h, length, 128, generator=generator, device=device, dtype=dtype)
+        for h in (16, 4, 4, 16)
     )
     bounds = [0, length // 3, length]
     sequences = Sequences.build(bounds, bounds, uniform=False, device=device)

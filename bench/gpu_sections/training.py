@@ -81,7 +81,11 @@ def check_fsdp(args):
     trainer = run_stage(load_config({**base, **keys}), callbacks=[Inspect()])
     fsdp = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     worst = max(abs(a - b) / abs(b) for a, b in zip(fsdp, plain))
-    ok = trainer.sharded_by_fsdp2 and seen.get("dtensor_params") and seen.get("master_dtypes") == ["torch.float32"]
+    ok = (
+        trainer.sharded_by_fsdp2
+        and seen.get("dtensor_params")
+        and seen.get("master_dtypes") == ["torch.float32"]
+    )
     return {
         "sharded_by_fsdp2": trainer.sharded_by_fsdp2,
         **seen,
