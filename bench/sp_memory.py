@@ -168,7 +168,10 @@ def main() -> None:
     print("| L | DP=2 tokens/s | SP=2 ulysses tokens/s | ratio | SP=2 ring tokens/s | ratio |")
     print("|---|---|---|---|---|---|")
     for length in args.lengths if "dp" in tables else []:
-        rows = [measure(2, sp, mode, length, args) for sp, mode in ((1, "ulysses"), (2, "ulysses"), (2, "zigzag-ring"))]
+        rows = [
+            measure(2, sp, mode, length, args)
+            for sp, mode in ((1, "ulysses"), (2, "ulysses"), (2, "zigzag-ring"))
+        ]
         if None in rows:
             print(f"| {length} | needs 2 GPUs | | | | |", flush=True)
             continue
