@@ -71,3 +71,19 @@ def test_under_fsdp2_the_frozen_reference_is_sharded_in_the_compute_dtype():
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_modules_the_model_class_keeps_in_fp32_stay_fp32_in_the_copy():
+    """transformers' `_keep_in_fp32_modules` names whole dotted components ("wo", "model.visual")."""
+    from torch import nn
+
+    from ulysses_pro.train.reference import in_compute_dtype
+
+    model = nn.Module()
+    model.model = nn.Module()
+    for name in ("visual", "wo", "wordy"):
+        setattr(model.model, name, nn.Linear(2, 2))
+    model._keep_in_fp32_modules = ["model.visual", "wo"]
+    in_compute_dtype(model, torch.bfloat16)
+    dtypes = {name.rsplit(".", 1)[0]: p.dtype for name, p in model.named_parameters()}
+    assert dtypes == {"model.visual": torch.float32, "model.wo": torch.float32, "model.wordy": torch.bfloat16}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 from collections.abc import Iterator
 
 import torch
@@ -100,10 +101,14 @@ def in_compute_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     keeps in fp32 (transformers' `_keep_in_fp32_modules`); buffers (rotary frequencies) as they are."""
     if dtype == torch.float32:
         return model
-    kept = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    kept |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    kept = [
+        *(getattr(model, "_keep_in_fp32_modules", None) or ()),
+        *(getattr(model, "_keep_in_fp32_modules_strict", None) or ()),
+    ]
+    # A kept entry names whole dotted components of a parameter's name, as transformers matches it.
+    keeps = re.compile("|".join(rf"(^|\.){re.escape(module)}($|\.)" for module in kept)) if kept else None
     for name, param in model.named_parameters():
-        if param.dtype == torch.float32 and not any(part in kept for part in name.split(".")):
+        if param.dtype == torch.float32 and not (keeps and keeps.search(name)):
             param.data = param.data.to(dtype)
     return model
 
