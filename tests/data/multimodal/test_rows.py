@@ -157,3 +157,33 @@ def test_llamafactory_demo_rows_carry_the_visual_tokens_its_plugin_gives(tmp_pat
                 for path in source[kind]
             )
             assert row["input_ids"].count(pad) == wanted > 0, ref
+
+
+def test_processor_geometry_is_found_where_transformers_finds_it(tmp_path, vision_tokenizer):
+    """The image processor's bounds from `preprocessor_config.json`; the video processor's from its
+    own file, else the image processor's file (transformers' fallback), else the class defaults; a
+    v5 `processor_config.json` with nested entries wins over both."""
+    from types import SimpleNamespace
+
+    from ulysses_pro.data.multimodal.rows import vision_settings
+
+    folder = Path(vision_tokenizer)
+    data_args = SimpleNamespace(
+        template="qwen2_vl",
+        **{k: getattr(VisionLimits(), k) for k in VisionLimits.__dataclass_fields__},
+    )
+    tokenizer = SimpleNamespace(name_or_path=str(folder))
+    settings = vision_settings(data_args, tokenizer)
+    assert settings.image == ProcessorGeometry() and settings.video == ProcessorGeometry.video_defaults()
+    (folder / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 3136, "max_pixels": 12845056}))
+    settings = vision_settings(data_args, tokenizer)
+    assert settings.image.max_pixels == settings.video.max_pixels == 12845056  # the video falls back
+    (folder / "video_preprocessor_config.json").write_text(
+        json.dumps({"size": {"shortest_edge": 100352, "longest_edge": 602112}})
+    )
+    assert vision_settings(data_args, tokenizer).video.max_pixels == 602112
+    (folder / "processor_config.json").write_text(
+        json.dumps({"video_processor": {"max_pixels": 4096 * 28 * 28}})
+    )
+    assert vision_settings(data_args, tokenizer).video.max_pixels == 4096 * 28 * 28
+    assert vision_settings(SimpleNamespace(template="qwen"), tokenizer) is None

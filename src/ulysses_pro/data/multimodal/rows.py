@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, RowRef
 from .media import resolve_media
 from .qwen_vl import ProcessorGeometry, VisionLimits, expand_placeholders, image_grid, video_grid
+
+logger = logging.getLogger(__name__)
 
 MEDIA_KINDS = ("images", "videos")
 # Templates whose placeholder rules are implemented (LLaMA-Factory's mm_plugin of the same template).
@@ -48,11 +51,38 @@ class VisionSettings:
     video: ProcessorGeometry
 
 
-def _geometry(path: Path, default: ProcessorGeometry) -> ProcessorGeometry:
-    """A processor's patch, merge and pixel bounds from its config file in the model folder."""
-    if not path.is_file():
+def _processor_config(model: str, kind: str) -> tuple[dict, str] | None:
+    """A processor's saved config and the file it came from, found as transformers looks for it
+    (a local folder or a hub id): `processor_config.json`'s nested entry first, then the video
+    processor's own file (videos), then `preprocessor_config.json`."""
+    from transformers.utils import cached_file
+
+    def read(filename: str) -> dict | None:
+        path = cached_file(model, filename, _raise_exceptions_for_missing_entries=False)
+        return json.loads(Path(path).read_text()) if path else None
+
+    nested = (read("processor_config.json") or {}).get(f"{kind}_processor")
+    if nested:
+        return nested, "processor_config.json"
+    for filename in (["video_preprocessor_config.json"] if kind == "video" else []) + [
+        "preprocessor_config.json"
+    ]:
+        config = read(filename)
+        if config is not None:
+            return config, filename
+    return None
+
+
+def _geometry(model: str, kind: str, default: ProcessorGeometry) -> ProcessorGeometry:
+    """A processor's patch, merge and pixel bounds as saved with the model, else transformers'
+    class defaults (said in the log: the counts then assume them)."""
+    found = _processor_config(model, kind)
+    if found is None:
+        logger.warning(
+            "%s: no %s processor config; counting with transformers' Qwen2-VL defaults", model, kind
+        )
         return default
-    config = json.loads(path.read_text())
+    config, _ = found
     size = config.get("size") or {}
     return ProcessorGeometry(
         patch_size=config.get("patch_size", default.patch_size),
@@ -65,11 +95,11 @@ def _geometry(path: Path, default: ProcessorGeometry) -> ProcessorGeometry:
 
 def vision_settings(data_args, tokenizer) -> VisionSettings | None:
     """For a vision template: the limits from the config and the geometry of the processors saved
-    with the model (`preprocessor_config.json`, `video_preprocessor_config.json`), else transformers'
-    Qwen2-VL defaults. None for a text template."""
+    with the model (found as transformers finds them), else transformers' Qwen2-VL defaults. None
+    for a text template."""
     if data_args.template not in VISION_TEMPLATES:
         return None
-    folder = Path(getattr(tokenizer, "name_or_path", "") or ".")
+    model = str(getattr(tokenizer, "name_or_path", "") or ".")
     limits = VisionLimits(
         image_max_pixels=data_args.image_max_pixels,
         image_min_pixels=data_args.image_min_pixels,
@@ -81,8 +111,8 @@ def vision_settings(data_args, tokenizer) -> VisionSettings | None:
     return VisionSettings(
         data_args.template,
         limits,
-        _geometry(folder / "preprocessor_config.json", ProcessorGeometry()),
-        _geometry(folder / "video_preprocessor_config.json", ProcessorGeometry.video_defaults()),
+        _geometry(model, "image", ProcessorGeometry()),
+        _geometry(model, "video", ProcessorGeometry.video_defaults()),
     )
 
 
