@@ -1,4 +1,4 @@
-"""`ulysses-pro train | plan | preview | export | convert | chat | make-tiny-model | env`, with torchrun self-launch."""
+"""`ulysses-pro train | plan | preview | export | convert | chat | api | make-tiny-model | env`, with torchrun self-launch."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ commands:
   export CONFIG.yaml [key=value ...]                merge LoRA into the base model, write a HF folder
   convert CHECKPOINT OUTPUT [--dtype bf16]           a sharded (FSDP2 / ZeRO) checkpoint as a HF folder
   chat CONFIG.yaml [key=value ...] [--prompt TEXT]  talk to the model (streamed), or answer once
+  api CONFIG.yaml [key=value ...] [--port 8000]     serve it over an OpenAI-compatible HTTP API
   preview CONFIG.yaml [key=value ...] [--rows N] [--jsonl OUT]
                                                     the first training rows as the model sees them
   make-tiny-model --arch ARCH --out DIR [options]    build a tiny random model locally
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         from .planner.report import run
 
         return run(rest)
-    if command in ("preview", "export", "chat", "convert"):
+    if command in ("preview", "export", "chat", "convert", "api"):
         return _input_command(command, rest)
     if command == "make-tiny-model":
         return make_tiny_model_command(rest)

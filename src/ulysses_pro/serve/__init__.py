@@ -1,0 +1,1 @@
+"""Serving a trained model: an OpenAI-compatible HTTP API (`ulysses-pro api`)."""

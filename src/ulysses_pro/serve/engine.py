@@ -1,0 +1,171 @@
+"""One loaded model answering chat requests, one at a time, from a bounded queue.
+
+The HTTP handlers never run the model: they put a request on the queue and read its answer (whole,
+or piece by piece while it streams). One worker thread takes requests in arrival order, so the
+model is never called from two threads at once and a request is never lost: it is answered, or
+refused at the door (`QueueFull`) when the queue is at its bound.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TextIteratorStreamer
+
+from ..data.templates import chat_format
+from ..models.loader import load_model, load_tokenizer
+
+
+class QueueFull(Exception):
+    """The request queue is at its bound (the server answers 503)."""
+
+
+class PromptTooLong(ValueError):
+    """The prompt leaves no room to answer within the model's length."""
+
+
+@dataclass
+class Sampling:
+    """One request's decoding: OpenAI's fields in transformers' terms."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+
+    def generate_kwargs(self) -> dict:
+        sampled = self.temperature > 0
+        kwargs = {"max_new_tokens": self.max_new_tokens, "do_sample": sampled}
+        if sampled:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        return kwargs
+
+
+@dataclass
+class Answer:
+    """What a request gets back: text pieces as they are decoded, then the whole and why it ended."""
+
+    pieces: queue.Queue = field(default_factory=queue.Queue)  # str pieces, then None
+    text: str = ""
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def stream(self) -> Iterator[str]:
+        while (piece := self.pieces.get()) is not None:
+            yield piece
+        if self.error is not None:
+            raise self.error
+
+
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was found."""
+    cuts = [text.index(s) for s in stops if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class ChatEngine:
+    """The model, its tokenizer and template, and the worker that runs them."""
+
+    def __init__(self, config, max_queue: int = 16):
+        self.tokenizer = load_tokenizer(config.model)
+        self.template = chat_format(self.tokenizer, config.data)
+        model = load_model(
+            config.model, config.finetuning, self.tokenizer, config.training, is_trainable=False
+        )
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        model.config.use_cache = True  # training switches the KV cache off; generation wants it
+        self.model = model.eval()
+        self.name = config.model.adapter_name_or_path or config.model.model_name_or_path
+        self.max_length = config.data.cutoff_len
+        self.default_max_new_tokens = config.generating.max_new_tokens
+        self._requests: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._worker = threading.Thread(target=self._serve, name="ulysses-pro-api-worker", daemon=True)
+        self._worker.start()
+
+    def prompt_ids(self, messages: list[dict], tools: str | None = None) -> list[int]:
+        return self.template.prompt_ids(self.tokenizer, messages, tools)
+
+    def submit(self, ids: list[int], sampling: Sampling) -> Answer:
+        """Queue a request; raises QueueFull instead of waiting when the queue is at its bound."""
+        room = self.max_length - len(ids)
+        if room < 1:
+            raise PromptTooLong(
+                f"the prompt is {len(ids)} tokens; this server answers within {self.max_length}"
+            )
+        sampling.max_new_tokens = min(sampling.max_new_tokens, room)
+        answer = Answer(prompt_tokens=len(ids))
+        try:
+            self._requests.put_nowait((ids, sampling, answer))
+        except queue.Full:
+            raise QueueFull(f"{self._requests.maxsize} requests are waiting; try again shortly") from None
+        return answer
+
+    def _serve(self) -> None:
+        while True:
+            ids, sampling, answer = self._requests.get()
+            try:
+                self._generate(ids, sampling, answer)
+            except BaseException as error:  # the request fails, the worker goes on
+                answer.error = error
+            finally:
+                answer.pieces.put(None)
+                answer.done.set()
+
+    @torch.no_grad()
+    def _generate(self, ids: list[int], sampling: Sampling, answer: Answer) -> None:
+        inputs = torch.tensor([ids], device=self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        produced: list[torch.Tensor] = []
+
+        def run() -> None:
+            produced.append(
+                self.model.generate(
+                    input_ids=inputs,
+                    attention_mask=torch.ones_like(inputs),
+                    streamer=streamer,
+                    eos_token_id=self.template.stop_token_ids(self.tokenizer),
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    # transformers ends generation at a stop string (it needs the tokenizer for that)
+                    **({"stop_strings": sampling.stop, "tokenizer": self.tokenizer} if sampling.stop else {}),
+                    **sampling.generate_kwargs(),
+                )
+            )
+
+        generation = threading.Thread(target=run)
+        generation.start()
+        text, sent = "", 0
+        for piece in streamer:
+            text += piece
+            # Hold back what could still be the start of a stop string; never send past one.
+            visible, stopped = cut_at_stop(text, sampling.stop)
+            safe = (
+                len(visible)
+                if stopped
+                else max(sent, len(visible) - max((len(s) for s in sampling.stop), default=0))
+            )
+            if safe > sent:
+                answer.pieces.put(visible[sent:safe])
+                sent = safe
+        generation.join()
+        visible, stopped = cut_at_stop(text, sampling.stop)
+        if len(visible) > sent:
+            answer.pieces.put(visible[sent:])
+        new_tokens = produced[0].shape[1] - inputs.shape[1] if produced else 0
+        ended_by_stop_token = produced and int(produced[0][0, -1]) in self.template.stop_token_ids(
+            self.tokenizer
+        )
+        answer.text = visible
+        answer.completion_tokens = int(new_tokens)
+        answer.finish_reason = (
+            "stop"
+            if stopped or ended_by_stop_token
+            else ("length" if new_tokens >= sampling.max_new_tokens else "stop")
+        )
