@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..parallel.reduce import IGNORE_INDEX
 from .chat_format import ChatFormat
 from .errors import DataError
-from .multimodal.rows import VisionSettings, expand_media
+from .multimodal.rows import VisionSettings, expand_media, fit_whole, mask_visual_tokens
 from .packing import Document, windows
 from .preference import kto_pieces, pair_pieces, pair_row
 from .truncation import supervised_row, turns_length
@@ -82,6 +82,9 @@ def llamafactory_rows(tokenizer, settings: EncodeSettings, item: Any) -> tuple[l
     template = settings.template
     item = expand_media(item, settings.vision)
     turns = template.turns(tokenizer, item, mask_history=settings.mask_history)
+    with_media = bool(getattr(item, "images", None) or getattr(item, "videos", None))
+    if with_media:
+        fit_whole(turns_length(turns), cutoff, item.ref)
     input_ids, labels = supervised_row(
         turns,
         cutoff,
@@ -90,6 +93,8 @@ def llamafactory_rows(tokenizer, settings: EncodeSettings, item: Any) -> tuple[l
         mask_history=settings.mask_history,
         efficient_eos_id=tokenizer.eos_token_id if template.efficient_eos else None,
     )
+    if with_media:
+        labels = mask_visual_tokens(tokenizer, input_ids, labels)
     return [{"input_ids": input_ids, "labels": labels}], turns_length(turns) > cutoff
 
 

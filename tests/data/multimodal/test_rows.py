@@ -113,8 +113,13 @@ def test_placeholders_become_masked_visual_tokens_and_preview_counts_them(tmp_pa
             {"template": "chatml"},
             "need a vision template",
         ),
+        (
+            {"messages": _chat("<image>", "a"), "images": ["wide.png"]},
+            {"cutoff_len": 40},
+            "over cutoff_len 40",
+        ),
     ],
-    ids=["too-many-placeholders", "too-few", "missing-file", "text-template"],
+    ids=["too-many-placeholders", "too-few", "missing-file", "text-template", "over-cutoff"],
 )
 def test_malformed_media_rows_stop_with_file_and_row(tmp_path, vision_tokenizer, row, keys, message):
     folder = _dataset(tmp_path, [row])
@@ -187,3 +192,17 @@ def test_processor_geometry_is_found_where_transformers_finds_it(tmp_path, visio
     )
     assert vision_settings(data_args, tokenizer).video.max_pixels == 4096 * 28 * 28
     assert vision_settings(SimpleNamespace(template="qwen"), tokenizer) is None
+
+
+def test_visual_tokens_stay_masked_when_the_prompt_trains(tmp_path, vision_tokenizer):
+    rows = [{"messages": _chat("look <image> here", "Both."), "images": ["wide.png"]}]
+    folder = _dataset(tmp_path, rows)
+    config = _config(vision_tokenizer, folder, tmp_path, train_on_prompt=True)
+    tokenizer, ((_, row),) = preview_rows(config, 1)
+    vision = {tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    labelled = [(token, label) for token, label in zip(row["input_ids"], row["labels"])]
+    assert any(token in vision for token, _ in labelled)
+    assert all(label == IGNORE_INDEX for token, label in labelled if token in vision)
+    assert (
+        sum(label != IGNORE_INDEX for token, label in labelled if token not in vision) > 5
+    )  # the prompt trains

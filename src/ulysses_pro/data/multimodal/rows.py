@@ -9,9 +9,20 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...parallel.reduce import IGNORE_INDEX
 from ..errors import DataError, RowRef
 from .media import resolve_media
-from .qwen_vl import ProcessorGeometry, VisionLimits, expand_placeholders, image_grid, video_grid
+from .qwen_vl import (
+    IMAGE_TOKEN,
+    VIDEO_TOKEN,
+    VISION_END,
+    VISION_START,
+    ProcessorGeometry,
+    VisionLimits,
+    expand_placeholders,
+    image_grid,
+    video_grid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,3 +139,23 @@ def expand_media(conversation, settings: VisionSettings | None):
     videos = [video_grid(path, settings.video, settings.limits, ref) for path in conversation.videos]
     messages = expand_placeholders(conversation.messages, images, videos, settings.image, ref)
     return dataclasses.replace(conversation, messages=messages)
+
+
+def fit_whole(tokens: int, cutoff_len: int, ref: RowRef) -> None:
+    """A row with media is never cut: a cut through its visual tokens (or past a placeholder) would
+    leave the model more or fewer image features than pad tokens."""
+    if tokens > cutoff_len:
+        raise DataError.at(
+            ref,
+            f"with its visual tokens the row is {tokens} tokens, over cutoff_len {cutoff_len}; raise "
+            "cutoff_len or lower image_max_pixels / video_max_pixels / video_maxlen",
+        )
+
+
+def mask_visual_tokens(tokenizer, input_ids: list[int], labels: list[int]) -> list[int]:
+    """Labels with every vision token masked (also under `train_on_prompt`): they are the model's
+    inputs, never its targets."""
+    vision = {
+        tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)
+    }
+    return [IGNORE_INDEX if token in vision else label for token, label in zip(input_ids, labels)]
