@@ -15,8 +15,7 @@ import torch
 from transformers import TextStreamer
 
 from ..config import ConfigError, load_config
-from ..data.templates import chat_format
-from ..models.loader import load_model, load_tokenizer
+from ..serve.engine import load_for_generation
 
 
 class Chat:
@@ -25,15 +24,7 @@ class Chat:
     def __init__(self, config):
         if not config.model.model_name_or_path:
             raise ConfigError("chat needs model_name_or_path")
-        self.tokenizer = load_tokenizer(config.model)
-        self.template = chat_format(self.tokenizer, config.data)
-        model = load_model(
-            config.model, config.finetuning, self.tokenizer, config.training, is_trainable=False
-        )
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        model.config.use_cache = True  # training switches the KV cache off; generation wants it
-        self.model = model.eval()
+        self.model, self.tokenizer, self.template = load_for_generation(config)
         self.generating = config.generating
         self.system = config.data.default_system
         self.history: list[dict] = []

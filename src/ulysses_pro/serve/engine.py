@@ -20,6 +20,18 @@ from ..data.templates import chat_format
 from ..models.loader import load_model, load_tokenizer
 
 
+def load_for_generation(config) -> tuple:
+    """(model, tokenizer, template) of a config, ready to generate: frozen, on the GPU when there is
+    one, in eval mode with the KV cache on (training switches it off). `chat` and `api` share it."""
+    tokenizer = load_tokenizer(config.model)
+    template = chat_format(tokenizer, config.data)
+    model = load_model(config.model, config.finetuning, tokenizer, config.training, is_trainable=False)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    model.config.use_cache = True
+    return model.eval(), tokenizer, template
+
+
 class QueueFull(Exception):
     """The request queue is at its bound (the server answers 503)."""
 
@@ -74,15 +86,7 @@ class ChatEngine:
     """The model, its tokenizer and template, and the worker that runs them."""
 
     def __init__(self, config, max_queue: int = 16):
-        self.tokenizer = load_tokenizer(config.model)
-        self.template = chat_format(self.tokenizer, config.data)
-        model = load_model(
-            config.model, config.finetuning, self.tokenizer, config.training, is_trainable=False
-        )
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        model.config.use_cache = True  # training switches the KV cache off; generation wants it
-        self.model = model.eval()
+        self.model, self.tokenizer, self.template = load_for_generation(config)
         self.name = config.model.adapter_name_or_path or config.model.model_name_or_path
         self.max_length = config.data.cutoff_len
         self.default_max_new_tokens = config.generating.max_new_tokens
