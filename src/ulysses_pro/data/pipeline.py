@@ -20,7 +20,7 @@ from .encoding import EncodeSettings, documents_of, encode_all, to_document
 from .errors import DataError, RowRef, SkippedRows
 from .formats import Conversation, to_conversation, to_prompt, to_text
 from .mixing import mix, mix_stream, parse_probabilities
-from .multimodal.rows import attach_media, media_columns, vision_settings
+from .multimodal.rows import attach_media, vision_settings
 from .packing import Document, PackingReport, pack_documents, report
 from .preference import KtoExample, PreferencePair, pair_kto, to_kto_example, to_preference_pair
 from .registry import load_dataset_specs
@@ -89,12 +89,6 @@ def check_sources(data_args, stage: str) -> None:
         for spec in load_dataset_specs(names, data_args.dataset_dir) if names else []:
             _check_layout(spec, stage)
             check_source(spec)
-
-
-def media_datasets(data_args) -> list[str]:
-    """The configured datasets whose rows carry images or videos."""
-    names = [n for n in (data_args.dataset, data_args.eval_dataset) if n]
-    return [spec.name for n in names for spec in load_dataset_specs(n, data_args.dataset_dir) if media_columns(spec)]
 
 
 def _convert(row, spec, ref, stage: str):

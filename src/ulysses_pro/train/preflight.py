@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
-from ..data.pipeline import check_sources, isolates_documents, media_datasets
+from ..data.multimodal.rows import media_datasets
+from ..data.pipeline import check_sources, isolates_documents
 from ..data.templates import chat_format
 from ..models.attention import attention_heads
 from ..models.families import meta_model, packing_problems, sequence_parallel_problems

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ulysses_pro.config.args import DataArguments
 from ulysses_pro.data.errors import DataError, RowRef
 from ulysses_pro.data.multimodal.media import resolve_media, sample_indices, video_frames, video_stream
 from ulysses_pro.data.multimodal.qwen_vl import (
@@ -23,6 +24,8 @@ from ulysses_pro.data.multimodal.qwen_vl import (
     video_grid,
 )
 
+# LLaMA-Factory's defaults, as the config keys carry them
+LF_LIMITS = VisionLimits.of(DataArguments())
 LF_MEDIA = Path(__file__).resolve().parents[4] / "shared" / "lf-data" / "mllm_demo_data"
 ROW = RowRef("demo.json", 0)
 
@@ -45,14 +48,14 @@ def _processor_grid(image, limits: VisionLimits) -> tuple[int, ...]:
 def test_image_token_counts_equal_the_processors_grid_after_llamafactorys_resize(tmp_path, size):
     path = tmp_path / "image.png"
     Image.new("RGB", size, (120, 30, 200)).save(path)
-    limits = VisionLimits()
+    limits = LF_LIMITS
     assert image_grid(path, ProcessorGeometry(), limits, ROW) == _processor_grid(Image.open(path), limits)
 
 
 @pytest.mark.skipif(not LF_MEDIA.is_dir(), reason="LLaMA-Factory's demo media not present")
 @pytest.mark.parametrize("name", ["1.jpg", "2.jpg", "3.jpg"])
 def test_llamafactory_demo_images_count_as_its_plugin_counts(name):
-    limits = VisionLimits()
+    limits = LF_LIMITS
     grid = image_grid(LF_MEDIA / name, ProcessorGeometry(), limits, ROW)
     assert grid == _processor_grid(Image.open(LF_MEDIA / name), limits)
     assert ProcessorGeometry().tokens(grid) == math.prod(grid) // 4 > 0
@@ -62,7 +65,7 @@ def test_llamafactory_demo_images_count_as_its_plugin_counts(name):
 @pytest.mark.parametrize("name", ["1.mp4", "2.avi", "3.mp4"])
 def test_llamafactory_demo_videos_sample_frames_as_its_plugin_does(name):
     pytest.importorskip("av")
-    limits = VisionLimits()
+    limits = LF_LIMITS
     stream = video_stream(LF_MEDIA / name, ROW)
     indices = sample_indices(stream, limits.video_fps, limits.video_maxlen)
     wanted = min(stream.frames, limits.video_maxlen, max(1, math.floor(stream.seconds * limits.video_fps)))
@@ -103,4 +106,9 @@ def test_a_missing_or_unreadable_media_file_names_the_row_and_where_it_looked(tm
         resolve_media(["ok.png", "gone.jpg"], tmp_path, ROW, "images")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="demo.json row 0: image .*broken.jpg: unreadable"):
-        image_grid(tmp_path / "broken.jpg", ProcessorGeometry(), VisionLimits(), ROW)
+        image_grid(tmp_path / "broken.jpg", ProcessorGeometry(), LF_LIMITS, ROW)
+
+
+def test_the_media_keys_default_to_llamafactorys_values():
+    """LLaMA-Factory's hparams/model_args.py (ff6d4d1): 768², 32², 256², 16² pixels, 2 fps, 128 frames."""
+    assert LF_LIMITS == VisionLimits(768 * 768, 32 * 32, 256 * 256, 16 * 16, 2.0, 128)

@@ -13,10 +13,13 @@ from PIL import Image
 
 from ulysses_pro.commands.preview import describe, preview_rows
 from ulysses_pro.config import ConfigError, load_config
+from ulysses_pro.config.args import DataArguments
 from ulysses_pro.data.errors import DataError
 from ulysses_pro.data.multimodal.qwen_vl import ProcessorGeometry, VisionLimits, regularized_size
 from ulysses_pro.parallel.reduce import IGNORE_INDEX
 
+# LLaMA-Factory's defaults, as the config keys carry them
+LF_LIMITS = VisionLimits.of(DataArguments())
 LF_DATA = Path(__file__).resolve().parents[4] / "shared" / "lf-data"
 QWEN_TOKENIZER = Path(__file__).resolve().parents[4] / "shared" / "lf-golden" / "tokenizers" / "qwen2.5"
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -32,7 +35,7 @@ def vision_tokenizer(tmp_path, tokenizer) -> str:
 
 
 def _image_tokens(size: tuple[int, int]) -> int:
-    limits, geometry = VisionLimits(), ProcessorGeometry()
+    limits, geometry = LF_LIMITS, ProcessorGeometry()
     return geometry.tokens(
         geometry.grid(*regularized_size(*size, limits.image_max_pixels, limits.image_min_pixels))
     )
@@ -158,7 +161,7 @@ def test_llamafactory_demo_rows_carry_the_visual_tokens_its_plugin_gives(tmp_pat
             geometry = ProcessorGeometry() if kind == "images" else ProcessorGeometry.video_defaults()
             grid = image_grid if kind == "images" else video_grid
             wanted = sum(
-                math.prod(grid(LF_DATA / path, geometry, VisionLimits(), RowRef("x", 0))) // 4
+                math.prod(grid(LF_DATA / path, geometry, LF_LIMITS, RowRef("x", 0))) // 4
                 for path in source[kind]
             )
             assert row["input_ids"].count(pad) == wanted > 0, ref
@@ -175,7 +178,7 @@ def test_processor_geometry_is_found_where_transformers_finds_it(tmp_path, visio
     folder = Path(vision_tokenizer)
     data_args = SimpleNamespace(
         template="qwen2_vl",
-        **{k: getattr(VisionLimits(), k) for k in VisionLimits.__dataclass_fields__},
+        **{k: getattr(LF_LIMITS, k) for k in VisionLimits.__dataclass_fields__},
     )
     tokenizer = SimpleNamespace(name_or_path=str(folder))
     settings = vision_settings(data_args, tokenizer)

@@ -32,14 +32,19 @@ IMAGE_TOKEN, VIDEO_TOKEN = "<|image_pad|>", "<|video_pad|>"
 
 @dataclass(frozen=True)
 class VisionLimits:
-    """LLaMA-Factory's keys for media size and sampling, with its defaults."""
+    """LLaMA-Factory's keys for media size and sampling (their defaults live with the config keys,
+    `config.args.DataArguments`)."""
 
-    image_max_pixels: int = 768 * 768
-    image_min_pixels: int = 32 * 32
-    video_max_pixels: int = 256 * 256
-    video_min_pixels: int = 16 * 16
-    video_fps: float = 2.0
-    video_maxlen: int = 128
+    image_max_pixels: int
+    image_min_pixels: int
+    video_max_pixels: int
+    video_min_pixels: int
+    video_fps: float
+    video_maxlen: int
+
+    @classmethod
+    def of(cls, data_args) -> VisionLimits:
+        return cls(**{name: getattr(data_args, name) for name in cls.__dataclass_fields__})
 
 
 def regularized_size(width: int, height: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ...parallel.reduce import IGNORE_INDEX
 from ..errors import DataError, RowRef
+from ..registry import load_dataset_specs
 from .media import resolve_media
 from .qwen_vl import (
     IMAGE_TOKEN,
@@ -34,6 +35,17 @@ VISION_TEMPLATES = {"qwen2_vl": "Qwen2-VL, Qwen2.5-VL"}
 def media_columns(spec) -> dict[str, str]:
     """The dataset's mapped media columns, by kind."""
     return {kind: spec.column(kind) for kind in MEDIA_KINDS if spec.column(kind)}
+
+
+def media_datasets(data_args) -> list[str]:
+    """The configured datasets whose rows carry images or videos."""
+    names = [n for n in (data_args.dataset, data_args.eval_dataset) if n]
+    return [
+        spec.name
+        for n in names
+        for spec in load_dataset_specs(n, data_args.dataset_dir)
+        if media_columns(spec)
+    ]
 
 
 def attach_media(item, row: dict, spec, data_args, ref: RowRef, stage: str):
@@ -111,14 +123,7 @@ def vision_settings(data_args, tokenizer) -> VisionSettings | None:
     if data_args.template not in VISION_TEMPLATES:
         return None
     model = str(getattr(tokenizer, "name_or_path", "") or ".")
-    limits = VisionLimits(
-        image_max_pixels=data_args.image_max_pixels,
-        image_min_pixels=data_args.image_min_pixels,
-        video_max_pixels=data_args.video_max_pixels,
-        video_min_pixels=data_args.video_min_pixels,
-        video_fps=data_args.video_fps,
-        video_maxlen=data_args.video_maxlen,
-    )
+    limits = VisionLimits.of(data_args)
     return VisionSettings(
         data_args.template,
         limits,
