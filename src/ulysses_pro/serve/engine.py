@@ -127,6 +127,7 @@ class ChatEngine:
     def _generate(self, ids: list[int], sampling: Sampling, answer: Answer) -> None:
         inputs = torch.tensor([ids], device=self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop_ids = self.template.stop_token_ids(self.tokenizer)
         produced: list[torch.Tensor] = []
 
         def run() -> None:
@@ -135,7 +136,7 @@ class ChatEngine:
                     input_ids=inputs,
                     attention_mask=torch.ones_like(inputs),
                     streamer=streamer,
-                    eos_token_id=self.template.stop_token_ids(self.tokenizer),
+                    eos_token_id=stop_ids,
                     pad_token_id=self.tokenizer.pad_token_id,
                     # transformers ends generation at a stop string (it needs the tokenizer for that)
                     **({"stop_strings": sampling.stop, "tokenizer": self.tokenizer} if sampling.stop else {}),
@@ -163,13 +164,8 @@ class ChatEngine:
         if len(visible) > sent:
             answer.pieces.put(visible[sent:])
         new_tokens = produced[0].shape[1] - inputs.shape[1] if produced else 0
-        ended_by_stop_token = produced and int(produced[0][0, -1]) in self.template.stop_token_ids(
-            self.tokenizer
-        )
+        ended_by_stop_token = bool(produced) and int(produced[0][0, -1]) in stop_ids
         answer.text = visible
         answer.completion_tokens = int(new_tokens)
-        answer.finish_reason = (
-            "stop"
-            if stopped or ended_by_stop_token
-            else ("length" if new_tokens >= sampling.max_new_tokens else "stop")
-        )
+        cut_by_length = not (stopped or ended_by_stop_token) and new_tokens >= sampling.max_new_tokens
+        answer.finish_reason = "length" if cut_by_length else "stop"

@@ -109,14 +109,14 @@ def sample_indices(stream: VideoStream, video_fps: float, video_maxlen: int) -> 
 
 def video_frames(path: Path, indices: list[int], row: RowRef) -> list:
     """The frames at `indices` as PIL images, decoded in one pass."""
-    wanted = set(indices)
+    wanted, last = set(indices), max(indices)
     container, stream = _open_video(path, row)
     frames = []
     try:
         for index, frame in enumerate(container.decode(stream)):
             if index in wanted:
                 frames.append(frame.to_image())
-            if index >= max(indices):
+            if index >= last:
                 break
     finally:
         container.close()
