@@ -1,4 +1,4 @@
-"""`ulysses-pro train | plan | preview | export | convert | chat | api | make-tiny-model | env`, with torchrun self-launch."""
+"""`ulysses-pro train | plan | preview | export | convert | chat | api | webui | make-tiny-model | env`, with torchrun self-launch."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ commands:
   convert CHECKPOINT OUTPUT [--dtype bf16]           a sharded (FSDP2 / ZeRO) checkpoint as a HF folder
   chat CONFIG.yaml [key=value ...] [--prompt TEXT]  talk to the model (streamed), or answer once
   api CONFIG.yaml [key=value ...] [--port 8000]     serve it over an OpenAI-compatible HTTP API
+  webui [--host 127.0.0.1] [--port 7860] [--runs-dir DIR]
+                                                    a web board: configure, start, watch, chat, export
   preview CONFIG.yaml [key=value ...] [--rows N] [--jsonl OUT]
                                                     the first training rows as the model sees them
   make-tiny-model --arch ARCH --out DIR [options]    build a tiny random model locally
@@ -100,10 +102,12 @@ def train(arguments: list[str]) -> int:
         return INPUT_ERROR_EXIT
     if nproc:
         return relaunch(nproc, arguments)
+    from .train.metrics_log import MetricsLog
     from .train.stages import run_stage
 
     try:
-        run_stage(config)
+        # trainer_log.jsonl: what `webui` (and anyone tailing the run) reads while it trains
+        run_stage(config, callbacks=[MetricsLog()])
     except (ConfigError, DataError, CheckpointError) as err:
         report_failure(f"{type(err).__name__}: {err}")
         return INPUT_ERROR_EXIT
@@ -213,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(rest)
     if command in ("preview", "export", "chat", "convert", "api"):
         return _input_command(command, rest)
+    if command == "webui":
+        _setup_logging()
+        from .commands.webui import run as webui
+
+        return webui(rest)
     if command == "make-tiny-model":
         return make_tiny_model_command(rest)
     if command == "env":
