@@ -158,6 +158,10 @@ class FinetuningArguments:
     )
     freeze_trainable_modules: str = "all"
     freeze_extra_modules: str | None = None
+    # Vision-language models (LLaMA-Factory's keys and defaults; models/multimodal/freezing.py).
+    freeze_vision_tower: bool = True
+    freeze_multi_modal_projector: bool = True
+    freeze_language_model: bool = False
     plot_loss: bool = False
     # dpo / kto / rm (LLaMA-Factory's keys and defaults).
     pref_beta: float = 0.1

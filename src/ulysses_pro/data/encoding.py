@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..parallel.reduce import IGNORE_INDEX
 from .chat_format import ChatFormat
 from .errors import DataError
-from .multimodal.rows import VisionSettings, expand_media, fit_whole, mask_visual_tokens
+from .multimodal.rows import MEDIA_KINDS, VisionSettings, expand_media, fit_whole, mask_visual_tokens
 from .packing import Document, windows
 from .preference import kto_pieces, pair_pieces, pair_row
 from .truncation import supervised_row, turns_length
@@ -52,6 +52,9 @@ def to_document(row: dict) -> Document:
             document[prefix + "shift_labels"] = list(labels[1:]) + [IGNORE_INDEX]
     if "kto_tag" in row:
         document["kto_label"] = row["kto_tag"]
+    for kind in MEDIA_KINDS:
+        if kind in row:
+            document[kind] = list(row[kind])
     return document
 
 
@@ -80,9 +83,9 @@ def llamafactory_rows(tokenizer, settings: EncodeSettings, item: Any) -> tuple[l
     if stage == "kto":
         raise ValueError("KTO rows are paired across the dataset; use preference.pair_kto")
     template = settings.template
-    item = expand_media(item, settings.vision)
+    item, images, videos = expand_media(item, settings.vision)
     turns = template.turns(tokenizer, item, mask_history=settings.mask_history)
-    with_media = bool(getattr(item, "images", None) or getattr(item, "videos", None))
+    with_media = bool(images or videos)
     if with_media:
         fit_whole(turns_length(turns), cutoff, item.ref)
     input_ids, labels = supervised_row(
@@ -93,9 +96,10 @@ def llamafactory_rows(tokenizer, settings: EncodeSettings, item: Any) -> tuple[l
         mask_history=settings.mask_history,
         efficient_eos_id=tokenizer.eos_token_id if template.efficient_eos else None,
     )
+    row = {"input_ids": input_ids, "labels": labels}
     if with_media:
-        labels = mask_visual_tokens(tokenizer, input_ids, labels)
-    return [{"input_ids": input_ids, "labels": labels}], turns_length(turns) > cutoff
+        row.update(labels=mask_visual_tokens(tokenizer, input_ids, labels), images=images, videos=videos)
+    return [row], turns_length(turns) > cutoff
 
 
 @dataclass

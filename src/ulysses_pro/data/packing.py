@@ -96,6 +96,9 @@ def pack_documents(documents: list[Document], capacity: int, *, isolate: bool) -
             row["shift_labels"] += doc["shift_labels"]
             row["position_ids"] += list(range(start, start + len(doc["input_ids"])))
             row["document_lengths"].append(len(doc["input_ids"]))
+            for kind in ("images", "videos"):  # a row's media, in the order of its visual tokens
+                if kind in doc:
+                    row.setdefault(kind, []).extend(doc[kind])
         rows.append(row)
     return rows
 

@@ -20,7 +20,7 @@ from .encoding import EncodeSettings, documents_of, encode_all, to_document
 from .errors import DataError, RowRef, SkippedRows
 from .formats import Conversation, to_conversation, to_prompt, to_text
 from .mixing import mix, mix_stream, parse_probabilities
-from .multimodal.rows import attach_media, vision_settings
+from .multimodal.rows import MediaTable, attach_media, vision_settings, with_media_columns
 from .packing import Document, PackingReport, pack_documents, report
 from .preference import KtoExample, PreferencePair, pair_kto, to_kto_example, to_preference_pair
 from .registry import load_dataset_specs
@@ -35,6 +35,10 @@ class TokenizedDataset(Dataset):
     """Rows of token ids, held column-wise (`ColumnarRows`), and for token stages what packing cost."""
 
     def __init__(self, rows: list[Document] | ColumnarRows, packing_report: PackingReport | None = None):
+        # Images and videos are objects, not token ids: the store holds their indices in one table.
+        self.media = None
+        if not isinstance(rows, ColumnarRows):
+            self.media, rows = MediaTable.detach(rows)
         self.store = rows if isinstance(rows, ColumnarRows) else ColumnarRows.from_rows(rows)
         self.packing_report = packing_report
 
@@ -42,7 +46,8 @@ class TokenizedDataset(Dataset):
         return len(self.store)
 
     def __getitem__(self, index: int) -> Document:
-        return self.store[index]
+        row = self.store[index]
+        return self.media.attach(row) if self.media else row
 
     @property
     def rows(self) -> list[Document]:
@@ -237,6 +242,7 @@ def _tokenize(
         logger.info("%s: %d preference pairs, %s", desc, len(kept), _cut_share(kept, settings.cutoff_len))
         return TokenizedDataset([r.outputs[0] for _, r in kept])
     documents, cut = documents_of([r for _, r in kept])
+    documents = with_media_columns(documents)
     rows = (
         pack_documents(documents, settings.cutoff_len, isolate=isolates_documents(data_args, settings.stage))
         if packing

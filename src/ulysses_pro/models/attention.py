@@ -106,6 +106,14 @@ def _attention_function(layout: SequenceParallelLayout):
     def attention(
         module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
     ):
+        if getattr(module, "is_causal", True) is False:
+            # An encoder inside the model (a VLM's vision tower) attends within one image or video,
+            # whole on the rank that encodes it (models/multimodal): not split, PyTorch's SDPA.
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=False
+            )
         if dropout and module.training:
             raise ValueError(
                 "attention dropout is not supported with sequence parallelism; set attention_dropout: 0"

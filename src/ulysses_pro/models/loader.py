@@ -8,6 +8,7 @@ import re
 import torch
 from torch import nn
 
+from .multimodal.freezing import freeze_parts, lora_targets
 from .vocabulary import (
     embedding_module_names,
     embedding_rows,
@@ -106,6 +107,16 @@ def compute_dtype_for(training_args, finetuning_args=None) -> torch.dtype:
     return torch.float32
 
 
+def auto_model_class(config):
+    """transformers' auto class for this config: image-text-to-text for a vision-language model
+    (its language model alone would drop the vision tower), else causal LM."""
+    import transformers
+
+    if getattr(config, "vision_config", None) is not None:
+        return transformers.AutoModelForImageTextToText
+    return transformers.AutoModelForCausalLM
+
+
 def load_model(
     model_args, finetuning_args, tokenizer, training_args, *, is_trainable: bool = True
 ) -> nn.Module:
@@ -130,21 +141,17 @@ def load_model(
         model = build_tiny_model(arch, tokenizer, seed=seed, **overrides)
         model = model.to(dtype)
     elif model_args.train_from_scratch:
-        from transformers import AutoModelForCausalLM
-
         # LLaMA-Factory's train_from_scratch: the architecture from config.json, fresh weights.
         config = load_model_config(model_args)
         kwargs = {"attn_implementation": attn} if attn else {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModelForCausalLM.from_config(
+            model = auto_model_class(config).from_config(
                 config, dtype=dtype, trust_remote_code=model_args.trust_remote_code, **kwargs
             )
     else:
-        from transformers import AutoModelForCausalLM
-
         kwargs = {"attn_implementation": attn} if attn else {}
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_model_class(load_model_config(model_args)).from_pretrained(
             path,
             dtype=dtype,
             trust_remote_code=model_args.trust_remote_code,
@@ -222,9 +229,11 @@ def _apply_finetuning(model, model_args, finetuning_args, is_trainable: bool):
         return _load_adapters(model, adapters, resume_last=False)
     if kind == "full":
         model.requires_grad_(True)
+        freeze_parts(model, finetuning_args)
         return model
     if kind == "freeze":
         _freeze(model, finetuning_args)
+        freeze_parts(model, finetuning_args)
         return model
     return _lora(model, model_args, finetuning_args, adapters)
 
@@ -273,7 +282,7 @@ def _lora(model, model_args, finetuning_args, adapters: list[str]):
         r=finetuning_args.lora_rank,
         lora_alpha=finetuning_args.lora_alpha or 2 * finetuning_args.lora_rank,
         lora_dropout=finetuning_args.lora_dropout,
-        target_modules=modules,
+        target_modules=lora_targets(model, modules, finetuning_args),
         modules_to_save=_modules_to_save(model, model_args, finetuning_args),
         use_rslora=finetuning_args.use_rslora,
         use_dora=finetuning_args.use_dora,

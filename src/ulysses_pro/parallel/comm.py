@@ -82,6 +82,40 @@ def all_gather_sequence(x: torch.Tensor, group: dist.ProcessGroup | None) -> tor
     return torch.cat(pieces, dim=1)
 
 
+class _GatherRows(torch.autograd.Function):
+    """Every rank's (n_r, d) rows, concatenated in rank order; n_r may differ per rank. Backward:
+    each rank's rows feed every rank's loss, so their gradient is the sum over ranks (an all-reduce
+    of the whole gradient, of which each rank keeps its own rows)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        size = dist.get_world_size(group)
+        counts = torch.tensor([x.shape[0]], device=x.device)
+        all_counts = [torch.empty_like(counts) for _ in range(size)]
+        dist.all_gather(all_counts, counts, group=group)
+        counts_list = [int(c) for c in all_counts]
+        padded = x.new_zeros((max(counts_list), *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        pieces = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(pieces, padded.contiguous(), group=group)
+        ctx.group, ctx.counts, ctx.rank = group, counts_list, dist.get_rank(group)
+        return torch.cat([piece[:count] for piece, count in zip(pieces, counts_list)])
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start : start + ctx.counts[ctx.rank]], None
+
+
+def gather_rows(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Differentiable all-gather of a variable number of rows per rank (see `_GatherRows`)."""
+    if _group_size(group) == 1:
+        return x
+    return _GatherRows.apply(x, group)
+
+
 class PendingShift:
     """Posted ring sends/receives; `wait()` returns the received tensors."""
 

@@ -61,6 +61,17 @@ def shard_indices(
     return torch.cat([torch.arange(start, stop, device=device) for start, stop in runs])
 
 
+# Batch entries that are not per token even when a dimension happens to equal the sequence length:
+# vision patches (patches, C x T x P x P) and grids. The vision tower shares them out by item.
+WHOLE_ITEMS = frozenset({"pixel_values", "pixel_values_videos", "image_grid_thw", "video_grid_thw"})
+# Per-token entries whose padding is not 0: no target, and no visual feature.
+PAD_FILL = {"shift_labels": IGNORE_INDEX, "image_feature_index": -1, "video_feature_index": -1}
+
+
+def _per_token(key: str, tensor: torch.Tensor, length: int) -> bool:
+    return key not in WHOLE_ITEMS and tensor.dim() >= 2 and tensor.shape[1] == length
+
+
 def pad_for_sequence_parallel(
     batch: dict[str, torch.Tensor], unit: int, pad_token_id: int
 ) -> dict[str, torch.Tensor]:
@@ -74,18 +85,21 @@ def pad_for_sequence_parallel(
     extra = padded_length(length, unit) - length
     if extra == 0:
         return dict(batch)
-    fill = {"input_ids": pad_token_id, "shift_labels": IGNORE_INDEX}  # any other per-token tensor: 0
+    fill = {**PAD_FILL, "input_ids": pad_token_id}  # any other per-token tensor: 0
     out = {}
     for key, tensor in batch.items():
-        if tensor.dim() < 2 or tensor.shape[1] != length:
-            out[key] = tensor  # per-row values (labels of whole sequences) are not split
+        if not _per_token(key, tensor, length):
+            out[key] = tensor  # per-row values (labels of whole sequences) and media are not split
         elif key == "position_ids":
             step = torch.arange(1, extra + 1, dtype=tensor.dtype, device=tensor.device)
             tail = tensor[:, -1:] + step
             out[key] = torch.cat([tensor, tail], dim=1)
         else:
             tail = torch.full(
-                (tensor.shape[0], extra), fill.get(key, 0), dtype=tensor.dtype, device=tensor.device
+                (tensor.shape[0], extra, *tensor.shape[2:]),
+                fill.get(key, 0),
+                dtype=tensor.dtype,
+                device=tensor.device,
             )
             out[key] = torch.cat([tensor, tail], dim=1)
     return out
@@ -99,7 +113,7 @@ def split_for_sequence_parallel(
     device = batch["input_ids"].device
     index = shard_indices(length, ulysses_size, ring_size, ulysses_rank, ring_rank, device=device)
     return {
-        key: tensor.index_select(1, index) if tensor.dim() >= 2 and tensor.shape[1] == length else tensor
+        key: tensor.index_select(1, index) if _per_token(key, tensor, length) else tensor
         for key, tensor in batch.items()
     }
 

@@ -16,6 +16,7 @@ from ..data.templates import chat_format
 from ..models.attention import attention_heads
 from ..models.families import meta_model, packing_problems, sequence_parallel_problems
 from ..models.loader import load_model_config, load_tokenizer
+from ..models.multimodal import WIRED_VISION_FAMILIES
 from ..models.recurrent import recurrent_mixers
 from ..parallel.mesh import resolve_degrees
 
@@ -117,6 +118,41 @@ def check_family(config: RunConfig, model_config) -> None:
             )
 
 
+def check_media(config: RunConfig, model_config) -> None:
+    """Image and video datasets against the model and stage, and a vision-language model against
+    what is wired for it."""
+    media = media_datasets(config.data)
+    stage = config.finetuning.stage
+    model_type = getattr(model_config, "model_type", "?")
+    vision_language = getattr(model_config, "vision_config", None) is not None
+    if media:
+        where = f"{_where(config, 'dataset')}: dataset: {', '.join(media)}: images/videos columns"
+        if not vision_language:
+            raise ConfigError(
+                f"{where}, but the model ({model_type}) has no vision tower; use a vision-language model "
+                f"({', '.join(WIRED_VISION_FAMILIES)})"
+            )
+        if stage != "sft":
+            raise ConfigError(f"{where}: stage {stage} with images or videos is not built yet (sft is)")
+        for key in ("streaming", "tokenized_path"):
+            if getattr(config.data, key):
+                raise ConfigError(
+                    f"{_where(config, key)}: {key} with images/videos is not built yet; remove {key}"
+                )
+    if vision_language and model_type not in WIRED_VISION_FAMILIES:
+        raise ConfigError(
+            f"{_where(config, 'model_name_or_path')}: vision-language model {model_type}: its vision tower "
+            f"and multimodal positions are not wired yet (covered: {', '.join(WIRED_VISION_FAMILIES)})"
+        )
+    if vision_language and stage not in ("sft", "pt") and (
+        config.parallel.sequence_parallel_size > 1 or packs_separate_documents(config)
+    ):
+        raise ConfigError(
+            f"{_where(config, 'stage')}: stage {stage} with a vision-language model under sequence "
+            "parallelism or packing is not built yet (sft is)"
+        )
+
+
 def _zero3(config: RunConfig) -> bool:
     if not config.training.deepspeed:
         return False
@@ -141,13 +177,7 @@ def preflight(config: RunConfig, world_size: int, tokenizer=None) -> None:
     try:
         if config.training.do_train or config.training.do_eval:
             check_sources(config.data, config.finetuning.stage)
-            media = media_datasets(config.data)
-            if media:
-                raise ConfigError(
-                    f"{_where(config, 'dataset')}: dataset: {', '.join(media)}: images/videos columns: "
-                    "training vision-language models is not built yet (the vision tower under sequence "
-                    "parallelism comes next); `ulysses-pro preview` shows these rows with their visual tokens"
-                )
+            check_media(config, model_config)
         if config.data.template:
             # A tokenizer is cheap to load, and it decides whether the template's tokens exist.
             chat_format(tokenizer or load_tokenizer(config.model), config.data)

@@ -34,6 +34,7 @@ from .plotting import plot_loss
 from .preflight import packs_separate_documents, preflight
 from .reference import ReferenceModel, partitioned_for_inference
 from .trainer import UlyssesTrainer
+from .vision import text_only, wire_vision
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,13 @@ def run_workflow(
         args=args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval,
-        data_collator=collator_class(tokenizer.pad_token_id, document_lengths=bool(args.neftune_noise_alpha)),
+        data_collator=wire_vision(
+            config,
+            model,
+            tokenizer,
+            collator_class(tokenizer.pad_token_id, document_lengths=bool(args.neftune_noise_alpha)),
+            layout,
+        ),
         processing_class=tokenizer,
         # The guard first: later callbacks (and the optimizer) see the gradients it leaves.
         callbacks=[*pro["callbacks"], *(callbacks or [])],
@@ -256,6 +263,7 @@ def run_workflow(
     if configure_trainer is not None:
         configure_trainer(trainer, bundle, config)
     # A reward model scores answers; it does not write them.
+    bundle.sample_prompts = text_only(bundle.sample_prompts)
     show_samples = (
         trainer.is_world_process_zero()
         and bundle.sample_prompts

@@ -19,9 +19,9 @@ from ulysses_pro.data.multimodal.qwen_vl import (
     ProcessorGeometry,
     VisionLimits,
     expand_placeholders,
-    image_grid,
+    image_input,
     regularize_image,
-    video_grid,
+    video_input,
 )
 
 # LLaMA-Factory's defaults, as the config keys carry them
@@ -49,14 +49,14 @@ def test_image_token_counts_equal_the_processors_grid_after_llamafactorys_resize
     path = tmp_path / "image.png"
     Image.new("RGB", size, (120, 30, 200)).save(path)
     limits = LF_LIMITS
-    assert image_grid(path, ProcessorGeometry(), limits, ROW) == _processor_grid(Image.open(path), limits)
+    assert image_input(path, ProcessorGeometry(), limits, ROW).grid == _processor_grid(Image.open(path), limits)
 
 
 @pytest.mark.skipif(not LF_MEDIA.is_dir(), reason="LLaMA-Factory's demo media not present")
 @pytest.mark.parametrize("name", ["1.jpg", "2.jpg", "3.jpg"])
 def test_llamafactory_demo_images_count_as_its_plugin_counts(name):
     limits = LF_LIMITS
-    grid = image_grid(LF_MEDIA / name, ProcessorGeometry(), limits, ROW)
+    grid = image_input(LF_MEDIA / name, ProcessorGeometry(), limits, ROW).grid
     assert grid == _processor_grid(Image.open(LF_MEDIA / name), limits)
     assert ProcessorGeometry().tokens(grid) == math.prod(grid) // 4 > 0
 
@@ -73,7 +73,7 @@ def test_llamafactory_demo_videos_sample_frames_as_its_plugin_does(name):
     frames = video_frames(LF_MEDIA / name, indices, ROW)
     assert len(frames) == len(indices)  # every sampled index decodes
     geometry = ProcessorGeometry.video_defaults()
-    grid = video_grid(LF_MEDIA / name, geometry, limits, ROW)
+    grid = video_input(LF_MEDIA / name, geometry, limits, ROW).grid
     assert grid[0] == (len(indices) + 1) // 2  # frame pairs, an odd count padded
     first = regularize_image(frames[0], limits.video_max_pixels, limits.video_min_pixels)
     assert grid[1:] == geometry.grid(first.width, first.height)[1:]  # the decoded frame's size agrees
@@ -106,7 +106,7 @@ def test_a_missing_or_unreadable_media_file_names_the_row_and_where_it_looked(tm
         resolve_media(["ok.png", "gone.jpg"], tmp_path, ROW, "images")
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(DataError, match="demo.json row 0: image .*broken.jpg: unreadable"):
-        image_grid(tmp_path / "broken.jpg", ProcessorGeometry(), LF_LIMITS, ROW)
+        image_input(tmp_path / "broken.jpg", ProcessorGeometry(), LF_LIMITS, ROW)
 
 
 def test_the_media_keys_default_to_llamafactorys_values():

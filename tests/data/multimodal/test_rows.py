@@ -130,15 +130,22 @@ def test_malformed_media_rows_stop_with_file_and_row(tmp_path, vision_tokenizer,
         preview_rows(_config(vision_tokenizer, folder, tmp_path, **keys), 1)
 
 
-def test_training_on_media_is_refused_by_name_before_anything_loads(tmp_path, vision_tokenizer):
+def test_media_without_a_vision_model_or_in_another_stage_is_refused_by_name_before_loading(
+    tmp_path, vision_tokenizer
+):
     from ulysses_pro.train.preflight import preflight
 
+    from ...media_fixtures import write_vision_model
+
     folder = _dataset(tmp_path, [{"messages": _chat("<image>", "a"), "images": ["wide.png"]}])
-    config = _config("tiny:llama", folder, tmp_path)
-    with pytest.raises(
-        ConfigError, match="dataset: pictures: images/videos columns: training vision-language"
-    ):
-        preflight(config, 1)
+    with pytest.raises(ConfigError, match="dataset: pictures: images/videos columns, but the model .* no vision tower"):
+        preflight(_config("tiny:llama", folder, tmp_path), 1)
+    model = str(write_vision_model(tmp_path / "vl"))
+    preflight(_config(model, folder, tmp_path), 1)  # sft on a wired vision-language model: fine
+    with pytest.raises(ConfigError, match="stage pt with images or videos is not built yet"):
+        preflight(_config(model, folder, tmp_path, stage="pt"), 1)
+    with pytest.raises(ConfigError, match="streaming with images/videos is not built yet"):
+        preflight(_config(model, folder, tmp_path, streaming=True, max_steps=1), 1)
     from ulysses_pro.data.pipeline import load_rows
 
     with pytest.raises(DataError, match="stage grpo does not take media yet"):
@@ -149,7 +156,7 @@ def test_training_on_media_is_refused_by_name_before_anything_loads(tmp_path, vi
 def test_llamafactory_demo_rows_carry_the_visual_tokens_its_plugin_gives(tmp_path):
     pytest.importorskip("av")
     from ulysses_pro.data.errors import RowRef
-    from ulysses_pro.data.multimodal.qwen_vl import image_grid, video_grid
+    from ulysses_pro.data.multimodal.qwen_vl import image_input, video_input
 
     for dataset, kind, rows_wanted in (("mllm_demo", "images", 6), ("mllm_video_demo", "videos", 3)):
         config = _config(str(QWEN_TOKENIZER), LF_DATA, tmp_path, dataset=dataset)
@@ -159,9 +166,9 @@ def test_llamafactory_demo_rows_carry_the_visual_tokens_its_plugin_gives(tmp_pat
         pad = tokenizer.convert_tokens_to_ids("<|image_pad|>" if kind == "images" else "<|video_pad|>")
         for (ref, row), source in zip(rows, raw):
             geometry = ProcessorGeometry() if kind == "images" else ProcessorGeometry.video_defaults()
-            grid = image_grid if kind == "images" else video_grid
+            read = image_input if kind == "images" else video_input
             wanted = sum(
-                math.prod(grid(LF_DATA / path, geometry, LF_LIMITS, RowRef("x", 0))) // 4
+                math.prod(read(LF_DATA / path, geometry, LF_LIMITS, RowRef("x", 0)).grid) // 4
                 for path in source[kind]
             )
             assert row["input_ids"].count(pad) == wanted > 0, ref

@@ -117,26 +117,43 @@ class ProcessorGeometry:
         return math.prod(grid) // self.merge_size**2
 
 
-def image_grid(
-    path: Path, geometry: ProcessorGeometry, limits: VisionLimits, row: RowRef
-) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class VisualInput:
+    """One image or video of a row, as encoding decided it: the file, LLaMA-Factory's resize, the
+    processor grid (t, h, w) and, for a video, the sampled frames and the seconds one temporal
+    patch spans (M-RoPE spaces video positions by it). Pixels are read from this when a batch is
+    built, so rows hold paths and numbers, never pixels."""
+
+    kind: str  # "image" or "video"
+    path: str
+    size: tuple[int, int]  # (width, height) after LLaMA-Factory's resize, before the processor's
+    grid: tuple[int, int, int]
+    frames: tuple[int, ...] = ()
+    seconds_per_grid: float = 0.0
+
+
+def image_input(path: Path, geometry: ProcessorGeometry, limits: VisionLimits, row: RowRef) -> VisualInput:
     image = open_image(path, row)
-    width, height = regularized_size(
-        image.width, image.height, limits.image_max_pixels, limits.image_min_pixels
-    )
-    return geometry.grid(width, height)
+    size = regularized_size(image.width, image.height, limits.image_max_pixels, limits.image_min_pixels)
+    return VisualInput("image", str(path), size, geometry.grid(*size))
 
 
-def video_grid(
-    path: Path, geometry: ProcessorGeometry, limits: VisionLimits, row: RowRef
-) -> tuple[int, int, int]:
+def video_input(path: Path, geometry: ProcessorGeometry, limits: VisionLimits, row: RowRef) -> VisualInput:
     stream = video_stream(path, row)
-    frames = len(sample_indices(stream, limits.video_fps, limits.video_maxlen))
-    frames += frames % 2  # the last frame repeated: the temporal patch takes two
-    width, height = regularized_size(
-        stream.width, stream.height, limits.video_max_pixels, limits.video_min_pixels
+    indices = sample_indices(stream, limits.video_fps, limits.video_maxlen)
+    frames = len(indices) + len(indices) % 2  # the last frame repeated: the temporal patch takes two
+    size = regularized_size(stream.width, stream.height, limits.video_max_pixels, limits.video_min_pixels)
+    # LLaMA-Factory's fps of the sampled frames (`_regularize_videos`): frames per second of the
+    # stream's duration, or `video_fps` when the container states none.
+    fps = len(indices) / stream.seconds if stream.seconds > 0 else limits.video_fps
+    return VisualInput(
+        "video",
+        str(path),
+        size,
+        geometry.grid(*size, frames),
+        tuple(indices),
+        geometry.temporal_patch_size / fps,
     )
-    return geometry.grid(width, height, frames)
 
 
 def expand_placeholders(
@@ -148,7 +165,7 @@ def expand_placeholders(
 ) -> list[dict[str, str]]:
     """The messages with each `<image>` / `<video>` replaced by its visual tokens, in order; the
     placeholders must match the row's media one for one."""
-    expanded, images, videos = [], 0, 0
+    expanded, images_used, videos_used = [], 0, 0
     for message in messages:
         content = message["content"]
         pieces = []
@@ -160,7 +177,7 @@ def expand_placeholders(
                 break
             at, kind = min(hits)
             pieces.append(content[:at])
-            grids, used = (image_grids, images) if kind == "image" else (video_grids, videos)
+            grids, used = (image_grids, images_used) if kind == "image" else (video_grids, videos_used)
             if used >= len(grids):
                 raise DataError.at(
                     row, f"more <{kind}> placeholders than {kind}s ({len(grids)} in the row's {kind}s column)"
@@ -168,12 +185,12 @@ def expand_placeholders(
             token = IMAGE_TOKEN if kind == "image" else VIDEO_TOKEN
             pieces.append(VISION_START + token * geometry.tokens(grids[used]) + VISION_END)
             if kind == "image":
-                images += 1
+                images_used += 1
             else:
-                videos += 1
+                videos_used += 1
             content = content[at + len(f"<{kind}>") :]
         expanded.append({**message, "content": "".join(pieces)})
-    for kind, used, grids in (("image", images, image_grids), ("video", videos, video_grids)):
+    for kind, used, grids in (("image", images_used, image_grids), ("video", videos_used, video_grids)):
         if used < len(grids):
             raise DataError.at(row, f"{len(grids)} {kind}s but {used} <{kind}> placeholders in the messages")
     return expanded

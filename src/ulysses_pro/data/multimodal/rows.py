@@ -20,9 +20,10 @@ from .qwen_vl import (
     VISION_START,
     ProcessorGeometry,
     VisionLimits,
+    VisualInput,
     expand_placeholders,
-    image_grid,
-    video_grid,
+    image_input,
+    video_input,
 )
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,14 @@ class VisionSettings:
     limits: VisionLimits
     image: ProcessorGeometry
     video: ProcessorGeometry
+    # The processors' saved configs (normalisation), for reading pixels; empty: transformers' defaults.
+    image_config: dict = dataclasses.field(default_factory=dict, compare=False)
+    video_config: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    def pixel_reader(self):
+        from .pixels import PixelReader
+
+        return PixelReader(self.image_config, self.video_config, self.image, self.video)
 
 
 def _processor_config(model: str, kind: str) -> tuple[dict, str] | None:
@@ -96,24 +105,25 @@ def _processor_config(model: str, kind: str) -> tuple[dict, str] | None:
     return None
 
 
-def _geometry(model: str, kind: str, default: ProcessorGeometry) -> ProcessorGeometry:
-    """A processor's patch, merge and pixel bounds as saved with the model, else transformers'
-    class defaults (said in the log: the counts then assume them)."""
+def _geometry(model: str, kind: str, default: ProcessorGeometry) -> tuple[ProcessorGeometry, dict]:
+    """A processor's patch, merge and pixel bounds as saved with the model (and the saved config),
+    else transformers' class defaults (said in the log: the counts then assume them)."""
     found = _processor_config(model, kind)
     if found is None:
         logger.warning(
             "%s: no %s processor config; counting with transformers' Qwen2-VL defaults", model, kind
         )
-        return default
+        return default, {}
     config, _ = found
     size = config.get("size") or {}
-    return ProcessorGeometry(
+    geometry = ProcessorGeometry(
         patch_size=config.get("patch_size", default.patch_size),
         merge_size=config.get("merge_size", default.merge_size),
         temporal_patch_size=config.get("temporal_patch_size", default.temporal_patch_size),
         min_pixels=config.get("min_pixels") or size.get("shortest_edge") or default.min_pixels,
         max_pixels=config.get("max_pixels") or size.get("longest_edge") or default.max_pixels,
     )
+    return geometry, config
 
 
 def vision_settings(data_args, tokenizer) -> VisionSettings | None:
@@ -124,26 +134,25 @@ def vision_settings(data_args, tokenizer) -> VisionSettings | None:
         return None
     model = str(getattr(tokenizer, "name_or_path", "") or ".")
     limits = VisionLimits.of(data_args)
-    return VisionSettings(
-        data_args.template,
-        limits,
-        _geometry(model, "image", ProcessorGeometry()),
-        _geometry(model, "video", ProcessorGeometry.video_defaults()),
-    )
+    image, image_config = _geometry(model, "image", ProcessorGeometry())
+    video, video_config = _geometry(model, "video", ProcessorGeometry.video_defaults())
+    return VisionSettings(data_args.template, limits, image, video, image_config, video_config)
 
 
-def expand_media(conversation, settings: VisionSettings | None):
-    """The conversation with each placeholder replaced by its visual tokens."""
+def expand_media(conversation, settings: VisionSettings | None) -> tuple[object, list[VisualInput], list[VisualInput]]:
+    """The conversation with each placeholder replaced by its visual tokens, and its images and
+    videos as the batch will read them (each list in placeholder order)."""
     if not (conversation.images or conversation.videos):
-        return conversation
+        return conversation, [], []
     ref = conversation.ref
     if settings is None:
         covered = ", ".join(f"{name} ({models})" for name, models in VISION_TEMPLATES.items())
         raise DataError.at(ref, f"images/videos need a vision template; covered so far: template {covered}")
-    images = [image_grid(path, settings.image, settings.limits, ref) for path in conversation.images]
-    videos = [video_grid(path, settings.video, settings.limits, ref) for path in conversation.videos]
-    messages = expand_placeholders(conversation.messages, images, videos, settings.image, ref)
-    return dataclasses.replace(conversation, messages=messages)
+    images = [image_input(path, settings.image, settings.limits, ref) for path in conversation.images]
+    videos = [video_input(path, settings.video, settings.limits, ref) for path in conversation.videos]
+    grids = [[item.grid for item in media] for media in (images, videos)]
+    messages = expand_placeholders(conversation.messages, *grids, settings.image, ref)
+    return dataclasses.replace(conversation, messages=messages), images, videos
 
 
 def fit_whole(tokens: int, cutoff_len: int, ref: RowRef) -> None:
@@ -164,3 +173,46 @@ def mask_visual_tokens(tokenizer, input_ids: list[int], labels: list[int]) -> li
         tokenizer.convert_tokens_to_ids(t) for t in (IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)
     }
     return [IGNORE_INDEX if token in vision else label for token, label in zip(input_ids, labels)]
+
+
+def with_media_columns(documents: list[dict]) -> list[dict]:
+    """Every document with `images` and `videos` lists once any has media (rows are stored
+    column-wise: one row's columns are every row's)."""
+    kinds = {kind for document in documents for kind in MEDIA_KINDS if kind in document}
+    if not kinds:
+        return documents
+    return [{**document, **{kind: document.get(kind, []) for kind in kinds}} for document in documents]
+
+
+REF_SUFFIX = "_refs"
+
+
+class MediaTable:
+    """A dataset's images and videos in one list; rows keep their indices (`images_refs`), and
+    `attach` gives a row its `VisualInput`s back when the loader reads it."""
+
+    def __init__(self, inputs: list[VisualInput]):
+        self.inputs = inputs
+
+    @classmethod
+    def detach(cls, rows: list[dict]) -> tuple[MediaTable | None, list[dict]]:
+        """The table and the rows with indices in place of their media (None: rows without media)."""
+        if not rows or not any(kind in rows[0] for kind in MEDIA_KINDS):
+            return None, rows
+        inputs: list[VisualInput] = []
+        detached = []
+        for row in rows:
+            row = dict(row)
+            for kind in MEDIA_KINDS:
+                if kind in row:
+                    media = row.pop(kind)
+                    row[kind + REF_SUFFIX] = list(range(len(inputs), len(inputs) + len(media)))
+                    inputs.extend(media)
+            detached.append(row)
+        return cls(inputs), detached
+
+    def attach(self, row: dict) -> dict:
+        for kind in MEDIA_KINDS:
+            if kind + REF_SUFFIX in row:
+                row[kind] = [self.inputs[index] for index in row.pop(kind + REF_SUFFIX)]
+        return row

@@ -1,0 +1,108 @@
+"""Batches of rows with images and videos, for a vision-language model under any SP size.
+
+On top of the padded text batch it adds, for the whole (unsplit) sequence:
+- `vision_position_ids` (b, s, 3): M-RoPE's temporal/height/width positions, computed per packed
+  document by the model's own rule (`positions`), so a packed document gets the positions it would
+  get alone; split with the tokens, like `position_ids` (which stay the 1-D text positions that
+  restart per document: attention reads the document boundaries from them);
+- `image_feature_index` / `video_feature_index` (b, s): at each visual token, the row of its
+  feature in the batch's features (images in order, row by row), -1 elsewhere; after the split each
+  shard knows which features its own visual tokens take;
+- the grids of every image and video of the batch, and the pixels of only those this rank's
+  vision tower encodes (`parallel.work_split.owners` over the ranks sharing the samples).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ...parallel.work_split import owners
+from .pixels import PixelReader
+from .qwen_vl import VisualInput
+from .rows import MEDIA_KINDS
+
+# (document ids, image grids, video grids, video seconds per temporal patch) -> (3, len) positions
+PositionRule = Callable[[list[int], list, list, list], torch.Tensor]
+
+
+def _runs(ids: list[int], token: int) -> int:
+    """How many separate runs of `token` (one per image or video) the ids hold."""
+    return sum(1 for i, t in enumerate(ids) if t == token and (i == 0 or ids[i - 1] != token))
+
+
+@dataclass
+class VisionCollator:
+    """Wraps a text collator (`PaddingCollator`); see the module docstring."""
+
+    inner: Callable
+    pixels: PixelReader
+    positions: PositionRule
+    image_token_id: int
+    video_token_id: int
+    share: tuple[int, int] = (0, 1)  # (this rank, ranks) among those holding the same samples
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.inner.pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        rows = [dict(row) for row in rows]
+        media = [tuple(row.pop(kind, []) for kind in MEDIA_KINDS) for row in rows]
+        batch = self.inner(rows)
+        batch["vision_position_ids"] = self._vision_positions(rows, media, batch["input_ids"].shape[1])
+        for key, token in (("image", self.image_token_id), ("video", self.video_token_id)):
+            at = batch["input_ids"] == token
+            index = torch.cumsum(at.flatten(), 0).view_as(at) - 1
+            batch[f"{key}_feature_index"] = torch.where(at, index, torch.full_like(index, -1))
+        images = [item for row_images, _ in media for item in row_images]
+        videos = [item for _, row_videos in media for item in row_videos]
+        batch.update(self._media(images, videos))
+        return batch
+
+    def _vision_positions(self, rows: list[dict], media: list[tuple], width: int) -> torch.Tensor:
+        out = torch.zeros(len(rows), width, 3, dtype=torch.long)
+        for index, (row, (images, videos)) in enumerate(zip(rows, media)):
+            ids = row["input_ids"]
+            start = used_images = used_videos = 0
+            for length in row.get("document_lengths") or [len(ids)]:
+                document = ids[start : start + length]
+                taken_images = images[used_images : used_images + _runs(document, self.image_token_id)]
+                taken_videos = videos[used_videos : used_videos + _runs(document, self.video_token_id)]
+                used_images, used_videos = used_images + len(taken_images), used_videos + len(taken_videos)
+                positions = self.positions(
+                    document,
+                    [item.grid for item in taken_images],
+                    [item.grid for item in taken_videos],
+                    [item.seconds_per_grid for item in taken_videos],
+                )
+                out[index, start : start + length] = positions.T
+                start += length
+            # Padding: text positions running on (no real token sees them; they only keep the shape).
+            if start < width:
+                last = out[index, start - 1].max() if start else -1
+                out[index, start:] = (last + 1 + torch.arange(width - start)).unsqueeze(-1)
+        return out
+
+    def _media(self, images: list[VisualInput], videos: list[VisualInput]) -> dict[str, torch.Tensor]:
+        items = images + videos
+        rank, ranks = self.share
+        owner = owners([_patches(item) for item in items], ranks)
+        mine = [i for i, o in enumerate(owner) if o == rank]
+        out = {
+            "image_grid_thw": torch.tensor([item.grid for item in images], dtype=torch.long).view(-1, 3),
+            "video_grid_thw": torch.tensor([item.grid for item in videos], dtype=torch.long).view(-1, 3),
+            "second_per_grid_ts": torch.tensor([item.seconds_per_grid for item in videos]),
+        }
+        patch_width = 3 * self.pixels.image_geometry.temporal_patch_size * self.pixels.image_geometry.patch_size**2
+        for key, kind in (("pixel_values", "image"), ("pixel_values_videos", "video")):
+            pieces = [self.pixels.pixels(items[i]) for i in mine if items[i].kind == kind]
+            out[key] = torch.cat(pieces) if pieces else torch.zeros(0, patch_width)
+        return out
+
+
+def _patches(item: VisualInput) -> int:
+    t, h, w = item.grid
+    return t * h * w
