@@ -63,3 +63,10 @@ def test_final_metrics_and_time_formatting(tmp_path):
     (tmp_path / "all_results.json").write_text('{"train_loss": 1.5, "train_runtime": 3.2}')
     assert final_metrics(tmp_path)["train_loss"] == 1.5
     assert (format_seconds(65), format_seconds(3725), format_seconds(-3)) == ("1:05", "1:02:05", "0:00")
+
+
+def test_the_live_log_keeps_only_the_last_redraw_of_a_progress_bar():
+    from ulysses_pro.board.actions import readable_log
+
+    raw = "start\n  0%|  | 0/4\r 50%|# | 2/4\r100%|##| 4/4\r\n{'loss': 1.0}\n"
+    assert readable_log(raw) == "start\n100%|##| 4/4\n{'loss': 1.0}\n"

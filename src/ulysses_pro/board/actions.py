@@ -31,6 +31,12 @@ def dataset_names(dataset_dir: str | None) -> list[str]:
     return sorted(info) if isinstance(info, dict) else []
 
 
+def readable_log(text: str) -> str:
+    """A log as a terminal would leave it: of each line's carriage-return rewrites (tqdm's bars),
+    only the last."""
+    return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
+
+
 def _nproc(values: dict) -> int:
     try:
         return max(1, int(float(values.get("nproc") or 1)))
@@ -42,6 +48,7 @@ def _nproc(values: dict) -> int:
 class RunView:
     """Everything the board shows about one run."""
 
+    name: str = ""
     status: str = ""
     progress: Progress = field(default_factory=Progress)
     points: list[tuple[int, float, str]] = field(default_factory=list)
@@ -162,9 +169,10 @@ class Board:
         if run.log_path.is_file():
             with run.log_path.open("rb") as handle:
                 handle.seek(max(0, run.log_path.stat().st_size - LOG_TAIL_CHARS))
-                log = handle.read().decode("utf-8", errors="replace")
+                log = readable_log(handle.read().decode("utf-8", errors="replace"))
         checkpoint = last_checkpoint(run.output_dir)
         return RunView(
+            name=run.name,
             status=run.status,
             progress=progress(records),
             points=curve_points(records),

@@ -44,7 +44,7 @@ def _progress_html(view: RunView) -> str:
     found = view.progress
     line = found.describe() if found.total_steps else (view.status or "select a run")
     if view.status:
-        line = f"{view.status} · {line}"
+        line = f"{view.name}: {view.status} · {line}"
     if view.checkpoint:
         line += f" · last checkpoint {view.checkpoint}"
     return (
