@@ -5,6 +5,8 @@ gradient checkpointing, accumulation and DP x SP."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ..launcher import run_ranks
@@ -97,3 +99,35 @@ def test_vision_language_sft_under_sequence_parallelism_matches_one_process(medi
         assert not vision  # LLaMA-Factory's defaults: no adapter in the vision tower or projector
     else:
         assert any(".visual.blocks." in n for n in vision) and any(".visual.merger." in n for n in vision)
+
+
+LF_DATA = Path(__file__).resolve().parents[3] / "shared" / "lf-data"
+QWEN_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "lf-golden" / "tokenizers" / "qwen2.5"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (LF_DATA.is_dir() and QWEN_TOKENIZER.is_dir()), reason="../shared not present")
+def test_llamafactory_image_and_video_demos_at_sp2_match_one_process(tmp_path):
+    """LLaMA-Factory's own demo rows (three images, three videos at its default pixel and frame
+    limits), a tiny Qwen2.5-VL with the real Qwen2.5 tokenizer and the real processors' bounds."""
+    from transformers import AutoTokenizer
+
+    from ulysses_pro.models.multimodal.tiny import make_tiny_vision_model
+
+    model = make_tiny_vision_model("qwen2_5_vl", tmp_path / "model", AutoTokenizer.from_pretrained(QWEN_TOKENIZER))
+    keys = {
+        "model_name_or_path": str(model),
+        "template": "qwen2_vl",
+        "dataset": "mllm_demo,mllm_video_demo",
+        "dataset_dir": str(LF_DATA),
+        "cutoff_len": 2048,
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "freeze_vision_tower": False,
+    }
+    reference = run_training(**keys, output_dir=str(tmp_path / "ref"))
+    candidate = run_ranks(_train, 2, {**keys, **parallel_keys(2, "ulysses"), "output_dir": str(tmp_path / "sp")})[0]
+    assert len(reference["losses"]) == 2
+    loss_errors = [abs(a - b) / abs(a) for a, b in zip(reference["losses"], candidate["losses"])]
+    grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
+    assert max(loss_errors) <= 1e-5 and max(grad_errors) <= 1e-4, (loss_errors, grad_errors)

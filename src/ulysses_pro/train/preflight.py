@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
-from ..data.multimodal.rows import media_datasets
+from ..data.multimodal.rows import has_image_processor, media_datasets
 from ..data.pipeline import check_sources, isolates_documents
 from ..data.templates import chat_format
 from ..models.attention import attention_heads
@@ -134,6 +134,12 @@ def check_media(config: RunConfig, model_config) -> None:
             )
         if stage != "sft":
             raise ConfigError(f"{where}: stage {stage} with images or videos is not built yet (sft is)")
+        if not has_image_processor(config.model.model_name_or_path):
+            raise ConfigError(
+                f"{_where(config, 'model_name_or_path')}: model_name_or_path: {config.model.model_name_or_path}: "
+                "no image processor config (preprocessor_config.json or processor_config.json) to read "
+                "images with; save the model's processor beside it (AutoProcessor.save_pretrained)"
+            )
         for key in ("streaming", "tokenized_path"):
             if getattr(config.data, key):
                 raise ConfigError(

@@ -146,6 +146,9 @@ def test_media_without_a_vision_model_or_in_another_stage_is_refused_by_name_bef
         preflight(_config(model, folder, tmp_path, stage="pt"), 1)
     with pytest.raises(ConfigError, match="streaming with images/videos is not built yet"):
         preflight(_config(model, folder, tmp_path, streaming=True, max_steps=1), 1)
+    (Path(model) / "preprocessor_config.json").unlink()
+    with pytest.raises(ConfigError, match="no image processor config .* to read images with"):
+        preflight(_config(model, folder, tmp_path), 1)
     from ulysses_pro.data.pipeline import load_rows
 
     with pytest.raises(DataError, match="stage grpo does not take media yet"):

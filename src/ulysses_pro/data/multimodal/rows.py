@@ -105,6 +105,11 @@ def _processor_config(model: str, kind: str) -> tuple[dict, str] | None:
     return None
 
 
+def has_image_processor(model: str) -> bool:
+    """Whether the model folder (or hub id) carries an image processor config."""
+    return _processor_config(model, "image") is not None
+
+
 def _geometry(model: str, kind: str, default: ProcessorGeometry) -> tuple[ProcessorGeometry, dict]:
     """A processor's patch, merge and pixel bounds as saved with the model (and the saved config),
     else transformers' class defaults (said in the log: the counts then assume them)."""
