@@ -33,7 +33,8 @@ def _turns(question: str, answer: str) -> list[dict]:
 
 
 def write_media_dataset(folder: Path, videos: bool = True) -> Path:
-    """`media_demo`: rows with one image, two images, a video, an image and a video, and text only."""
+    """`media_demo`: rows with one image, two images, a video, an image and a video, and text only;
+    `media_pairs`: preference pairs over the images."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for index, (width, height) in enumerate(IMAGE_SIZES):
@@ -70,6 +71,27 @@ def write_media_dataset(folder: Path, videos: bool = True) -> Path:
             "columns": {"messages": "messages", "images": "images", "videos": "videos"},
             "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
         }
+    }
+    pairs = [
+        {
+            "messages": [{"role": "user", "content": question}],
+            "chosen": {"role": "assistant", "content": good},
+            "rejected": {"role": "assistant", "content": bad},
+            "images": images,
+        }
+        for question, good, bad, images in (
+            ("<image>What is in the picture?", "Coloured dots.", "A cat on a sofa.", ["image0.png"]),
+            ("Which is taller, <image> or <image>?", "The second.", "The first one, clearly.", ["image1.png", "image2.png"]),
+            ("<image>Is it noisy?", "Yes, very.", "No.", ["image3.png"]),
+            ("Say hello.", "Hello!", "Go away.", []),
+        )
+    ]
+    (folder / "media_pairs.json").write_text(json.dumps(pairs, indent=1))
+    info["media_pairs"] = {
+        **info["media_demo"],
+        "file_name": "media_pairs.json",
+        "ranking": True,
+        "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected", "images": "images"},
     }
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=1))
     return folder

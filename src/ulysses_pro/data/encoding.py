@@ -17,7 +17,14 @@ from tqdm.auto import tqdm
 from ..parallel.reduce import IGNORE_INDEX
 from .chat_format import ChatFormat
 from .errors import DataError
-from .multimodal.rows import MEDIA_KINDS, VisionSettings, expand_media, fit_whole, mask_visual_tokens
+from .multimodal.rows import (
+    MEDIA_KINDS,
+    VisionSettings,
+    expand_media,
+    expand_pair_media,
+    fit_whole,
+    mask_visual_tokens,
+)
 from .packing import Document, windows
 from .preference import kto_pieces, pair_pieces, pair_row
 from .truncation import supervised_row, turns_length
@@ -77,9 +84,14 @@ def llamafactory_rows(tokenizer, settings: EncodeSettings, item: Any) -> tuple[l
         # A document longer than a row becomes several windows, so no text is dropped.
         return [{"input_ids": w, "labels": list(w)} for w in windows(ids, cutoff)], len(ids) > cutoff
     if stage in ("dpo", "rm"):
+        item, images, videos = expand_pair_media(item, settings.vision)
         prompt, chosen, rejected = pair_pieces(tokenizer, settings.template, item)
-        cut = len(prompt) + max(len(chosen), len(rejected)) > cutoff
-        return [pair_row(prompt, chosen, rejected, cutoff)], cut
+        longest = len(prompt) + max(len(chosen), len(rejected))
+        row = pair_row(prompt, chosen, rejected, cutoff)
+        if images or videos:
+            fit_whole(longest, cutoff, item.ref)  # the prompt holds the visual tokens; labels mask it
+            row.update(images=images, videos=videos)
+        return [row], longest > cutoff
     if stage == "kto":
         raise ValueError("KTO rows are paired across the dataset; use preference.pair_kto")
     template = settings.template

@@ -240,7 +240,7 @@ def _tokenize(
         return TokenizedDataset(rows)
     if stage in PAIRWISE_STAGES:
         logger.info("%s: %d preference pairs, %s", desc, len(kept), _cut_share(kept, settings.cutoff_len))
-        return TokenizedDataset([r.outputs[0] for _, r in kept])
+        return TokenizedDataset(with_media_columns([r.outputs[0] for _, r in kept]))
     documents, cut = documents_of([r for _, r in kept])
     documents = with_media_columns(documents)
     rows = (

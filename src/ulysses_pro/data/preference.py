@@ -8,7 +8,8 @@ Every malformed row stops the run naming the file, the row and what was expected
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .chat_format import ChatFormat
@@ -37,9 +38,18 @@ class PreferencePair:
     rejected: str
     ref: RowRef
     tools: str | None = None
+    # The row's `images` / `videos` files, in placeholder order (data/multimodal).
+    images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
 
     def conversation(self, answer: str) -> Conversation:
-        return Conversation([*self.prompt, {"role": "assistant", "content": answer}], self.ref, self.tools)
+        return Conversation(
+            [*self.prompt, {"role": "assistant", "content": answer}],
+            self.ref,
+            self.tools,
+            images=self.images,
+            videos=self.videos,
+        )
 
 
 @dataclass

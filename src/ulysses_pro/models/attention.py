@@ -21,6 +21,7 @@ from torch import nn
 from ..parallel.hybrid import sequence_parallel_attention
 from ..parallel.mesh import SequenceParallelLayout, init_sequence_parallel
 from ..parallel.plan import AttentionPlan, DocumentLayout, gather_documents, plan_for
+from .multimodal.vision_inputs import install_vision_inputs, vision_language_model
 from .nope_temperature import retune_query, tunes_temperature
 from .recurrent import install_recurrent_mixers
 from .recurrent.documents import CONTEXT_KEY
@@ -221,6 +222,8 @@ def share_sequence_parallel(model: nn.Module, policy: nn.Module) -> None:
     unwrap_model(model).set_attn_implementation(hf_policy.config._attn_implementation)
     shared = getattr(hf_policy, "_ulysses_layout", None)
     install_recurrent_mixers(unwrap_model(model), shared.layout if shared else None, ATTENTION_NAME)
+    if getattr(vision_language_model(hf_policy), "_ulysses_vision_hook", None) is not None:
+        install_vision_inputs(unwrap_model(model), shared.layout if shared else None)
 
 
 def unregister_sequence_parallel() -> None:

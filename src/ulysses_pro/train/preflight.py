@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..config import ConfigError, RunConfig
 from ..data.errors import DataError
-from ..data.multimodal.rows import has_image_processor, media_datasets
+from ..data.multimodal.rows import MEDIA_STAGES, has_image_processor, media_datasets
 from ..data.pipeline import check_sources, isolates_documents
 from ..data.templates import chat_format
 from ..models.attention import attention_heads
@@ -19,6 +19,7 @@ from ..models.loader import load_model_config, load_tokenizer
 from ..models.multimodal import WIRED_VISION_FAMILIES
 from ..models.recurrent import recurrent_mixers
 from ..parallel.mesh import resolve_degrees
+from .vision import VISION_STAGES
 
 
 def _where(config: RunConfig, key: str) -> str:
@@ -132,8 +133,10 @@ def check_media(config: RunConfig, model_config) -> None:
                 f"{where}, but the model ({model_type}) has no vision tower; use a vision-language model "
                 f"({', '.join(WIRED_VISION_FAMILIES)})"
             )
-        if stage != "sft":
-            raise ConfigError(f"{where}: stage {stage} with images or videos is not built yet (sft is)")
+        if stage not in MEDIA_STAGES:
+            raise ConfigError(
+                f"{where}: stage {stage} with images or videos is not built yet ({' and '.join(MEDIA_STAGES)} are)"
+            )
         if not has_image_processor(config.model.model_name_or_path):
             raise ConfigError(
                 f"{_where(config, 'model_name_or_path')}: model_name_or_path: {config.model.model_name_or_path}: "
@@ -150,12 +153,12 @@ def check_media(config: RunConfig, model_config) -> None:
             f"{_where(config, 'model_name_or_path')}: vision-language model {model_type}: its vision tower "
             f"and multimodal positions are not wired yet (covered: {', '.join(WIRED_VISION_FAMILIES)})"
         )
-    if vision_language and stage not in ("sft", "pt") and (
+    if vision_language and stage not in VISION_STAGES and (
         config.parallel.sequence_parallel_size > 1 or packs_separate_documents(config)
     ):
         raise ConfigError(
             f"{_where(config, 'stage')}: stage {stage} with a vision-language model under sequence "
-            "parallelism or packing is not built yet (sft is)"
+            f"parallelism or packing is not built yet ({', '.join(VISION_STAGES)} are)"
         )
 
 

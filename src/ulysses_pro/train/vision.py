@@ -11,15 +11,27 @@ from ..models.multimodal.vision_inputs import install_vision_inputs, is_vision_l
 from ..models.wrappers import unwrap_model
 from ..parallel.mesh import SequenceParallelLayout
 
-# Stages whose rows go through the padding collator (one sequence per row), which images join.
-VISION_STAGES = ("sft", "pt")
+# Stages whose collators images join: one sequence per row (sft, pt) or a chosen and a rejected
+# sequence sharing the pair's media (dpo).
+VISION_STAGES = ("sft", "pt", "dpo")
 
 
-def wire_vision(config: RunConfig, model, tokenizer, collator, layout: SequenceParallelLayout | None):
-    """The collator to train with: a VLM's token stages read images and videos (and the model
-    encodes them split over the SP group); anything else keeps `collator`."""
+def trains_vision(config: RunConfig, model) -> bool:
+    return is_vision_language(unwrap_model(model)) and config.finetuning.stage in VISION_STAGES
+
+
+def wire_vision_model(config: RunConfig, model, layout: SequenceParallelLayout | None) -> None:
+    """Before any copy of the policy is made (DPO's frozen reference): its forward takes the
+    vision collator's batches, encoding images split over the SP group."""
+    if trains_vision(config, model):
+        install_vision_inputs(unwrap_model(model), layout)
+
+
+def vision_collator(config: RunConfig, model, tokenizer, collator, layout: SequenceParallelLayout | None):
+    """The collator to train with: a VLM's batches carry images and videos; anything else keeps
+    `collator`."""
     hf_model = unwrap_model(model)
-    if not is_vision_language(hf_model) or config.finetuning.stage not in VISION_STAGES:
+    if not trains_vision(config, model):
         return collator
     settings = vision_settings(config.data, tokenizer)
     if settings is None:
@@ -27,7 +39,6 @@ def wire_vision(config: RunConfig, model, tokenizer, collator, layout: SequenceP
             f"{config.origins.get('template', 'default')}: template: {config.data.template!r}: a "
             f"vision-language model trains with a vision template ({', '.join(VISION_TEMPLATES)})"
         )
-    install_vision_inputs(hf_model, layout)
     model_config = hf_model.config
     return VisionCollator(
         collator,

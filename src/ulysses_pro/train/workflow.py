@@ -34,7 +34,7 @@ from .plotting import plot_loss
 from .preflight import packs_separate_documents, preflight
 from .reference import ReferenceModel, partitioned_for_inference
 from .trainer import UlyssesTrainer
-from .vision import text_only, wire_vision
+from .vision import text_only, vision_collator, wire_vision_model
 
 logger = logging.getLogger(__name__)
 
@@ -220,6 +220,7 @@ def run_workflow(
         model = prepare_model(model, config)
     loss_head = apply_memory_stack(model, config.model, config.memory, training=args.do_train)
     layout, plain_attention = setup_sequence_parallel(config, model)
+    wire_vision_model(config, model, layout)
     extra = dict(trainer_kwargs or {})
     if needs_reference:
         # After SP is wired: the reference runs the policy's (sequence-parallel) attention.
@@ -237,7 +238,7 @@ def run_workflow(
         args=args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval,
-        data_collator=wire_vision(
+        data_collator=vision_collator(
             config,
             model,
             tokenizer,

@@ -34,8 +34,33 @@ def _runs(ids: list[int], token: int) -> int:
 
 
 @dataclass
+class _Sequence:
+    """One row of the padded batch: its ids, packed documents and media."""
+
+    input_ids: list[int]
+    document_lengths: list[int] | None
+    images: list[VisualInput]
+    videos: list[VisualInput]
+
+
+def _sequences(rows: list[dict], media: list[tuple]) -> list[_Sequence]:
+    """The batch's rows in the inner collator's order: a preference batch holds every pair's chosen
+    sequence, then every rejected one, both with the pair's media."""
+    if "chosen_input_ids" in rows[0]:
+        return [
+            _Sequence(row[f"{side}_input_ids"], None, images, videos)
+            for side in ("chosen", "rejected")
+            for row, (images, videos) in zip(rows, media)
+        ]
+    return [
+        _Sequence(row["input_ids"], row.get("document_lengths"), images, videos)
+        for row, (images, videos) in zip(rows, media)
+    ]
+
+
+@dataclass
 class VisionCollator:
-    """Wraps a text collator (`PaddingCollator`); see the module docstring."""
+    """Wraps a text collator (`PaddingCollator`, `PairwiseCollator`); see the module docstring."""
 
     inner: Callable
     pixels: PixelReader
@@ -52,22 +77,23 @@ class VisionCollator:
         rows = [dict(row) for row in rows]
         media = [tuple(row.pop(kind, []) for kind in MEDIA_KINDS) for row in rows]
         batch = self.inner(rows)
-        batch["vision_position_ids"] = self._vision_positions(rows, media, batch["input_ids"].shape[1])
+        sequences = _sequences(rows, media)
+        batch["vision_position_ids"] = self._vision_positions(sequences, batch["input_ids"].shape[1])
         for key, token in (("image", self.image_token_id), ("video", self.video_token_id)):
             at = batch["input_ids"] == token
             index = torch.cumsum(at.flatten(), 0).view_as(at) - 1
             batch[f"{key}_feature_index"] = torch.where(at, index, torch.full_like(index, -1))
-        images = [item for row_images, _ in media for item in row_images]
-        videos = [item for _, row_videos in media for item in row_videos]
+        images = [item for sequence in sequences for item in sequence.images]
+        videos = [item for sequence in sequences for item in sequence.videos]
         batch.update(self._media(images, videos))
         return batch
 
-    def _vision_positions(self, rows: list[dict], media: list[tuple], width: int) -> torch.Tensor:
-        out = torch.zeros(len(rows), width, 3, dtype=torch.long)
-        for index, (row, (images, videos)) in enumerate(zip(rows, media)):
-            ids = row["input_ids"]
+    def _vision_positions(self, sequences: list[_Sequence], width: int) -> torch.Tensor:
+        out = torch.zeros(len(sequences), width, 3, dtype=torch.long)
+        for index, sequence in enumerate(sequences):
+            ids, images, videos = sequence.input_ids, sequence.images, sequence.videos
             start = used_images = used_videos = 0
-            for length in row.get("document_lengths") or [len(ids)]:
+            for length in sequence.document_lengths or [len(ids)]:
                 document = ids[start : start + length]
                 taken_images = images[used_images : used_images + _runs(document, self.image_token_id)]
                 taken_videos = videos[used_videos : used_videos + _runs(document, self.video_token_id)]

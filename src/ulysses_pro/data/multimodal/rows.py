@@ -29,6 +29,8 @@ from .qwen_vl import (
 logger = logging.getLogger(__name__)
 
 MEDIA_KINDS = ("images", "videos")
+# Stages whose rows carry media (their collators join images to sequences).
+MEDIA_STAGES = ("sft", "dpo")
 # Templates whose placeholder rules are implemented (LLaMA-Factory's mm_plugin of the same template).
 VISION_TEMPLATES = {"qwen2_vl": "Qwen2-VL, Qwen2.5-VL"}
 
@@ -54,10 +56,10 @@ def attach_media(item, row: dict, spec, data_args, ref: RowRef, stage: str):
     columns = media_columns(spec)
     if not columns:
         return item
-    if stage != "sft":
+    if stage not in MEDIA_STAGES:
         raise DataError(
             f"dataset {spec.name!r}: {', '.join(columns)} columns: stage {stage} does not take media yet "
-            "(sft does)"
+            f"({' and '.join(MEDIA_STAGES)} do)"
         )
     media_dir = Path(data_args.media_dir or data_args.dataset_dir)
     for kind, column in columns.items():
@@ -158,6 +160,15 @@ def expand_media(conversation, settings: VisionSettings | None) -> tuple[object,
     grids = [[item.grid for item in media] for media in (images, videos)]
     messages = expand_placeholders(conversation.messages, *grids, settings.image, ref)
     return dataclasses.replace(conversation, messages=messages), images, videos
+
+
+def expand_pair_media(pair, settings: VisionSettings | None):
+    """A preference pair's prompt with its placeholders expanded (the answers take none), and its
+    images and videos."""
+    if not (pair.images or pair.videos):
+        return pair, [], []
+    expanded, images, videos = expand_media(pair.conversation(""), settings)
+    return dataclasses.replace(pair, prompt=expanded.messages[:-1]), images, videos
 
 
 def fit_whole(tokens: int, cutoff_len: int, ref: RowRef) -> None:
