@@ -140,3 +140,18 @@ def test_bad_form_values_are_one_line_errors_naming_the_field():
         config_from_form(_filled(extra="a: [1"))
     with pytest.raises(FormError, match="expected a YAML mapping"):
         from_yaml("- 1\n- 2\n")
+
+
+def test_save_then_load_through_the_board_gives_the_same_form(tmp_path):
+    from ulysses_pro.board.actions import Board
+
+    board = Board(tmp_path / "runs")
+    form = config_from_form(_filled(sequence_parallel_size=2, nproc=4, extra="seed: 3\n"))
+    values = form_from_config(form, nproc=4)
+    path = tmp_path / "saved" / "run.yaml"
+    assert board.save(values, str(path)) == f"saved {path}"
+    assert load_config(str(path)).parallel.sequence_parallel_size == 2  # the CLI reads the file as is
+    loaded, note = board.load(str(path))
+    assert note == f"loaded {path}" and loaded == values
+    with pytest.raises(FormError, match="give the file"):
+        board.save(values, " ")
