@@ -3,7 +3,8 @@ a Hugging Face folder (LLaMA-Factory's `llamafactory-cli export` keys).
 
 The folder holds sharded safetensors (`export_size` GB per shard), the tokenizer as the template
 fixed it (eos, pad, stop words; a chat template written from the LLaMA-Factory template when the
-tokenizer has none) and, for reward models, `value_head.safetensors`. Adapters are merged in fp32
+tokenizer has none), the processor configs of a vision-language model and, for reward models,
+`value_head.safetensors`. Adapters are merged in fp32
 and the result is cast to the base model's own dtype (or to bf16 / fp16 when those keys are set).
 """
 
@@ -18,6 +19,7 @@ import torch
 from ..config import ConfigError, load_config
 from ..data.lf_template.chat import LfChatFormat
 from ..data.lf_template.jinja import jinja_template
+from ..data.multimodal.rows import copy_processor_files
 from ..data.templates import chat_format
 from ..models.loader import adapter_paths, load_model, load_model_config, load_tokenizer
 from ..models.value_head import VALUE_HEAD_FILE
@@ -72,6 +74,10 @@ def export_model(config) -> Path:
         tokenizer.chat_template = jinja_template(template.template, tokenizer)
     tokenizer.padding_side = "left"  # for batched generation, as LLaMA-Factory exports it
     tokenizer.save_pretrained(str(out))
+    # A vision-language model loads as the same class only with its processors beside it.
+    copied = copy_processor_files(model_args.model_name_or_path, out)
+    if copied:
+        logger.info("processor configs copied: %s", ", ".join(copied))
     head = _value_head_source(config)
     if head is not None:
         shutil.copyfile(head, out / VALUE_HEAD_FILE)

@@ -107,6 +107,26 @@ def _processor_config(model: str, kind: str) -> tuple[dict, str] | None:
     return None
 
 
+# The files that hold a model's processors (transformers 5 writes `processor_config.json`; earlier
+# versions and hub models the per-processor files).
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json")
+
+
+def copy_processor_files(model: str, out: Path) -> list[str]:
+    """Copy the model's processor configs (a local folder or hub id) into `out`; the names copied."""
+    import shutil
+
+    from transformers.utils import cached_file
+
+    copied = []
+    for name in PROCESSOR_FILES:
+        path = cached_file(model, name, _raise_exceptions_for_missing_entries=False)
+        if path:
+            shutil.copyfile(path, Path(out) / name)
+            copied.append(name)
+    return copied
+
+
 def has_image_processor(model: str) -> bool:
     """Whether the model folder (or hub id) carries an image processor config."""
     return _processor_config(model, "image") is not None
