@@ -133,10 +133,11 @@ def train(arguments: list[str]) -> int:
 
 def make_tiny_model_command(arguments: list[str]) -> int:
     """Write a tiny random model plus the built-in tokenizer to a folder."""
+    from .models.multimodal.tiny import TINY_VISION_ARCHES, make_tiny_vision_model
     from .models.tiny import TINY_ARCHES, make_tiny_model
 
     parser = argparse.ArgumentParser(prog="ulysses-pro make-tiny-model")
-    parser.add_argument("--arch", required=True, choices=TINY_ARCHES)
+    parser.add_argument("--arch", required=True, choices=TINY_ARCHES + TINY_VISION_ARCHES)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-size", type=int)
@@ -151,7 +152,12 @@ def make_tiny_model_command(arguments: list[str]) -> int:
         for key, value in vars(options).items()
         if key not in ("arch", "out", "seed") and value is not None
     }
-    path = make_tiny_model(options.arch, options.out, seed=options.seed, **overrides)
+    if options.arch in TINY_VISION_ARCHES:
+        # A vision-language model with its processor configs (sizes: the language model's)
+        sizes = {k: v for k, v in overrides.items() if k in ("hidden_size", "num_layers")}
+        path = make_tiny_vision_model(options.arch, options.out, seed=options.seed, **sizes)
+    else:
+        path = make_tiny_model(options.arch, options.out, seed=options.seed, **overrides)
     print(f"tiny {options.arch} model written to {path}")
     return 0
 
