@@ -175,3 +175,54 @@ def test_a_full_queue_is_refused_and_nothing_queued_is_lost():
     with pytest.raises(QueueFull, match="2 requests are waiting"):
         stalled.submit([1, 2, 3], Sampling(max_new_tokens=4))
     assert stalled._requests.qsize() == 2  # the refused one was never queued; the others still are
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+def test_tools_reach_the_prompt_and_a_call_in_the_templates_format_comes_back_as_tool_calls(server, monkeypatch):
+    """The tiny model does not call tools by itself: its answer is scripted in the chatml template's
+    tool format (LLaMA-Factory's `default`: Action / Action Input); the prompts are the real ones."""
+    engine, base_url = server
+    prompts = []
+    scripted = 'Action: get_weather\nAction Input: {"city": "Paris"}'
+
+    def generate(ids, sampling, answer):
+        prompts.append(engine.tokenizer.decode(ids))
+        answer.pieces.put(scripted)
+        answer.text, answer.completion_tokens, answer.finish_reason = scripted, 9, "stop"
+
+    monkeypatch.setattr(engine, "_generate", generate)
+    monkeypatch.setattr(engine, "max_length", 1024)  # the tool descriptions are long
+    client = _client(base_url)
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    reply = client.chat.completions.create(model=MODEL, messages=question, tools=[WEATHER])
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert "You have access to the following tools" in prompts[-1] and "Tool Name: get_weather" in prompts[-1]
+
+    follow_up = [
+        *question,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
+    ]
+    streamed = client.chat.completions.create(model=MODEL, messages=follow_up, tools=[WEATHER], stream=True)
+    chunks = list(streamed)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    delta_calls = [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
+    assert [c.function.name for c in delta_calls] == ["get_weather"]
+    # the earlier call is written in the template's format, the tool's answer as an observation
+    assert 'Action: get_weather\nAction Input: {"city": "Paris"}' in prompts[-1]
+    assert '{"temperature": 21}' in prompts[-1]
+
+    plain = client.chat.completions.create(model=MODEL, messages=question)  # no tools: plain text
+    assert plain.choices[0].message.content == scripted and not plain.choices[0].message.tool_calls

@@ -20,11 +20,25 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from .engine import ChatEngine, PromptTooLong, QueueFull, Sampling
+from .tools import answer_calls, call_style, template_messages, tools_json
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
 
 class ChatRequest(BaseModel):
@@ -36,6 +50,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     stream: bool = False
+    tools: list[dict] | None = None
+    tool_choice: str | dict | None = None  # "none" leaves the tools out of the prompt
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -75,7 +91,11 @@ def create_app(engine: ChatEngine) -> FastAPI:
             top_p=body.top_p,
             stop=stops,
         )
-        ids = engine.prompt_ids([m.model_dump() for m in body.messages])
+        tools = None if body.tool_choice == "none" else tools_json(body.tools)
+        try:
+            ids = engine.prompt_ids(template_messages([m.model_dump() for m in body.messages]), tools)
+        except (ValueError, KeyError) as error:  # a malformed tool call or tool list
+            return _error(400, f"invalid request: {error}", "invalid_request_error")
         try:
             answer = engine.submit(ids, sampling)
         except PromptTooLong as error:
@@ -84,13 +104,20 @@ def create_app(engine: ChatEngine) -> FastAPI:
             return _error(503, str(error), "server_busy")
         completion = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
+        style = call_style(engine.template) if tools else None
         if body.stream:
             return StreamingResponse(
-                _events(answer, completion, created, engine.name), media_type="text/event-stream"
+                _events(answer, completion, created, engine.name, style), media_type="text/event-stream"
             )
         await run_in_threadpool(answer.done.wait)
         if answer.error is not None:
             return _error(500, f"generation failed: {answer.error}", "server_error")
+        calls = answer_calls(style, answer.text) if style else None
+        message = (
+            {"role": "assistant", "content": None, "tool_calls": calls}
+            if calls
+            else {"role": "assistant", "content": answer.text}
+        )
         return {
             "id": completion,
             "object": "chat.completion",
@@ -99,8 +126,8 @@ def create_app(engine: ChatEngine) -> FastAPI:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": answer.text},
-                    "finish_reason": answer.finish_reason,
+                    "message": message,
+                    "finish_reason": "tool_calls" if calls else answer.finish_reason,
                 }
             ],
             "usage": {
@@ -113,8 +140,9 @@ def create_app(engine: ChatEngine) -> FastAPI:
     return app
 
 
-def _events(answer, completion: str, created: int, model: str):
-    """Server-sent events in OpenAI's chunk shape: the role, the text pieces, the finish, [DONE]."""
+def _events(answer, completion: str, created: int, model: str, style: str | None = None):
+    """Server-sent events in OpenAI's chunk shape: the role, the text pieces, the finish, [DONE].
+    With tools (`style`), the answer is held until it is whole: it is either text or calls."""
 
     def chunk(delta: dict, finish: str | None = None) -> str:
         body = {
@@ -129,7 +157,15 @@ def _events(answer, completion: str, created: int, model: str):
     def generate():
         yield chunk({"role": "assistant", "content": ""})
         try:
-            for piece in answer.stream():
+            pieces = list(answer.stream()) if style else answer.stream()
+            calls = answer_calls(style, "".join(pieces)) if style else None
+            if calls:
+                delta = [{"index": i, **call} for i, call in enumerate(calls)]
+                yield chunk({"tool_calls": delta})
+                yield chunk({}, "tool_calls")
+                yield "data: [DONE]\n\n"
+                return
+            for piece in pieces:
                 yield chunk({"content": piece})
         except Exception as error:  # the stream has started: report in-band, as OpenAI does
             yield f"data: {json.dumps({'error': {'message': f'generation failed: {error}', 'type': 'server_error'}})}\n\n"

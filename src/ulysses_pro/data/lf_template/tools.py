@@ -8,6 +8,7 @@ One `ToolStyle` per `tool_format` value LLaMA-Factory defines for the templates 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -179,3 +180,67 @@ def parse_calls(content: str) -> list[tuple[str, str]]:
         raise DataError(
             f"a function_call message needs objects with 'name' and 'arguments': {content[:80]!r}"
         ) from None
+
+
+# -- reading calls back out of a generated answer (LLaMA-Factory's `tool_extractor` per format) ----
+
+
+def _as_calls(objects: Any, arguments_key: str) -> list[tuple[str, str]] | None:
+    objects = objects if isinstance(objects, list) else [objects]
+    if not objects or not all(isinstance(o, dict) and "name" in o and arguments_key in o for o in objects):
+        return None
+    return [(o["name"], json.dumps(o[arguments_key], ensure_ascii=False)) for o in objects]
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _extract_default(text: str) -> list[tuple[str, str]] | None:
+    found = re.findall(r"Action:\s*([\w.\-]+)\s*Action Input:\s*(.+?)(?=\s*Action:|\s*$)", text, re.DOTALL)
+    calls = [(name, _json(arguments.strip().strip("`"))) for name, arguments in found]
+    if not calls or any(arguments is None for _, arguments in calls):
+        return None
+    return [(name, json.dumps(arguments, ensure_ascii=False)) for name, arguments in calls]
+
+
+def _extract_qwen(text: str) -> list[tuple[str, str]] | None:
+    blocks = re.findall(r"<tool_call>(.+?)</tool_call>", text, re.DOTALL)
+    calls = [_as_calls(_json(block.strip()), "arguments") for block in blocks]
+    if not calls or any(c is None for c in calls):
+        return None
+    return [call for found in calls for call in found]
+
+
+def _extract_llama3(text: str) -> list[tuple[str, str]] | None:
+    return _as_calls(_json(text.strip()), "parameters")
+
+
+def _extract_mistral(text: str) -> list[tuple[str, str]] | None:
+    return _as_calls(_json(text.strip().removeprefix("[TOOL_CALLS]").strip()), "arguments")
+
+
+def _extract_glm4(text: str) -> list[tuple[str, str]] | None:
+    name, _, arguments = text.strip().partition("\n")
+    parsed = _json(arguments)
+    if not re.fullmatch(r"[\w.\-]+", name) or not isinstance(parsed, dict):
+        return None
+    return [(name, json.dumps(parsed, ensure_ascii=False))]
+
+
+EXTRACTORS: dict[str, Callable[[str], list[tuple[str, str]] | None]] = {
+    "default": _extract_default,
+    "qwen": _extract_qwen,
+    "llama3": _extract_llama3,
+    "mistral": _extract_mistral,
+    "glm4": _extract_glm4,
+}
+
+
+def extract_calls(style_name: str, text: str) -> list[tuple[str, str]] | None:
+    """The tool calls an answer makes in `style_name`'s format, as (name, arguments JSON) pairs;
+    None when the answer is plain text (or not a well-formed call)."""
+    return EXTRACTORS[style_name](text)
