@@ -97,8 +97,9 @@ def write_media_dataset(folder: Path, videos: bool = True) -> Path:
     return folder
 
 
-def write_vision_model(folder: Path) -> Path:
-    """A tiny Qwen2.5-VL (built-in tokenizer plus the vision tokens); video frames are kept small."""
+def write_vision_model(folder: Path, arch: str = "qwen2_5_vl") -> Path:
+    """A tiny Qwen2.5-VL or Qwen3-VL (built-in tokenizer plus the vision tokens); video frames are
+    kept small."""
     from ulysses_pro.models.multimodal.tiny import make_tiny_vision_model
 
-    return make_tiny_vision_model("qwen2_5_vl", folder, video_pixels=(28 * 28 * 4, 28 * 28 * 16))
+    return make_tiny_vision_model(arch, folder, video_pixels=(28 * 28 * 4, 28 * 28 * 16))

@@ -101,6 +101,25 @@ def test_vision_language_sft_under_sequence_parallelism_matches_one_process(medi
         assert any(".visual.blocks." in n for n in vision) and any(".visual.merger." in n for n in vision)
 
 
+@pytest.fixture(scope="module")
+def qwen3_media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vision-qwen3")
+    return write_vision_model(root / "model", "qwen3_vl"), write_media_dataset(root / "data", videos=False)
+
+
+def test_qwen3_vl_images_with_deepstack_under_sequence_parallelism_match_one_process(qwen3_media, tmp_path):
+    """Qwen3-VL adds vision features inside the first decoder layers (deepstack): each shard adds
+    those of its own visual tokens; SP=2 ring, packed, vision tower and projector trained."""
+    keys = {**parallel_keys(2, "zigzag-ring"), "neat_packing": True}
+    shared = {"neat_packing": True}
+    base = {"template": "qwen3_vl_nothink"}
+    reference = run_training(**_keys(qwen3_media, tmp_path, "ref", **base, **shared))
+    candidate = run_ranks(_train, 2, _keys(qwen3_media, tmp_path, "sp", **base, **keys))[0]
+    _compare(reference, candidate)
+    trained = set(reference["grads"][0])
+    assert any(".visual.deepstack_merger_list." in n for n in trained)
+
+
 LF_DATA = Path(__file__).resolve().parents[3] / "shared" / "lf-data"
 QWEN_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "lf-golden" / "tokenizers" / "qwen2.5"
 

@@ -219,3 +219,21 @@ def test_visual_tokens_stay_masked_when_the_prompt_trains(tmp_path, vision_token
     assert (
         sum(label != IGNORE_INDEX for token, label in labelled if token not in vision) > 5
     )  # the prompt trains
+
+
+def test_qwen3_vl_videos_are_refused_by_name_and_its_images_counted_with_16_pixel_patches(tmp_path):
+    """Qwen3-VL's processor cuts 16-pixel patches (read from its saved config); its videos carry
+    per-frame timestamps, not built yet, so a video row stops with file and row."""
+    pytest.importorskip("av")
+    from ...media_fixtures import write_media_dataset, write_vision_model
+
+    model = str(write_vision_model(tmp_path / "vl3", "qwen3_vl"))
+    data = write_media_dataset(tmp_path / "data")
+    config = _config(model, data, tmp_path, dataset="media_demo", template="qwen3_vl_nothink")
+    tokenizer, rows = preview_rows(config, 4)
+    first = rows[0][1]["images"][0]
+    # 56 x 56 is raised to Qwen3-VL's 256 x 256 floor: 16 x 16 patches, 64 visual tokens
+    assert first.grid == (1, 16, 16)
+    assert rows[0][1]["input_ids"].count(tokenizer.convert_tokens_to_ids("<|image_pad|>")) == 64
+    with pytest.raises(DataError, match="media_demo.json.*row 4: template qwen3_vl_nothink: videos .* not built yet"):
+        preview_rows(config, 6)

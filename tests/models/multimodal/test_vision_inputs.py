@@ -21,18 +21,24 @@ from ...media_fixtures import write_media_dataset, write_vision_model
 pytest.importorskip("av")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+# (model, template, whether the family's videos are built)
+FAMILIES = {"qwen2_5_vl": ("qwen2_vl", True), "qwen3_vl": ("qwen3_vl_nothink", False)}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def setup(request, tmp_path_factory):
     from transformers import AutoModelForImageTextToText
 
-    root = tmp_path_factory.mktemp("vision-forward")
-    model_dir, data = write_vision_model(root / "model"), write_media_dataset(root / "data")
+    arch = request.param
+    template, videos = FAMILIES[arch]
+    root = tmp_path_factory.mktemp(f"vision-forward-{arch}")
+    model_dir, data = write_vision_model(root / "model", arch), write_media_dataset(root / "data", videos=videos)
 
     def rows(**keys):
         config = load_config(
             {
                 "model_name_or_path": str(model_dir),
-                "template": "qwen2_vl",
+                "template": template,
                 "dataset": "media_demo",
                 "dataset_dir": str(data),
                 "stage": "sft",
@@ -47,6 +53,10 @@ def setup(tmp_path_factory):
 
     model = AutoModelForImageTextToText.from_pretrained(str(model_dir), attn_implementation="sdpa").eval()
     return model, rows
+
+
+def model_type(setup) -> str:
+    return setup[0].config.model_type
 
 
 def _collator(model, config, tokenizer):
@@ -91,7 +101,8 @@ def test_hooked_forward_equals_transformers_own_vision_path_for_images_and_video
     config, tokenizer, dataset = rows()
     collate, reader = _collator(model, config, tokenizer)
     examples = [dataset[i] for i in range(len(dataset))]
-    assert any(r["images"] for r in examples) and any(r["videos"] for r in examples)
+    assert any(r["images"] for r in examples)
+    assert any(r["videos"] for r in examples) == FAMILIES[model.config.model_type][1]
     with torch.no_grad():
         ours = _hooked_logits(model, collate(examples))
         for index, row in enumerate(examples):
@@ -104,7 +115,7 @@ def test_packed_row_scores_each_document_as_if_alone(setup):
     config, tokenizer, packed = rows(neat_packing=True, cutoff_len=512)
     collate, reader = _collator(model, config, tokenizer)
     row = packed[0]
-    assert len(row["document_lengths"]) > 2 and row["images"] and row["videos"]
+    assert len(row["document_lengths"]) > 2 and row["images"]
     with torch.no_grad():
         logits = _hooked_logits(model, collate([row]))[0]
         start = used_images = used_videos = 0
@@ -124,6 +135,8 @@ def test_packed_row_scores_each_document_as_if_alone(setup):
 
 
 def test_video_patches_take_each_frame_pair_in_the_image_processors_patch_order(setup, tmp_path):
+    if model_type(setup) != "qwen2_5_vl":
+        pytest.skip("the patch layout is the reader's, checked once")
     """A video of one repeated frame is, patch for patch, that frame as an image (which the image
     processor copies over the temporal patch): the spatial order and the (C, T, P, P) layout agree."""
     from PIL import Image

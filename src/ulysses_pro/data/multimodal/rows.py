@@ -32,7 +32,14 @@ MEDIA_KINDS = ("images", "videos")
 # Stages whose rows carry media (their collators join images to sequences).
 MEDIA_STAGES = ("sft", "dpo")
 # Templates whose placeholder rules are implemented (LLaMA-Factory's mm_plugin of the same template).
-VISION_TEMPLATES = {"qwen2_vl": "Qwen2-VL, Qwen2.5-VL"}
+VISION_TEMPLATES = {
+    "qwen2_vl": "Qwen2-VL, Qwen2.5-VL",
+    "qwen3_vl": "Qwen3-VL, images",
+    "qwen3_vl_nothink": "Qwen3-VL, images",
+}
+# Templates whose videos need more than pad tokens: Qwen3-VL writes a timestamp before each frame
+# (LLaMA-Factory's `Qwen3VLPlugin`, from the Qwen3-VL video processor's sampled frame times).
+IMAGES_ONLY_TEMPLATES = ("qwen3_vl", "qwen3_vl_nothink")
 
 
 def media_columns(spec) -> dict[str, str]:
@@ -175,6 +182,10 @@ def expand_media(conversation, settings: VisionSettings | None) -> tuple[object,
     if settings is None:
         covered = ", ".join(f"{name} ({models})" for name, models in VISION_TEMPLATES.items())
         raise DataError.at(ref, f"images/videos need a vision template; covered so far: template {covered}")
+    if conversation.videos and settings.template in IMAGES_ONLY_TEMPLATES:
+        raise DataError.at(
+            ref, f"template {settings.template}: videos (Qwen3-VL's per-frame timestamps) are not built yet; images are"
+        )
     images = [image_input(path, settings.image, settings.limits, ref) for path in conversation.images]
     videos = [video_input(path, settings.video, settings.limits, ref) for path in conversation.videos]
     grids = [[item.grid for item in media] for media in (images, videos)]

@@ -3,5 +3,6 @@ vision tower split over the SP group, tiny local models for tests."""
 
 # Families whose vision tower, M-RoPE positions and visual tokens are wired here and measured exact
 # under SP and packing (tests/train/test_vision_sft.py); the data side expands their placeholders
-# with the `qwen2_vl` template.
-WIRED_VISION_FAMILIES = ("qwen2_5_vl",)
+# with the `qwen2_vl` and `qwen3_vl` templates (Qwen3-VL: images; its videos' frame timestamps are
+# not built, `data/multimodal/rows.py` refuses them).
+WIRED_VISION_FAMILIES = ("qwen2_5_vl", "qwen3_vl")

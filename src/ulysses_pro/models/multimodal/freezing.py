@@ -16,6 +16,12 @@ from torch import nn
 COMPOSITE_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "qwen2_vl": (("visual.patch_embed", "visual.blocks"), ("visual.merger",), ("language_model", "lm_head")),
     "qwen2_5_vl": (("visual.patch_embed", "visual.blocks"), ("visual.merger",), ("language_model", "lm_head")),
+    # Qwen3-VL's tower also has a learned position table and the deepstack mergers (vision side).
+    "qwen3_vl": (
+        ("visual.pos_embed", "visual.patch_embed", "visual.blocks", "visual.deepstack_merger_list"),
+        ("visual.merger",),
+        ("language_model", "lm_head"),
+    ),
 }
 
 

@@ -12,6 +12,15 @@ import torch
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 TINY_VISION_ARCHES = ("qwen2_5_vl", "qwen3_vl")
 
+# Qwen3-VL's image processor: 16-pixel patches, mean and std 0.5, at least 256 x 256 pixels (the
+# values its released preprocessor_config.json carries).
+_QWEN3_VL_IMAGES = {
+    "patch_size": 16,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+}
+
 # transformers' Qwen2-VL video processor defaults (its class needs torchvision to build, so its
 # config is written as that class would write it).
 _VIDEO_PROCESSOR = {
@@ -82,7 +91,7 @@ def build_tiny_vision_config(arch: str, tokenizer, hidden_size: int = 64, num_la
         from transformers import Qwen3VLConfig
 
         text_config["rope_parameters"]["mrope_interleaved"] = True
-        vision.update(deepstack_visual_indexes=[1], num_position_embeddings=64)
+        vision.update(patch_size=16, deepstack_visual_indexes=[0, 1], num_position_embeddings=64)
         config = Qwen3VLConfig(text_config=text_config, vision_config=vision, **tokens)
     else:
         raise ValueError(f"unknown tiny vision arch {arch!r}; valid choices: {', '.join(TINY_VISION_ARCHES)}")
@@ -121,7 +130,7 @@ def make_tiny_vision_model(
     tokenizer = with_vision_tokens(tokenizer if tokenizer is not None else load_builtin_tokenizer())
     build_tiny_vision_model(arch, tokenizer, seed=seed, **sizes).save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    Qwen2VLImageProcessorPil().save_pretrained(str(out))
+    Qwen2VLImageProcessorPil(**(_QWEN3_VL_IMAGES if arch == "qwen3_vl" else {})).save_pretrained(str(out))
     video = dict(_VIDEO_PROCESSOR)
     if video_pixels is not None:
         video["size"] = {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}

@@ -17,6 +17,8 @@ Text-only forwards (generation, a model without the collator's keys) pass throug
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -50,16 +52,23 @@ def is_vision_language(model_or_config) -> bool:
     return getattr(config, "vision_config", None) is not None
 
 
+def _merged(output) -> torch.Tensor:
+    """One row per visual token: the merged features, then (Qwen3-VL) each deepstack level's,
+    side by side, so that one gather moves them all."""
+    deepstack = getattr(output, "deepstack_features", None) or []
+    return torch.cat([output.pooler_output, *deepstack], dim=-1)
+
+
 def _encode(module: nn.Module, pixels: torch.Tensor, grids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The vision tower's merged features (one row per visual token) of the given items, and for a
-    rank with none, the zero-weight term of the blank item it encodes instead."""
+    """The vision tower's features (`_merged`) of the given items, and for a rank with none, the
+    zero-weight term of the blank item it encodes instead."""
     visual = module.visual
     dtype = next(visual.parameters()).dtype
     if grids.shape[0]:
-        return visual(pixels.to(dtype), grid_thw=grids).pooler_output, None
+        return _merged(visual(pixels.to(dtype), grid_thw=grids)), None
     merge = visual.spatial_merge_size
     blank = torch.zeros(merge * merge, pixels.shape[-1], dtype=dtype, device=pixels.device)
-    out = visual(blank, grid_thw=torch.tensor([[1, merge, merge]], device=pixels.device)).pooler_output
+    out = _merged(visual(blank, grid_thw=torch.tensor([[1, merge, merge]], device=pixels.device)))
     return out[:0], out.sum() * 0
 
 
@@ -96,12 +105,21 @@ def _vision_inputs(module: nn.Module, args: tuple, kwargs: dict, layout=None):
     embeds = module.get_input_embeddings()(input_ids)
     features, idle, images = _features(module, batch, layout)
     features = features.to(embeds.dtype)
-    image_features, video_features = features[:images], features[images:]
-    for key, table in (("image_feature_index", image_features), ("video_feature_index", video_features)):
-        index = batch[key]
-        at = index >= 0
-        if bool(at.any()):
-            embeds = embeds.masked_scatter(at.unsqueeze(-1), table[index[at]])
+    width = embeds.shape[-1]
+    # Each visual token's row of the batch's features: images' rows first, then videos'.
+    image_index, video_index = batch["image_feature_index"], batch["video_feature_index"]
+    visual = (image_index >= 0) | (video_index >= 0)
+    rows = torch.where(image_index >= 0, image_index, video_index + images)[visual]
+    if bool(visual.any()):
+        embeds = embeds.masked_scatter(visual.unsqueeze(-1), features[rows, :width])
+    if features.shape[-1] > width:
+        # Qwen3-VL: the deepstack levels are added to the first decoder layers' outputs at the
+        # visual tokens of this shard; the language model takes them from its own pre-hook.
+        levels = features.shape[-1] // width - 1
+        module.language_model._ulysses_deepstack = (
+            visual,
+            [features[rows, width * (1 + level) : width * (2 + level)] for level in range(levels)],
+        )
     # Every rank's backward must reach the gather's (a collective), also when its shard holds no
     # visual token: the features enter its loss times zero.
     anchor = features.sum() * 0 if idle is None else idle + features.sum() * 0
@@ -112,16 +130,30 @@ def _vision_inputs(module: nn.Module, args: tuple, kwargs: dict, layout=None):
     return args, kwargs
 
 
+def _deepstack_inputs(language_model: nn.Module, args: tuple, kwargs: dict):
+    pending = language_model.__dict__.pop("_ulysses_deepstack", None)
+    if pending is None:
+        return None
+    kwargs["visual_pos_masks"], kwargs["deepstack_visual_embeds"] = pending
+    return args, kwargs
+
+
 def install_vision_inputs(model: nn.Module, layout) -> None:
-    """Hook the VLM's inner model (once; a later call updates the layout)."""
+    """Hook the VLM's inner model (once; a later call updates the layout), and for a deepstack
+    model (Qwen3-VL) its language model."""
     inner = vision_language_model(model)
     if inner is None:
         return
-    handle = getattr(inner, "_ulysses_vision_hook", None)
-    if handle is not None:
-        handle.remove()
+    for owner, name in ((inner, "_ulysses_vision_hook"), (inner.language_model, "_ulysses_deepstack_hook")):
+        handle = getattr(owner, name, None)
+        if handle is not None:
+            handle.remove()
 
     def hook(module, args, kwargs):
         return _vision_inputs(module, args, kwargs, layout)
 
     inner._ulysses_vision_hook = inner.register_forward_pre_hook(hook, with_kwargs=True)
+    if "deepstack_visual_embeds" in inspect.signature(inner.language_model.forward).parameters:
+        inner.language_model._ulysses_deepstack_hook = inner.language_model.register_forward_pre_hook(
+            _deepstack_inputs, with_kwargs=True
+        )
