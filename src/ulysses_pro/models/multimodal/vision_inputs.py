@@ -9,7 +9,8 @@ turns the collator's keys into what the language model takes:
 2. the features of all ranks are gathered (`parallel.comm.gather_rows`, whose backward sums the
    gradient of every rank's tokens into the owner's), in batch order;
 3. each visual token of this rank's shard takes its feature (`*_feature_index`) in the token
-   embeddings;
+   embeddings (Qwen3-VL: and its deepstack features, which a pre-hook on the language model
+   passes on, to be added to the first decoder layers' outputs);
 4. the position ids become transformers' packed 4-row form: the 1-D text positions (document
    boundaries for attention) over M-RoPE's three rows.
 Text-only forwards (generation, a model without the collator's keys) pass through untouched.
