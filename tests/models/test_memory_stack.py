@@ -279,3 +279,38 @@ def test_a_deep_copy_after_the_memory_stack_uses_its_own_weights():
         for p in policy.parameters():
             p.mul_(1.5)  # "training" the policy
     torch.testing.assert_close(reference(input_ids=IDS, use_cache=False).logits, before, rtol=0, atol=0)
+
+
+def test_a_frozen_layer_is_neither_checkpointed_nor_made_to_want_grad():
+    """transformers 5.25 calls a checkpointed layer as `partial(forward, layer, **kwargs)`: the layer
+    is still found, so a frozen one (a VLM's vision blocks under `freeze_vision_tower`) runs plainly,
+    and its input is not switched to require grad (which would back-propagate through it)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from ulysses_pro.models.checkpointing import checkpointing_function
+
+    class Block(GradientCheckpointingLayer):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 4)
+
+        def forward(self, hidden):
+            return self.linear(hidden)
+
+    calls = []
+    plain = checkpointing_function(use_reentrant=True, offload=None)
+
+    def spy(function, *args, **kwargs):
+        calls.append(function)
+        return plain(function, *args, **kwargs)
+
+    block = Block()
+    block.gradient_checkpointing, block._gradient_checkpointing_func = True, spy
+    block.train()
+    block.requires_grad_(False)
+    hidden = torch.randn(2, 4)
+    out = block(hidden)
+    assert calls, "transformers did not route the call through the checkpointing function"
+    assert not hidden.requires_grad and not out.requires_grad  # frozen: run plainly, no graph
+    block.requires_grad_(True)
+    assert block(hidden).requires_grad  # trainable: checkpointed, its input marked for reentry

@@ -124,8 +124,13 @@ def _trainable(module: nn.Module) -> bool:
 
 
 def _owner(function) -> nn.Module | None:
+    """The layer behind transformers' checkpointed call: a bound method, or (transformers 5.25's
+    `GradientCheckpointingLayer`) `partial(forward, layer, **kwargs)` of the plain function."""
     target = function.func if isinstance(function, partial) else function
-    return getattr(target, "__self__", None)
+    owner = getattr(target, "__self__", None)
+    if owner is None and isinstance(function, partial) and function.args and isinstance(function.args[0], nn.Module):
+        owner = function.args[0]
+    return owner
 
 
 def checkpointing_function(use_reentrant: bool, offload: HostOffload | None, preserve_rng_state: bool = True):
