@@ -17,3 +17,18 @@ def test_more_ranks_than_items_leaves_ranks_idle_and_one_rank_takes_everything()
     assert owners([4, 4], 4) == [0, 1]
     assert owners([3, 1, 2], 1) == [0, 0, 0]
     assert owners([], 2) == []
+
+
+def test_time_pieces_cut_videos_into_temporal_groups_and_keep_images_whole():
+    from ulysses_pro.parallel.work_split import time_pieces
+
+    assert time_pieces([(1, 4, 6), (3, 2, 2), (1, 8, 4)]) == [
+        (0, 0, 4, 6),
+        (1, 0, 2, 2),
+        (1, 1, 2, 2),
+        (1, 2, 2, 2),
+        (2, 0, 8, 4),
+    ]
+    # one long video over 4 ranks: every rank encodes a quarter of its frames
+    pieces = time_pieces([(8, 16, 16)])
+    assert sorted(owners([h * w for *_, h, w in pieces], 4)) == [0, 0, 1, 1, 2, 2, 3, 3]

@@ -160,3 +160,18 @@ def test_video_patches_take_each_frame_pair_in_the_image_processors_patch_order(
     image = VisualInput("image", str(tmp_path / "first.png"), (56, 84), (1, 6, 4))
     assert Image.open(tmp_path / "first.png").size == (56, 84)
     torch.testing.assert_close(reader.pixels(video), reader.pixels(image))
+
+
+def test_a_videos_temporal_groups_encode_as_the_whole_video(setup):
+    """What lets one long video be split over the SP group: the tower encodes each pair of frames
+    on its own (attention within a temporal patch, positions by height and width)."""
+    model = setup[0]
+    visual = model.model.visual
+    t, h, w = 3, 8, 12
+    pixels = torch.randn(t * h * w, 3 * 2 * visual.config.patch_size**2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = visual(pixels, grid_thw=torch.tensor([[t, h, w]]))
+        groups = visual(pixels, grid_thw=torch.tensor([[1, h, w]] * t))
+    torch.testing.assert_close(groups.pooler_output, whole.pooler_output, rtol=0, atol=1e-6)
+    for apart, together in zip(getattr(groups, "deepstack_features", None) or [], getattr(whole, "deepstack_features", None) or []):
+        torch.testing.assert_close(apart, together, rtol=0, atol=1e-6)

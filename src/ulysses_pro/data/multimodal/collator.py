@@ -8,8 +8,9 @@ On top of the padded text batch it adds, for the whole (unsplit) sequence:
 - `image_feature_index` / `video_feature_index` (b, s): at each visual token, the row of its
   feature in the batch's features (images in order, row by row), -1 elsewhere; after the split each
   shard knows which features its own visual tokens take;
-- the grids of every image and video of the batch, and the pixels of only those this rank's
-  vision tower encodes (`parallel.work_split.owners` over the ranks sharing the samples).
+- the grids of every image and video of the batch, and the pixels of only the images and video
+  frame groups this rank's vision tower encodes (`parallel.work_split` over the ranks sharing the
+  samples).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ...parallel.work_split import owners
+from ...parallel.work_split import owners, time_pieces
 from .pixels import PixelReader
 from .qwen_vl import VisualInput
 from .rows import MEDIA_KINDS
@@ -115,8 +116,13 @@ class VisionCollator:
     def _media(self, images: list[VisualInput], videos: list[VisualInput]) -> dict[str, torch.Tensor]:
         items = images + videos
         rank, ranks = self.share
-        owner = owners([_patches(item) for item in items], ranks)
-        mine = [i for i, o in enumerate(owner) if o == rank]
+        pieces = time_pieces([item.grid for item in items])
+        owner = owners([h * w for _, _, h, w in pieces], ranks)
+        # This rank's temporal groups of each item, in order (an item is read once for all of them).
+        mine: dict[int, list[int]] = {}
+        for (item, group, _, _), owning in zip(pieces, owner):
+            if owning == rank:
+                mine.setdefault(item, []).append(group)
         out = {
             "image_grid_thw": torch.tensor([item.grid for item in images], dtype=torch.long).view(-1, 3),
             "video_grid_thw": torch.tensor([item.grid for item in videos], dtype=torch.long).view(-1, 3),
@@ -124,11 +130,6 @@ class VisionCollator:
         }
         patch_width = 3 * self.pixels.image_geometry.temporal_patch_size * self.pixels.image_geometry.patch_size**2
         for key, kind in (("pixel_values", "image"), ("pixel_values_videos", "video")):
-            pieces = [self.pixels.pixels(items[i]) for i in mine if items[i].kind == kind]
-            out[key] = torch.cat(pieces) if pieces else torch.zeros(0, patch_width)
+            read = [self.pixels.pixels(items[i], groups) for i, groups in mine.items() if items[i].kind == kind]
+            out[key] = torch.cat(read) if read else torch.zeros(0, patch_width)
         return out
-
-
-def _patches(item: VisualInput) -> int:
-    t, h, w = item.grid
-    return t * h * w

@@ -62,38 +62,53 @@ class PixelReader:
         out = processor(images=[image], return_tensors="np")
         return out["pixel_values"], tuple(int(x) for x in out["image_grid_thw"][0])
 
-    def pixels(self, item: VisualInput) -> torch.Tensor:
-        """(patches, C x T x P x P) float32 patches of one image or video."""
+    def pixels(self, item: VisualInput, groups: list[int] | None = None) -> torch.Tensor:
+        """(patches, C x T x P x P) float32 patches of one image or video; for a video, only its
+        temporal groups `groups` (pairs of frames; default all), in order."""
         ref = RowRef(item.path, -1)
         if item.kind == "image":
             image = _at_size(open_image(Path(item.path), ref), item.size)
             patches, grid = self._patches(self._image, image)
         else:
-            patches, grid = self._video_patches(item, ref)
-        if grid != tuple(item.grid):
+            patches, grid = self._video_patches(item, ref, groups)
+        if groups is not None and item.kind == "video":
+            expected = (len(groups), *item.grid[1:])
+        else:
+            expected = tuple(item.grid)
+        if grid != expected:
             raise DataError(
                 f"{item.path}: the processor made a {grid} grid, the row was encoded for {tuple(item.grid)} "
                 "(the file or the processor config changed since tokenizing?)"
             )
         return torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32))
 
-    def _video_patches(self, item: VisualInput, ref: RowRef) -> tuple[np.ndarray, tuple[int, int, int]]:
-        frames = video_frames(Path(item.path), list(item.frames), ref)
-        if len(frames) % 2:
-            frames.append(frames[-1])  # LLaMA-Factory repeats the last frame: the temporal patch takes two
+    def _video_patches(
+        self, item: VisualInput, ref: RowRef, groups: list[int] | None
+    ) -> tuple[np.ndarray, tuple[int, int, int]]:
         geometry = self.video_geometry
         temporal = geometry.temporal_patch_size
+        indices = list(item.frames)
+        if len(indices) % temporal:
+            indices += [indices[-1]] * (temporal - len(indices) % temporal)  # LLaMA-Factory repeats the last frame
+        if groups is not None:
+            indices = [index for group in groups for index in indices[group * temporal : (group + 1) * temporal]]
+        wanted = sorted(set(indices))
+        frames = video_frames(Path(item.path), wanted, ref)
+        if len(frames) != len(wanted):
+            raise DataError.at(ref, f"video {item.path}: {len(frames)} of the {len(wanted)} sampled frames decoded")
+        decoded = dict(zip(wanted, frames))
+        frames = [decoded[index] for index in indices]
         per_frame = []
         for frame in frames:
             patches, (_, grid_h, grid_w) = self._patches(self._video, _at_size(frame, item.size))
             # (patches, C, T, P, P) with the frame copied over T: keep one copy.
             per_frame.append(patches.reshape(grid_h * grid_w, 3, temporal, -1)[:, :, 0])
-        groups = [
+        stacked = [
             np.stack(per_frame[start : start + temporal], axis=2)  # (patches, C, T, P*P)
             for start in range(0, len(per_frame), temporal)
         ]
-        flat = np.concatenate([g.reshape(g.shape[0], -1) for g in groups], axis=0)
-        return flat, (len(groups), grid_h, grid_w)
+        flat = np.concatenate([g.reshape(g.shape[0], -1) for g in stacked], axis=0)
+        return flat, (len(stacked), grid_h, grid_w)
 
 
 def _at_size(image, size: tuple[int, int]):

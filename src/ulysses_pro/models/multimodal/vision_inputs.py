@@ -2,7 +2,8 @@
 
 A forward pre-hook on the model's inner `*VLModel` (the module with `visual` and `language_model`)
 turns the collator's keys into what the language model takes:
-1. the vision tower encodes the images and videos this rank owns (`parallel.work_split.owners`;
+1. the vision tower encodes the images and video frame groups this rank owns
+   (`parallel.work_split`: a video's temporal groups are encoded independently by these towers;
    all in one call, so that every rank calls it exactly once per forward, as ZeRO-3 and FSDP
    gather its weights collectively; a rank that owns none encodes one blank minimal item and adds
    it times zero, so DDP also sees a gradient for every vision weight on every rank);
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ...parallel.comm import gather_rows
-from ...parallel.work_split import owners
+from ...parallel.work_split import owners, time_pieces
 from ..wrappers import unwrap_model
 
 VISION_KEYS = (
@@ -77,23 +78,26 @@ def _features(module: nn.Module, batch: dict, layout) -> tuple[torch.Tensor, tor
     """(every image's then every video's features in batch order, an idle rank's zero term, the
     number of image feature rows)."""
     image_grids, video_grids = batch["image_grid_thw"], batch["video_grid_thw"]
-    grids = torch.cat([image_grids, video_grids])
     rank, ranks = (layout.sp_rank, layout.sp_size) if layout is not None else (0, 1)
-    owner = owners(grids.prod(-1).tolist(), ranks)
-    # The collator sent this rank's images, then its videos, each in batch order: the same order.
+    # Images and each video's temporal groups, shared out as the collator shared their pixels.
+    pieces = time_pieces(torch.cat([image_grids, video_grids]).tolist())
+    owner = owners([h * w for _, _, h, w in pieces], ranks)
+    # The collator sent this rank's images, then its video groups, each in batch order.
     pixels = torch.cat([batch["pixel_values"], batch["pixel_values_videos"]])
-    own, idle = _encode(module, pixels, grids[[i for i, o in enumerate(owner) if o == rank]])
+    mine = [(1, h, w) for (_, _, h, w), o in zip(pieces, owner) if o == rank]
+    own, idle = _encode(module, pixels, torch.tensor(mine, dtype=torch.long, device=pixels.device).view(-1, 3))
     if not owner:
         return own, idle, 0  # no media in the batch, on any rank of the group
     gathered = gather_rows(own, layout.sp_group if layout is not None else None)
-    # Rows arrive rank by rank, each rank's items in batch order; put them back in batch order.
-    tokens = (grids.prod(-1) // module.visual.spatial_merge_size**2).tolist()
+    # Rows arrive rank by rank, each rank's pieces in batch order; put them back in batch order.
+    tokens = [h * w // module.visual.spatial_merge_size**2 for _, _, h, w in pieces]
     start_of, cursor = {}, 0
     for owning in range(ranks):
-        for item in (i for i, o in enumerate(owner) if o == owning):
-            start_of[item], cursor = cursor, cursor + tokens[item]
+        for piece in (i for i, o in enumerate(owner) if o == owning):
+            start_of[piece], cursor = cursor, cursor + tokens[piece]
     ordered = torch.cat([gathered[start_of[i] : start_of[i] + tokens[i]] for i in range(len(tokens))])
-    return ordered, idle, sum(tokens[: image_grids.shape[0]])
+    images = sum(t for (item, _, _, _), t in zip(pieces, tokens) if item < image_grids.shape[0])
+    return ordered, idle, images
 
 
 def _vision_inputs(module: nn.Module, args: tuple, kwargs: dict, layout=None):
