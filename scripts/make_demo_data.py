@@ -194,13 +194,6 @@ DATASET_INFO = {
         },
     },
     "demo_text": {"file_name": "demo_text.jsonl", "columns": {"prompt": "text"}},
-    # Images and videos: written by scripts/make_media_demo.py (needs PyAV for the videos).
-    "media_demo": {
-        "file_name": "media_demo.json",
-        "formatting": "sharegpt",
-        "columns": {"messages": "messages", "images": "images", "videos": "videos"},
-        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
-    },
 }
 
 

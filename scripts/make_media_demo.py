@@ -6,8 +6,7 @@ Each image is a coloured shape on a plain background and each question asks for 
 shape, so a tiny vision-language model can learn the task in a few hundred steps (and a wrong
 image-to-token placement shows up as a loss that does not fall). The videos are a square moving
 left to right or right to left. The rows use LLaMA-Factory's sharegpt layout with `images` /
-`videos` columns; their `media_demo` entry of `data/dataset_info.json` is written by
-`scripts/make_demo_data.py` with the others.
+`videos` columns; `data/dataset_info.json` gets (or keeps) the `media_demo` entry.
 """
 
 from __future__ import annotations
@@ -66,6 +65,15 @@ def main() -> None:
         _video(OUT / name, rightwards)
         rows.append({"messages": _turns("<video>Which way does the square move?", f"To the {direction}."), "videos": [f"media_demo/{name}"]})
     (Path("data") / "media_demo.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
+    info_path = Path("data/dataset_info.json")
+    info = json.loads(info_path.read_text())
+    info["media_demo"] = {
+        "file_name": "media_demo.json",
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images", "videos": "videos"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    }
+    info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
     print(f"{len(rows)} rows, {len(list(OUT.iterdir()))} files in {OUT}")
 
 
