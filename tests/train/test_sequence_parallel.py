@@ -164,9 +164,9 @@ def test_every_architecture_in_both_two_rank_modes(tmp_path, arch, mode):
 
 # One SP=4 case runs by default (KV heads replicated up to the ulysses degree); the SP=4 ring and
 # hybrid run in CASES; `pytest -m slow` runs the rest of the sweep.
-SP4_DEFAULT = {
-    ("llama", "ulysses", "lora")
-}  # ring 4 and hybrid 4 also run in CASES and the memory/bf16 tests
+# None by default: end to end, SP=4 runs as hybrid in CASES (and ring 4 in test_recurrent_parallel);
+# pure ulysses and ring over 4 ranks are checked at the attention level (tests/parallel/test_attention.py).
+SP4_DEFAULT: set[tuple[str, str, str]] = set()
 SP4_SWEEP = [
     pytest.param(arch, mode, kind, marks=() if (arch, mode, kind) in SP4_DEFAULT else pytest.mark.slow)
     for arch in ARCHES

@@ -56,7 +56,8 @@ def ppo_keys(tmp_path, name, reward_models, kind, **keys):
 CASES = [
     # (world, sp, mode, reward model / policy kind, keys)
     (2, 2, "zigzag-ring", "full", {"ppo_score_norm": True, "ppo_whiten_rewards": True}),
-    (4, 2, "ulysses", "lora", {}),  # DP 2 x SP 2
+    # DP 2 x SP 2 (slow: GRPO's default run has its DP x SP case, and the rollout path is shared)
+    pytest.param(4, 2, "ulysses", "lora", {}, marks=pytest.mark.slow),
     pytest.param(2, 2, "ulysses", "lora", {"ppo_score_norm": True}, marks=pytest.mark.slow),
     pytest.param(4, 4, "hybrid", "full", {"ppo_whiten_rewards": True}, marks=pytest.mark.slow),
     pytest.param(4, 4, "zigzag-ring", "lora", {"ppo_buffer_size": 2}, marks=pytest.mark.slow),
