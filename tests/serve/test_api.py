@@ -4,6 +4,7 @@ request after which the server still answers."""
 
 from __future__ import annotations
 
+import collections
 import json
 import queue
 import socket
@@ -169,7 +170,7 @@ def test_a_full_queue_is_refused_and_nothing_queued_is_lost():
 
     stalled = ChatEngine.__new__(ChatEngine)  # no model and no worker: the queue only fills
     stalled.max_length = 64
-    stalled._requests = queue.Queue(maxsize=2)
+    stalled._requests, stalled._deferred = queue.Queue(maxsize=2), collections.deque()
     answers = [stalled.submit([1, 2, 3], Sampling(max_new_tokens=4)) for _ in range(2)]
     assert all(isinstance(a, Answer) for a in answers) and stalled._requests.qsize() == 2
     with pytest.raises(QueueFull, match="2 requests are waiting"):
@@ -226,3 +227,46 @@ def test_tools_reach_the_prompt_and_a_call_in_the_templates_format_comes_back_as
 
     plain = client.chat.completions.create(model=MODEL, messages=question)  # no tools: plain text
     assert plain.choices[0].message.content == scripted and not plain.choices[0].message.tool_calls
+
+
+def test_waiting_requests_that_decode_alike_share_one_generate_in_arrival_order():
+    """The worker's batches: the oldest request with every waiting one of the same sampling (not
+    streamed); a streamed one alone; the others keep their order."""
+    from ulysses_pro.serve.engine import ChatEngine, Sampling
+
+    stalled = ChatEngine.__new__(ChatEngine)
+    stalled.max_length, stalled.max_batch = 64, 8
+    stalled._requests, stalled._deferred = queue.Queue(maxsize=8), collections.deque()
+    kinds = {
+        "A": Sampling(4, temperature=0.0),
+        "B": Sampling(4, temperature=0.0, stream=True),
+        "C": Sampling(6, temperature=0.0, stop=["x"]),
+        "D": Sampling(4, temperature=0.7),
+        "E": Sampling(2, temperature=0.0),
+    }
+    answers = {name: stalled.submit([1, 2, 3], sampling) for name, sampling in kinds.items()}
+    names = {id(answer): name for name, answer in answers.items()}
+    batches = [[names[id(a)] for _, _, a in stalled._next_batch()] for _ in range(3)]
+    assert batches == [["A", "C", "E"], ["B"], ["D"]]
+
+
+def test_a_batched_generate_gives_each_request_its_one_by_one_greedy_answer(server):
+    """Prompts of different lengths, padded on the left in one `generate`: each answer equals the
+    answer the request gets alone (greedy), cut at its own token budget and stop string."""
+    from ulysses_pro.serve.engine import Answer, Sampling
+
+    engine, _ = server
+    prompts = [
+        engine.prompt_ids([{"role": "user", "content": text}])
+        for text in ("hi", "tell me about the sea and the sky today", "count to three")
+    ]
+    budgets = [8, 3, 6]
+    alone, together = [], []
+    for ids, budget in zip(prompts, budgets):
+        answer = Answer()
+        engine._generate(ids, Sampling(budget, temperature=0.0), answer)
+        alone.append((answer.text, answer.completion_tokens, answer.finish_reason))
+    batch = [(ids, Sampling(budget, temperature=0.0), Answer()) for ids, budget in zip(prompts, budgets)]
+    engine._generate_batch(batch)
+    together = [(a.text, a.completion_tokens, a.finish_reason) for _, _, a in batch]
+    assert together == alone

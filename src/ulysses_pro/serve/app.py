@@ -90,6 +90,7 @@ def create_app(engine: ChatEngine) -> FastAPI:
             temperature=body.temperature,
             top_p=body.top_p,
             stop=stops,
+            stream=body.stream,
         )
         tools = None if body.tool_choice == "none" else tools_json(body.tools)
         try:

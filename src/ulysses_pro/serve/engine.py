@@ -1,13 +1,17 @@
-"""One loaded model answering chat requests, one at a time, from a bounded queue.
+"""One loaded model answering chat requests from a bounded queue, batching those that can share a
+`generate`.
 
 The HTTP handlers never run the model: they put a request on the queue and read its answer (whole,
 or piece by piece while it streams). One worker thread takes requests in arrival order, so the
 model is never called from two threads at once and a request is never lost: it is answered, or
-refused at the door (`QueueFull`) when the queue is at its bound.
+refused at the door (`QueueFull`) when the queue is at its bound. Requests waiting together that
+decode alike (not streamed, the same sampling) run as one batched `generate`, prompts padded on the
+left; a streamed one runs alone, so its pieces arrive as they are made.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from collections.abc import Iterator
@@ -48,6 +52,14 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+    stream: bool = False
+
+    def batch_key(self) -> tuple | None:
+        """Requests with the same key can share one batched `generate`; None: this one runs alone
+        (a streamed answer is sent piece by piece as its own generation produces it)."""
+        if self.stream:
+            return None
+        return (self.temperature > 0, self.temperature, self.top_p)
 
     def generate_kwargs(self) -> dict:
         sampled = self.temperature > 0
@@ -85,12 +97,15 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 class ChatEngine:
     """The model, its tokenizer and template, and the worker that runs them."""
 
-    def __init__(self, config, max_queue: int = 16):
+    def __init__(self, config, max_queue: int = 16, max_batch: int = 8):
         self.model, self.tokenizer, self.template = load_for_generation(config)
         self.name = config.model.adapter_name_or_path or config.model.model_name_or_path
         self.max_length = config.data.cutoff_len
         self.default_max_new_tokens = config.generating.max_new_tokens
+        self.max_batch = max_batch
         self._requests: queue.Queue = queue.Queue(maxsize=max_queue)
+        # Requests the worker has taken off the queue but not yet run (they count toward the bound).
+        self._deferred: collections.deque = collections.deque()
         self._worker = threading.Thread(target=self._serve, name="ulysses-pro-api-worker", daemon=True)
         self._worker.start()
 
@@ -107,21 +122,77 @@ class ChatEngine:
         sampling.max_new_tokens = min(sampling.max_new_tokens, room)
         answer = Answer(prompt_tokens=len(ids))
         try:
+            if self._requests.qsize() + len(self._deferred) >= self._requests.maxsize:
+                raise queue.Full
             self._requests.put_nowait((ids, sampling, answer))
         except queue.Full:
             raise QueueFull(f"{self._requests.maxsize} requests are waiting; try again shortly") from None
         return answer
 
+    def _next_batch(self) -> list[tuple]:
+        """The oldest waiting request, and the waiting ones that can share its `generate` (up to
+        `max_batch`); the others keep their places, in order."""
+        waiting = self._deferred
+        first = waiting.popleft() if waiting else self._requests.get()
+        key = first[1].batch_key()
+        while True:  # everything that has arrived, behind the requests already set aside
+            try:
+                waiting.append(self._requests.get_nowait())
+            except queue.Empty:
+                break
+        if key is None:
+            return [first]
+        batch = [first]
+        for request in list(waiting):
+            if len(batch) < self.max_batch and request[1].batch_key() == key:
+                waiting.remove(request)
+                batch.append(request)
+        return batch
+
     def _serve(self) -> None:
         while True:
-            ids, sampling, answer = self._requests.get()
+            batch = self._next_batch()
             try:
-                self._generate(ids, sampling, answer)
-            except BaseException as error:  # the request fails, the worker goes on
-                answer.error = error
+                if len(batch) == 1:
+                    self._generate(*batch[0])
+                else:
+                    self._generate_batch(batch)
+            except BaseException as error:  # the requests fail, the worker goes on
+                for _, _, answer in batch:
+                    answer.error = error
             finally:
-                answer.pieces.put(None)
-                answer.done.set()
+                for _, _, answer in batch:
+                    answer.pieces.put(None)
+                    answer.done.set()
+
+    @torch.no_grad()
+    def _generate_batch(self, batch: list[tuple]) -> None:
+        """Whole answers of several waiting requests from one `generate` (prompts padded on the
+        left, each answer cut at its own stop string and token budget)."""
+        width = max(len(ids) for ids, _, _ in batch)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        rows = [[pad] * (width - len(ids)) + ids for ids, _, _ in batch]
+        mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids, _, _ in batch]
+        inputs = torch.tensor(rows, device=self.model.device)
+        longest = max(sampling.max_new_tokens for _, sampling, _ in batch)
+        stop_ids = self.template.stop_token_ids(self.tokenizer)
+        output = self.model.generate(
+            input_ids=inputs,
+            attention_mask=torch.tensor(mask, device=self.model.device),
+            eos_token_id=stop_ids,
+            pad_token_id=pad,
+            **{**batch[0][1].generate_kwargs(), "max_new_tokens": longest},
+        )
+        for row, (_, sampling, answer) in zip(output[:, width:].tolist(), batch):
+            row = row[: sampling.max_new_tokens]
+            ended = next((i for i, token in enumerate(row) if token in stop_ids), None)
+            tokens = row if ended is None else row[: ended + 1]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            visible, stopped = cut_at_stop(text, sampling.stop)
+            answer.text, answer.completion_tokens = visible, len(tokens)
+            answer.finish_reason = "stop" if (stopped or ended is not None) else "length"
+            if visible:
+                answer.pieces.put(visible)
 
     @torch.no_grad()
     def _generate(self, ids: list[int], sampling: Sampling, answer: Answer) -> None:
