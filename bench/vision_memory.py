@@ -13,12 +13,10 @@ template, placeholders expanded as LLaMA-Factory does). Each frame pair is one t
 trainer's collators (`VisionCollator`, then `SequenceParallelCollator` for SP > 1, ulysses) and runs
 forward + backward with the hooked vision inputs and the default memory stack of a training run
 (gradient checkpointing, memory-efficient RMSNorm, the summed tiled loss head). Full fine-tuning
-with LLaMA-Factory's default freezing: `freeze_vision_tower` and `freeze_multi_modal_projector` on.
-A frozen tower needs no backward, but as the path runs today (transformers 5.25) its blocks are
-still checkpointed and back-propagated to their inputs: the memory stack's skip of frozen layers
-(`models/checkpointing.py`, `_owner`) does not recognise transformers' `partial(forward, layer)`
-wrapper, so the reentrant path makes the frozen blocks' input require grad. The numbers measure that
-path. The last table trains the tower and projector too (both keys false).
+with LLaMA-Factory's default freezing: `freeze_vision_tower` and `freeze_multi_modal_projector` on
+(the frozen tower runs without checkpointing or backward; the first run of this bench found it
+checkpointed and back-propagated, fixed in `models/checkpointing.py`). The last table trains the
+tower and projector too (both keys false).
 
 Memory is the RSS high-water mark of the timed steps (`/proc/self/clear_refs` reset after a
 warm-up step; glibc's mmap threshold pinned so freed tensors leave the resident set): "step" is
@@ -26,12 +24,12 @@ above the post-warm-up baseline (weights, gradients, the batch's pixels), "proce
 process (Python and torch included; no optimizer state). Time is the mean of `--repeats` steps;
 tokens/s = the whole sequence's tokens / the slowest rank's step time.
 
-Where the vision tower's memory goes: items (images, videos) are whole-item work shared over the
-SP ranks (`parallel.work_split.owners`), and a video is encoded by one rank only. With ONE video
-per batch, that rank (rank 0) holds the pixels and all of the encoder's activations; only the
-language model's activations split over SP. The tables give the encoding rank and the other ranks
-apart. The last table (trainable tower, `--trainable-frames`) also puts `--videos` shorter videos
-with the same total frames in one row, so that the encoder's work splits across the ranks too.
+Where the vision tower's memory goes: images and each video's temporal groups (pairs of frames) are
+shared over the SP ranks (`parallel.work_split`), so even ONE video per batch is encoded by every
+rank, each for its own frames (each rank decodes only those). The tables give the ranks that encode
+and the others apart (with one video split over all ranks, there are no others). The last table
+(trainable tower, `--trainable-frames`) also puts `--videos` shorter videos with the same total
+frames in one row.
 
 The longest video under `--cap-mib` per rank is extrapolated as `bench/peer_alst.py` (docs/memory.md)
 does: on the slope between the two longest measured points (process peak of the worst rank
@@ -264,7 +262,7 @@ def main() -> None:
     )
     print(
         "# memory: RSS high-water, MiB; step = above the post-warm-up baseline, process = whole process; "
-        "one video per batch: rank 0 encodes it, the other ranks hold only their LM shard"
+        "one video per batch, its frame pairs shared over the ranks"
     )
     print("\n# vision tower and projector frozen (LLaMA-Factory's default)")
     print(HEADER)
