@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_sections import gpu_path, kernels, local_attention, memory_scan, training  # noqa: E402
+from gpu_sections import gpu_path, kernels, local_attention, memory_scan, training, vision  # noqa: E402
 from gpu_sections.common import RESULTS  # noqa: E402
 
 # In the order they run; a new section is a function in a gpu_sections module and an entry here.
@@ -79,6 +79,7 @@ SECTIONS = [
     training.check_sft,
     training.check_fsdp,
     *gpu_path.SECTIONS,
+    *vision.SECTIONS,
     memory_scan.check_memory_scan,  # last: it stops starting points at the time budget
 ]
 
