@@ -22,6 +22,12 @@ COMPOSITE_PARTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ..
         ("visual.merger",),
         ("language_model", "lm_head"),
     ),
+    # Qwen3.5: the Qwen3-VL tower without deepstack mergers (the same part names otherwise).
+    "qwen3_5": (
+        ("visual.pos_embed", "visual.patch_embed", "visual.blocks"),
+        ("visual.merger",),
+        ("language_model", "lm_head"),
+    ),
 }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-TINY_VISION_ARCHES = ("qwen2_5_vl", "qwen3_vl")
+TINY_VISION_ARCHES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
 # Qwen3-VL's image processor: 16-pixel patches, mean and std 0.5, at least 256 x 256 pixels (the
 # values its released preprocessor_config.json carries).
@@ -93,6 +93,27 @@ def build_tiny_vision_config(arch: str, tokenizer, hidden_size: int = 64, num_la
         text_config["rope_parameters"]["mrope_interleaved"] = True
         vision.update(patch_size=16, deepstack_visual_indexes=[0, 1], num_position_embeddings=64)
         config = Qwen3VLConfig(text_config=text_config, vision_config=vision, **tokens)
+    elif arch == "qwen3_5":
+        # Qwen3.5: the Gated DeltaNet hybrid text model (tiny_families' shape) under the Qwen3-VL tower.
+        from transformers import Qwen3_5Config
+
+        from ..tiny_families import build_family_config
+
+        text_config = build_family_config(
+            "qwen3_5_text",
+            len(tokenizer),
+            hidden_size=hidden_size,
+            head_dim=32,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ).to_dict()
+        for key in ("model_type", "transformers_version", "architectures"):
+            text_config.pop(key, None)
+        rope = text_config["rope_parameters"]
+        pairs = int(text_config["head_dim"] * rope.get("partial_rotary_factor", 1.0)) // 2
+        rope.update(mrope_section=[pairs - 2 * (pairs // 3), pairs // 3, pairs // 3], mrope_interleaved=True)
+        vision.update(patch_size=16, num_position_embeddings=64)
+        config = Qwen3_5Config(text_config=text_config, vision_config=vision, **tokens)
     else:
         raise ValueError(f"unknown tiny vision arch {arch!r}; valid choices: {', '.join(TINY_VISION_ARCHES)}")
     config.tie_word_embeddings = True
@@ -130,7 +151,8 @@ def make_tiny_vision_model(
     tokenizer = with_vision_tokens(tokenizer if tokenizer is not None else load_builtin_tokenizer())
     build_tiny_vision_model(arch, tokenizer, seed=seed, **sizes).save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
-    Qwen2VLImageProcessorPil(**(_QWEN3_VL_IMAGES if arch == "qwen3_vl" else {})).save_pretrained(str(out))
+    images = _QWEN3_VL_IMAGES if arch in ("qwen3_vl", "qwen3_5") else {}
+    Qwen2VLImageProcessorPil(**images).save_pretrained(str(out))
     video = dict(_VIDEO_PROCESSOR)
     if video_pixels is not None:
         video["size"] = {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}
