@@ -221,8 +221,12 @@ def write_all(out_dir: Path, seed: int = 0) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in build_all(seed).items():
         (out_dir / name).write_text(_dump_rows(rows, name.endswith(".jsonl")), encoding="utf-8")
-    info = json.dumps(DATASET_INFO, indent=2, ensure_ascii=False) + "\n"
-    (out_dir / "dataset_info.json").write_text(info, encoding="utf-8")
+    # Entries of datasets written otherwise (the preference and KTO demos, scripts/make_media_demo.py)
+    # stay; this script's own entries are rewritten in place.
+    path = out_dir / "dataset_info.json"
+    kept = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    info = json.dumps({**kept, **DATASET_INFO}, indent=2, ensure_ascii=False) + "\n"
+    path.write_text(info, encoding="utf-8")
 
 
 def main() -> None:
