@@ -35,8 +35,8 @@ def case_keys(tmp_path, name, **keys):
     return {**base, **keys}
 
 
-def compare(reference, candidate):
-    assert len(reference["losses"]) == len(candidate["losses"]) == STEPS
+def compare(reference, candidate, steps: int = STEPS):
+    assert len(reference["losses"]) == len(candidate["losses"]) == steps
     loss_errors = [abs(a - b) / abs(a) for a, b in zip(reference["losses"], candidate["losses"])]
     grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
     assert max(loss_errors) <= 1e-5, loss_errors

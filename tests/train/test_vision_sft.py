@@ -11,7 +11,8 @@ import pytest
 
 from ..launcher import run_ranks
 from ..media_fixtures import write_media_dataset, write_vision_model
-from .harness import expected_layout, parallel_keys, relative_error, run_training
+from .harness import expected_layout, parallel_keys, run_training
+from .test_sequence_parallel import compare
 
 pytest.importorskip("av")
 
@@ -47,11 +48,7 @@ def _keys(media, tmp_path, name, **keys):
 
 
 def _compare(reference, candidate):
-    assert len(reference["losses"]) == len(candidate["losses"]) == STEPS
-    loss_errors = [abs(a - b) / abs(a) for a, b in zip(reference["losses"], candidate["losses"])]
-    grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
-    assert max(loss_errors) <= 1e-5, loss_errors
-    assert max(grad_errors) <= 1e-4, grad_errors
+    compare(reference, candidate, steps=STEPS)
 
 
 CASES = [
@@ -174,7 +171,4 @@ def test_llamafactory_image_and_video_demos_at_sp2_match_one_process(tmp_path):
     }
     reference = run_training(**keys, output_dir=str(tmp_path / "ref"))
     candidate = run_ranks(_train, 2, {**keys, **parallel_keys(2, "ulysses"), "output_dir": str(tmp_path / "sp")})[0]
-    assert len(reference["losses"]) == 2
-    loss_errors = [abs(a - b) / abs(a) for a, b in zip(reference["losses"], candidate["losses"])]
-    grad_errors = [relative_error(a, b) for a, b in zip(reference["grads"], candidate["grads"])]
-    assert max(loss_errors) <= 1e-5 and max(grad_errors) <= 1e-4, (loss_errors, grad_errors)
+    compare(reference, candidate, steps=2)

@@ -44,13 +44,14 @@ class MRopePositions:
     def __call__(
         self, input_ids: list[int], image_grids: list, video_grids: list, seconds_per_grid: list
     ) -> torch.Tensor:
-        ids = torch.tensor([input_ids], dtype=torch.long)
+        # Built on the host: the collator computes positions before the batch moves to a device.
+        ids = torch.tensor([input_ids], dtype=torch.long, device="cpu")
         types = (ids == self.image_token_id).int() + 2 * (ids == self.video_token_id).int()
         positions, _ = self._rule(
             ids,
             mm_token_type_ids=types,
-            image_grid_thw=torch.tensor(image_grids, dtype=torch.long).view(-1, 3) if image_grids else None,
-            video_grid_thw=torch.tensor(video_grids, dtype=torch.long).view(-1, 3) if video_grids else None,
-            second_per_grid_ts=torch.tensor(seconds_per_grid) if video_grids else None,
+            image_grid_thw=torch.tensor(image_grids, dtype=torch.long, device="cpu").view(-1, 3) if image_grids else None,
+            video_grid_thw=torch.tensor(video_grids, dtype=torch.long, device="cpu").view(-1, 3) if video_grids else None,
+            second_per_grid_ts=torch.tensor(seconds_per_grid, device="cpu") if video_grids else None,
         )
         return positions[:, 0]
