@@ -91,11 +91,19 @@ def main() -> int:
     )
     parser.add_argument("--cpu-dry-run", action="store_true", help="toy sizes on the CPU, to test the script")
     parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_check.json")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run only sections whose name holds this text (repeatable)",
+    )
     args = parser.parse_args()
     import logging
 
     logging.basicConfig(level=logging.WARNING)
     for check in SECTIONS:
+        if args.only and not any(text.lower() in check.section_name.lower() for text in args.only):
+            continue
         check(args)
     print("\nsummary: " + ", ".join(f"{name}: {r['status']}" for name, r in RESULTS.items()))
     if args.out:

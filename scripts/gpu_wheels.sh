@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .gpu-wheels && mkdir -p .gpu-wheels
-pip download -q --no-deps -d .gpu-wheels transformers==5.24.0 peft==0.21.2 accelerate==1.15.0 huggingface_hub==2.4.0
+pip download -q --no-deps -d .gpu-wheels transformers==5.24.0 peft==0.21.2 accelerate==1.15.0
 pip download -q --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \
     -d .gpu-wheels tokenizers==0.23.3
 du -sh .gpu-wheels && ls .gpu-wheels

@@ -39,7 +39,7 @@ def section(name: str):
             RESULTS[name] = {"status": status, **outcome}
             shown = {k: v for k, v in outcome.items() if k != "trace"}
             print(f"[{status}] {name}: {json.dumps(shown, default=str)}", flush=True)
-            if status == "FAIL":
+            if "trace" in outcome:
                 print(outcome["trace"], flush=True)
 
         wrapped.section_name = name

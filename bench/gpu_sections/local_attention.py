@@ -73,7 +73,7 @@ def check_local_attention(args):
     syncs = outcome["syncs per forward+backward (1 layer, 3 layers)"]
     outcome["status"] = (
         "PASS"
-        if max(errors) < (3e-2 if dtype == torch.bfloat16 else 1e-5) and syncs[0] == syncs[1]
+        if max(errors) < (3e-2 if dtype == torch.bfloat16 else 1e-5) and syncs[1] <= syncs[0]
         else "FAIL"
     )
     return outcome
