@@ -12,6 +12,8 @@ STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 REWARD_MODEL_TYPES = ("lora", "full")  # LLaMA-Factory's third, `api`, is refused by name
 LOSS_NORMALIZATIONS = ("token", "sequence")
+ROLLOUT_ENGINES = ("batched", "sequential")  # train/rl/engines; vLLM (use_vllm) is refused by name
+VLLM_MODES = ("colocate", "server")  # TRL's
 PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
 SEQUENCE_PARALLEL_MODES = ("auto", "ulysses", "zigzag-ring", "hybrid")
@@ -238,6 +240,39 @@ class FinetuningArguments:
             "(DAPO); `sequence` = each response's token mean, over the global number of responses."
         },
     )
+    mask_truncated_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "GRPO: completions cut by the length limit add nothing to the loss (DAPO's overlong "
+            "filtering, TRL's key)."
+        },
+    )
+    overlong_buffer_len: int = field(
+        default=0,
+        metadata={
+            "help": "GRPO: DAPO's soft overlong punishment over a completion's last this many tokens before "
+            "its limit: a reward from 0 down to -overlong_penalty_factor (verl's overlong_buffer.len); 0 = off."
+        },
+    )
+    overlong_penalty_factor: float = field(
+        default=1.0,
+        metadata={"help": "GRPO: the overlong penalty at the length limit (verl's overlong_buffer.penalty_factor)."},
+    )
+    # rollouts (grpo and ppo): how completions are sampled (train/rl/engines).
+    rollout_engine: str = field(
+        default="batched",
+        metadata={
+            "help": "GRPO/PPO: `batched` (left-padded micro-batches through generate) or `sequential` "
+            "(one generate per prompt)."
+        },
+    )
+    rollout_batch_size: int = field(
+        default=64, metadata={"help": "GRPO/PPO: sequences per generate call of the batched engine."}
+    )
+    use_vllm: bool = field(
+        default=False, metadata={"help": "GRPO/PPO: sample with vLLM (TRL's key); not available yet, refused."}
+    )
+    vllm_mode: str = field(default="colocate", metadata={"help": "With use_vllm: colocate or server (TRL's)."})
 
 
 @dataclass
@@ -328,7 +363,8 @@ class ExportArguments:
 
 @dataclass
 class GeneratingArguments:
-    """Decoding for `ulysses-pro chat` (LLaMA-Factory's keys and defaults)."""
+    """Decoding for `ulysses-pro chat` and the RL stages' rollouts (LLaMA-Factory's keys and
+    defaults; `min_new_tokens` and `stop` are ours)."""
 
     do_sample: bool = True
     temperature: float = 0.95
@@ -340,6 +376,13 @@ class GeneratingArguments:
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
     skip_special_tokens: bool = True
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "No stop token or stop string ends a completion before this many tokens."}
+    )
+    stop: list[str] | None = field(
+        default=None,
+        metadata={"help": "RL rollouts: strings that end a completion (after the token that completes one)."},
+    )
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments for `model.generate` (a set `max_new_tokens` wins over `max_length`)."""
@@ -351,6 +394,8 @@ class GeneratingArguments:
         }
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.min_new_tokens > 0:
+            kwargs["min_new_tokens"] = self.min_new_tokens
         if self.max_new_tokens > 0:
             kwargs["max_new_tokens"] = self.max_new_tokens
         else:

@@ -315,7 +315,7 @@ def load_config(
     )
     origins = {key: setting.origin for key, setting in settings.items()}
     _resolve_checkpointing(model, training_kwargs, settings)
-    validate(model, data, finetuning, parallel, training_kwargs, origins, pro, memory)
+    validate(model, data, finetuning, parallel, training_kwargs, origins, pro, memory, generating)
     if not model.disable_gradient_checkpointing:
         # Checkpointed layers (reentrant ones especially) and DDP's unused-parameter search do not mix;
         # every trainable parameter gets a gradient here (LLaMA-Factory sets the same for LoRA).

@@ -18,12 +18,14 @@ from .args import (
     STAGES,
     DataArguments,
     FinetuningArguments,
+    GeneratingArguments,
     MemoryArguments,
     ModelArguments,
     ParallelArguments,
     ProArguments,
 )
 from .parsing import ConfigError
+from .rollout_validation import validate_rollouts
 
 # transformers' batch_rebalance spreads samples over DP ranks by cost, which would break the shared
 # order SP groups rely on.
@@ -39,6 +41,7 @@ def validate(
     origins: dict[str, str],
     pro: ProArguments | None = None,
     memory: MemoryArguments | None = None,
+    generating: GeneratingArguments | None = None,
 ) -> None:
     """Raise ConfigError naming the key at fault and the fix."""
 
@@ -75,6 +78,7 @@ def validate(
     _validate_preference(finetuning, data, fail)
     _validate_grpo(finetuning, data, training, fail)
     _validate_ppo(finetuning, data, training, fail)
+    validate_rollouts(finetuning, generating, fail)
     if finetuning.pure_bf16 and training.get("deepspeed"):
         # LLaMA-Factory refuses the same: ZeRO-3 keeps its own fp32 master weights.
         fail(

@@ -45,10 +45,17 @@ def default_chunk_tokens(vocab_size: int) -> int:
 
 
 def _capped_logits(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    temperature: float = 1.0,
 ):
+    """One chunk's fp32 logits: soft-capped (Gemma 2), then divided by the sampling temperature
+    (the order generation applies them: the model's logits, then the temperature warper)."""
     logits = F.linear(hidden, weight, bias).float()
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
+    logits = torch.tanh(logits / softcap) * softcap if softcap else logits
+    return logits / temperature if temperature != 1.0 else logits
 
 
 def _flat_chunks(
@@ -67,8 +74,9 @@ def _chunk_token_losses(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     softcap: float | None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    logits = _capped_logits(hidden, weight, bias, softcap)
+    logits = _capped_logits(hidden, weight, bias, softcap, temperature)
     losses = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
     )
@@ -82,16 +90,24 @@ def tiled_token_losses(
     *,
     softcap: float | None = None,
     chunk_tokens: int | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Per-token cross-entropy (0 where target is IGNORE_INDEX), computed chunk by chunk over the
-    flattened (batch x seq) tokens; returns `targets.shape`."""
+    """Per-token cross-entropy (0 where target is IGNORE_INDEX) of the logits over `temperature`,
+    computed chunk by chunk over the flattened (batch x seq) tokens; returns `targets.shape`."""
     chunk = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_targets = targets.reshape(-1)
     pieces = []
     for start in range(0, flat_targets.shape[0], chunk):
         stop = start + chunk
-        args = (flat_hidden[start:stop], head.weight, head.bias, flat_targets[start:stop], softcap)
+        args = (
+            flat_hidden[start:stop],
+            head.weight,
+            head.bias,
+            flat_targets[start:stop],
+            softcap,
+            temperature,
+        )
         if torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad):
             pieces.append(checkpoint(_chunk_token_losses, *args, use_reentrant=False))
         else:
@@ -197,15 +213,16 @@ def tiled_token_entropy(
     *,
     softcap: float | None = None,
     chunk_tokens: int | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Entropy of the next-token distribution at every target position (0 elsewhere), one
-    `chunk x vocab` slab of logits at a time (a metric: no gradient)."""
+    """Entropy of the next-token distribution (logits over `temperature`) at every target position
+    (0 elsewhere), one `chunk x vocab` slab of logits at a time (a metric: no gradient)."""
     pieces = []
     for piece, piece_targets in _flat_chunks(
         hidden, targets, chunk_tokens or default_chunk_tokens(head.weight.shape[0])
     ):
         log_probs = torch.log_softmax(
-            _capped_logits(piece.to(head.weight.dtype), head.weight, head.bias, softcap), -1
+            _capped_logits(piece.to(head.weight.dtype), head.weight, head.bias, softcap, temperature), -1
         )
         entropy = -(log_probs.exp() * log_probs).sum(dim=-1)
         pieces.append(entropy * piece_targets.ne(IGNORE_INDEX))
@@ -235,13 +252,20 @@ def token_loss_head(
     reduction: str = "none",
     hits: list | None = None,
     entropies: list | None = None,
+    temperature: float = 1.0,
 ) -> Iterator[None]:
     """Within the block, `model(...).logits` holds per-token losses for `targets` (already shifted),
     or with `reduction="sum"` their sum (gradients then computed in forward, see above). `hits`: a
     list that receives each forward's count of targets that are their logits' argmax (accuracy);
-    `entropies`: one that receives each forward's per-token entropies (RL stages' logs)."""
+    `entropies`: one that receives each forward's per-token entropies (RL stages' logs).
+    `temperature`: the losses (and entropies) are those of the logits divided by it, chunk by chunk
+    (the RL stages' log-probs at the sampling distribution, as TRL and verl compute them)."""
     if reduction not in ("none", "sum"):
         raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if temperature != 1.0 and reduction != "none":
+        raise ValueError("a temperature applies to per-token log-probs (reduction='none'), not a summed loss")
     options = head_options or LossHead(chunk_tokens=chunk_tokens)
     hf_model = unwrap_model(model)
     wrapper = hf_model.get_output_embeddings()
@@ -261,15 +285,30 @@ def token_loss_head(
             hits.append(tiled_token_hits(hidden, head, targets, options.chunk_tokens))
         if entropies is not None:
             entropies.append(
-                tiled_token_entropy(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
+                tiled_token_entropy(
+                    hidden,
+                    head,
+                    targets,
+                    softcap=softcap,
+                    chunk_tokens=options.chunk_tokens,
+                    temperature=temperature,
+                )
             )
-        if options.fused is not None:
+        # A soft-cap sits between the projection and the temperature: the fused kernel cannot take
+        # both, so that case runs the chunked projection.
+        if options.fused is not None and (temperature == 1.0 or not softcap):
             flat = hidden.reshape(-1, hidden.shape[-1])
-            losses = options.fused(flat, head.weight, targets.reshape(-1), head.bias, softcap, reduction)
+            weight, bias = head.weight, head.bias
+            if temperature != 1.0:  # (W h + b) / T = W (h / T) + b / T: the kernel never sees T
+                flat = flat / temperature
+                bias = bias / temperature if bias is not None else None
+            losses = options.fused(flat, weight, targets.reshape(-1), bias, softcap, reduction)
             return losses if reduction == "sum" else losses.view(targets.shape)
         if reduction == "sum":
             return tiled_loss_sum(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
-        return tiled_token_losses(hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens)
+        return tiled_token_losses(
+            hidden, head, targets, softcap=softcap, chunk_tokens=options.chunk_tokens, temperature=temperature
+        )
 
     wrapper.forward = forward
     if softcap:

@@ -10,6 +10,10 @@ With `num_iterations` > 1 (TRL's key) the group is trained on that many times, a
 log-probs of the policy that sampled it (computed once, under SP): the ratio then leaves 1 and
 `epsilon` / `epsilon_high` clip it.
 
+DAPO's overlong handling (`overlong.py`): completions cut by the length limit can be left out of
+the loss (`mask_truncated_completions`) and/or punished by a reward that ramps down over the last
+`overlong_buffer_len` tokens before the limit.
+
 Under SP the per-token log-probs stay sharded (tiled head, no full-vocabulary logits): the token
 normalisation is contract 6 as is; the sequence normalisation sums each completion's token losses
 and lengths over the SP group before dividing (contract 7), like the DPO family.
@@ -23,6 +27,7 @@ import torch
 
 from ...parallel.reduce import IGNORE_INDEX, count_targets, global_sum, normalized_token_loss
 from .objectives import group_advantages, grpo_token_losses
+from .overlong import soft_overlong_penalty
 from .rewards import score
 from .rollout_trainer import RolloutTrainer, completion_row
 
@@ -71,12 +76,22 @@ class GrpoTrainer(RolloutTrainer):
             model_scores = self.reward_model_scores(rollouts).cpu()
             per_function["reward_model"] = model_scores.tolist()
             rewards = rewards + self.reward_model_weight * model_scores
+        if self.grpo.overlong_buffer_len:
+            penalties = soft_overlong_penalty(
+                [len(r.completion_ids) for r in rollouts],
+                [r.budget if r.budget is not None else len(r.completion_ids) for r in rollouts],
+                self.grpo.overlong_buffer_len,
+                self.grpo.overlong_penalty_factor,
+            )
+            per_function["overlong_penalty"] = penalties
+            rewards = rewards + torch.tensor(penalties, dtype=rewards.dtype)
         advantages = group_advantages(rewards, generations, scale=self.grpo.scale_rewards)
         self.record_completions(rollouts, rewards)
         self.train_metrics.record("reward_std", rewards.view(-1, generations).std(dim=1))
         for name, values in per_function.items():
             self.train_metrics.record(f"rewards/{name.rpartition(':')[2]}", torch.tensor(values))
-        batch = self.collate([completion_row(r) for r in rollouts])
+        masked = self.grpo.mask_truncated_completions
+        batch = self.collate([completion_row(r, trained=not (masked and r.truncated)) for r in rollouts])
         batch[ADVANTAGES] = advantages.to(batch["input_ids"].device)
         return batch
 

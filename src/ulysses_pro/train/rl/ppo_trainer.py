@@ -79,7 +79,13 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
         entropies: list[torch.Tensor] = []
         with self.evaluating():
             with (
-                token_loss_head(model, targets, head_options=self.loss_head, entropies=entropies),
+                token_loss_head(
+                    model,
+                    targets,
+                    head_options=self.loss_head,
+                    entropies=entropies,
+                    temperature=self.logit_temperature,
+                ),
                 values_alongside(model),
             ):
                 out = model(**batch, use_cache=False).logits
@@ -193,7 +199,10 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
         targets = inputs.pop("shift_labels")
         inputs.pop("document_lengths", None)
         mask = targets.ne(IGNORE_INDEX)
-        with token_loss_head(model, targets, head_options=self.loss_head), values_alongside(model):
+        with (
+            token_loss_head(model, targets, head_options=self.loss_head, temperature=self.logit_temperature),
+            values_alongside(model),
+        ):
             out = model(**inputs, use_cache=False).logits
         logps, values = -out[..., 0], out[..., 1]
         policy = clipped_surrogate(logps, experience["old_logps"], experience["advantages"], CLIP_RANGE)

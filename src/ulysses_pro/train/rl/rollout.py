@@ -1,26 +1,21 @@
 """Rollouts: completions sampled from the policy with plain attention, one set per SP group.
 
-Generation runs without sequence parallelism: each rank decodes its DP group's prompts with the
-model's ordinary attention (KV cache on). Every rank of an SP group must then train on the very same
-sequences, so the group's rank 0 broadcasts its completions to the others: on GPUs, identical seeds
-alone do not give identical samples. The sampling seed depends on the run's seed, the DP rank and
-the step, so a resumed run samples what the uninterrupted one would have.
+`PolicySampler` asks its engine (`engines/`: batched `generate` by default) for the step's
+completions, each prompt's with its own token budget. Every rank of an SP group must then train on
+the very same sequences, so the group's rank 0 broadcasts its completions to the others: on GPUs,
+identical seeds alone do not give identical samples. The sampling seed depends on the run's seed,
+the DP rank and the step, so a resumed run samples what the uninterrupted one would have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
 from ...data.prompts import PromptRow
-from ...models.attention import unsharded_attention
-from ...models.wrappers import unwrap_model
 from ...parallel.comm import broadcast_from_group_leader
-
-# (model, prompts, num_generations, step) -> per prompt, `num_generations` completions' token ids
-Sampler = Callable[[torch.nn.Module, Sequence[PromptRow], int, int], list[list[list[int]]]]
+from .engines import RolloutEngine, RolloutRequest, SamplingSettings, sampling_seed
+from .stop_strings import cut_at_stop_string
 
 
 @dataclass
@@ -29,8 +24,9 @@ class Rollout:
 
     prompt: PromptRow
     completion_ids: list[int]
-    completion: str  # decoded without special tokens: what reward functions read
-    truncated: bool  # ended by the length limit rather than a stop token
+    completion: str  # decoded without special tokens, before any stop string: what rewards read
+    truncated: bool  # ended by the length limit rather than a stop token or string
+    budget: int | None = None  # the most new tokens it could have had (DAPO's overlong shaping)
 
 
 def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[int], bool]:
@@ -42,68 +38,57 @@ def cut_at_stop(ids: Sequence[int], stop_ids: Sequence[int]) -> tuple[list[int],
 
 
 class PolicySampler:
-    """Samples completions with `model.generate` and the run's generating arguments."""
+    """Samples a step's completions with the run's engine and sampling settings."""
 
     def __init__(
         self,
         tokenizer,
         stop_ids: list[int],
-        generate_kwargs: dict,
+        settings: SamplingSettings,
         cutoff_len: int,
         seed: int,
         dp_rank: int,
-        plain_attention: str | None,
-        synced_gpus: bool = False,
+        engine: RolloutEngine,
     ):
-        self.tokenizer, self.stop_ids, self.cutoff_len = tokenizer, stop_ids, cutoff_len
-        self.generate_kwargs = {k: v for k, v in generate_kwargs.items() if k != "max_length"}
-        self.seed, self.dp_rank, self.plain_attention = seed, dp_rank, plain_attention
-        self.synced_gpus = synced_gpus
+        self.tokenizer, self.stop_ids, self.settings = tokenizer, stop_ids, settings
+        self.cutoff_len, self.seed, self.dp_rank, self.engine = cutoff_len, seed, dp_rank, engine
 
-    def _seed_for(self, step: int) -> int:
-        return (self.seed * 1_000_003 + self.dp_rank * 7_919 + step) % (2**63)
+    def budget(self, prompt: PromptRow) -> int:
+        """The most new tokens a completion of `prompt` may have."""
+        return self.settings.budget(len(prompt.prompt_ids), self.cutoff_len)
 
-    @torch.no_grad()
     def __call__(
         self, model, prompts: Sequence[PromptRow], num_generations: int, step: int
     ) -> list[list[list[int]]]:
-        hf_model = unwrap_model(model)
-        device = next(hf_model.parameters()).device
-        devices = [device] if device.type == "cuda" else []
-        was_training = hf_model.training
-        hf_model.eval()
-        out: list[list[list[int]]] = []
-        try:
-            with torch.random.fork_rng(devices=devices), unsharded_attention(hf_model, self.plain_attention):
-                torch.manual_seed(self._seed_for(step))
-                for prompt in prompts:
-                    ids = torch.tensor([prompt.prompt_ids], device=device)
-                    room = self.cutoff_len - ids.shape[1]
-                    budget = min(self.generate_kwargs.get("max_new_tokens", room), room)
-                    generated = hf_model.generate(
-                        input_ids=ids,
-                        attention_mask=torch.ones_like(ids),
-                        **{**self.generate_kwargs, "max_new_tokens": budget},
-                        num_return_sequences=num_generations,
-                        use_cache=True,
-                        pad_token_id=self.tokenizer.pad_token_id,
-                        eos_token_id=self.stop_ids,
-                        synced_gpus=self.synced_gpus,
-                    )
-                    out.append([row[ids.shape[1] :].tolist() for row in generated])
-        finally:
-            hf_model.train(was_training)
-        return out
+        request = RolloutRequest(
+            [prompt.prompt_ids for prompt in prompts],
+            num_generations,
+            [self.budget(prompt) for prompt in prompts],
+            sampling_seed(self.seed, self.dp_rank, step),
+        )
+        return self.engine.generate(model, request)
+
+    def cut(self, ids: Sequence[int]) -> tuple[list[int], str, bool]:
+        """(kept ids, the text rewards read, truncated) of one sampled completion: cut after its
+        first stop token or the token completing its first stop string, whichever comes first."""
+        kept, truncated = cut_at_stop(ids, self.stop_ids)
+        text = None
+        by_string = cut_at_stop_string(kept, self.tokenizer, self.settings.stop, self.settings.min_new_tokens)
+        if by_string is not None and (truncated or len(by_string[0]) < len(kept)):
+            (kept, text), truncated = by_string, False
+        if not kept:  # a zero-token completion: nothing to train on, but the row keeps its place
+            truncated = True
+        if text is None:
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return kept, text, truncated
 
 
 def roll_out(
-    sampler: Sampler,
+    sampler: PolicySampler,
     model,
     prompts: Sequence[PromptRow],
     num_generations: int,
     step: int,
-    tokenizer,
-    stop_ids: Sequence[int],
     sp_group=None,
 ) -> list[Rollout]:
     """`num_generations` completions per prompt, consecutive per prompt, identical on every rank of
@@ -117,10 +102,8 @@ def roll_out(
     (sampled,) = broadcast_from_group_leader([sampled], sp_group)
     rollouts = []
     for prompt, completions in zip(prompts, sampled):
+        budget = sampler.budget(prompt)
         for ids in completions:
-            kept, truncated = cut_at_stop(ids, stop_ids)
-            if not kept:  # a zero-token budget: nothing to train on, but the row keeps its place
-                truncated = True
-            text = tokenizer.decode(kept, skip_special_tokens=True)
-            rollouts.append(Rollout(prompt, kept, text, truncated))
+            kept, text, truncated = sampler.cut(ids)
+            rollouts.append(Rollout(prompt, kept, text, truncated, budget))
     return rollouts

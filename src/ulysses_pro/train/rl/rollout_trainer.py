@@ -9,7 +9,9 @@ step is known before its first backward (accumulation stays exact).
 The base also gives the subclasses: the sampler wiring (set by the stage once SP exists), the
 collation of prompt + completion rows whose targets are the completion tokens, per-token
 log-probs (and entropies) from the tiled head, reward-model scores read as the reward model was
-trained, and the sampled completions printed at each logging step.
+trained, and the sampled completions printed at each logging step. Every log-prob and entropy is
+that of the logits divided by the sampling temperature (`logit_temperature`, TRL's and verl's
+choice; docs/rl.md says why top_p / top_k are left out).
 
 Resume: a checkpoint saved between rollout groups resumes exactly (the group index, hence the
 sampling seed, follows from the optimizer step). One saved inside a group (PPO's passes) resumes
@@ -41,13 +43,15 @@ logger = logging.getLogger(__name__)
 SHOWN_SAMPLES = 2  # completions printed at each logging step
 
 
-def completion_row(rollout: Rollout) -> dict[str, list[int]]:
-    """Prompt + completion ids; the targets are the completion tokens only."""
+def completion_row(rollout: Rollout, trained: bool = True) -> dict[str, list[int]]:
+    """Prompt + completion ids; the targets are the completion tokens only (none when not `trained`:
+    the row keeps its place in the batch but adds nothing to the loss)."""
     prompt = rollout.prompt.prompt_ids
+    targets = rollout.completion_ids if trained else [IGNORE_INDEX] * len(rollout.completion_ids)
     return {
         "input_ids": prompt + rollout.completion_ids,
         # Shifted once over the whole sequence (contract 2): position t predicts token t + 1.
-        "shift_labels": [IGNORE_INDEX] * (len(prompt) - 1) + rollout.completion_ids + [IGNORE_INDEX],
+        "shift_labels": [IGNORE_INDEX] * (len(prompt) - 1) + targets + [IGNORE_INDEX],
     }
 
 
@@ -112,6 +116,9 @@ class RolloutTrainer(UlyssesTrainer):
         # model (if any) and what follows a stop token in the template's training rows.
         self.sampler = None
         self.stop_ids: list[int] = []
+        # Logits are divided by the sampling temperature for every log-prob and entropy (old,
+        # reference and current policy), so they are those of the distribution that sampled.
+        self.logit_temperature = 1.0
         self.reward_model = None
         self.score_suffix: list[int] = []
         self._shown: list[tuple[Rollout, float]] = []
@@ -198,16 +205,7 @@ class RolloutTrainer(UlyssesTrainer):
 
     def sample(self, prompts, num_generations: int, sample_step: int) -> list[Rollout]:
         """`num_generations` completions per prompt, the same on every rank of the SP group."""
-        return roll_out(
-            self.sampler,
-            self.model,
-            prompts,
-            num_generations,
-            sample_step,
-            self.processing_class,
-            self.stop_ids,
-            self._sp_group,
-        )
+        return roll_out(self.sampler, self.model, prompts, num_generations, sample_step, self._sp_group)
 
     def collate(self, rows: list[dict], extra: Callable | None = None) -> dict[str, torch.Tensor]:
         """Pad the rows (and `extra(rows, width)`'s per-token tensors), keep this rank's shard, and
@@ -234,8 +232,15 @@ class RolloutTrainer(UlyssesTrainer):
     def token_logps(
         self, model, batch: dict[str, torch.Tensor], targets: torch.Tensor, entropies: list | None = None
     ) -> torch.Tensor:
-        """log p of each target token of this rank's shard (0 where there is none), from the tiled head."""
-        with token_loss_head(model, targets, head_options=self.loss_head, entropies=entropies):
+        """log p of each target token of this rank's shard (0 where there is none), at the sampling
+        temperature, from the tiled head."""
+        with token_loss_head(
+            model,
+            targets,
+            head_options=self.loss_head,
+            entropies=entropies,
+            temperature=self.logit_temperature,
+        ):
             return -model(**batch, use_cache=False).logits
 
     @torch.no_grad()

@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 from ...config import RunConfig
+from ..rl.engines import SamplingSettings, make_engine
 from ..rl.rollout import PolicySampler
 from ..workflow import weights_are_sharded
 
 
 def configure_sampling(trainer, bundle, config: RunConfig) -> None:
-    """The sampler (plain attention, the generating keys, seeded per DP rank) and the stop tokens."""
+    """The sampler (the configured engine, plain attention, the generating keys, seeded per DP rank),
+    the stop tokens, and the temperature the trainer's log-probs are taken at."""
     tokenizer = trainer.processing_class
     layout = trainer.sp_layout
+    finetuning = config.finetuning
+    settings = SamplingSettings.from_generating(config.generating)
     trainer.stop_ids = bundle.template.stop_token_ids(tokenizer)
+    trainer.logit_temperature = settings.logit_temperature
+    engine = make_engine(
+        finetuning.rollout_engine,
+        tokenizer,
+        settings,
+        trainer.stop_ids,
+        trainer.replaced_attention,
+        batch_size=finetuning.rollout_batch_size,
+        # Sharded weights: every rank takes part in every forward, so all decode until the longest ends.
+        synced_gpus=weights_are_sharded(trainer),
+    )
     trainer.sampler = PolicySampler(
         tokenizer,
         trainer.stop_ids,
-        config.generating.generate_kwargs(),
+        settings,
         config.data.cutoff_len,
         seed=config.training.seed,
         dp_rank=layout.dp_rank if layout is not None else config.training.process_index,
-        plain_attention=trainer.replaced_attention,
-        # Sharded weights: every rank takes part in every forward, so all decode until the longest ends.
-        synced_gpus=weights_are_sharded(trainer),
+        engine=engine,
     )
