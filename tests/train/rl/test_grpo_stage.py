@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 
 from ulysses_pro.config import ConfigError, load_config
 from ulysses_pro.data.prompts import PromptRow
+from ulysses_pro.train.rl.engines import SamplingSettings
 from ulysses_pro.train.rl.rewards import load_reward_functions, score
 from ulysses_pro.train.rl.rollout import Rollout, cut_at_stop
 
@@ -37,12 +39,68 @@ def _grpo(**keys):
             "1 weights for 1 reward_funcs and a reward_model",
         ),
         ({"reward_model": "rm", "finetuning_type": "full"}, "a full policy needs reward_model_type: full"),
+        # rollouts
+        ({"reward_funcs": "m:f", "rollout_engine": "vllm"}, "rollout_engine: 'vllm' is not one of batched"),
+        ({"reward_funcs": "m:f", "rollout_batch_size": 0}, "rollout_batch_size: must be >= 1"),
+        (
+            {"reward_funcs": "m:f", "vllm_mode": "remote"},
+            "vllm_mode: 'remote' is not one of colocate, server",
+        ),
+        ({"reward_funcs": "m:f", "num_beams": 4}, "num_beams: rollouts are sampled from the policy"),
+        ({"reward_funcs": "m:f", "temperature": 0}, "temperature: must be positive when do_sample is true"),
+        (
+            {"reward_funcs": "m:f", "min_new_tokens": 20, "max_new_tokens": 10},
+            "min_new_tokens: 20 is above max_new_tokens (10)",
+        ),
+        ({"reward_funcs": "m:f", "overlong_buffer_len": -1}, "overlong_buffer_len: must be >= 0"),
+        (
+            {"reward_funcs": "m:f", "overlong_buffer_len": 64, "max_new_tokens": 32},
+            "overlong_buffer_len: 64 is above max_new_tokens (32)",
+        ),
+        ({"stage": "ppo", "reward_model": "rm", "overlong_buffer_len": 8}, "applies to stage grpo"),
+        ({"stage": "sft", "mask_truncated_completions": True}, "applies to stage grpo"),
+        ({"stage": "sft", "use_vllm": True}, "use_vllm: samples the RL stages' rollouts"),
     ],
 )
 def test_bad_grpo_settings_are_refused_by_key(keys, message):
     with pytest.raises(ConfigError, match=None) as caught:
         _grpo(**keys)
     assert message in str(caught.value)
+
+
+def test_use_vllm_is_refused_by_name_in_one_line_before_data_and_weights_load(tmp_path):
+    """The model folder does not exist: the refusal comes from the config alone."""
+    result = run_cli(
+        [
+            "-m",
+            "ulysses_pro",
+            "train",
+            "examples/grpo_quickstart.yaml",
+            "model_name_or_path=no/such/model",
+            "use_vllm=true",
+            "vllm_mode=server",
+            f"output_dir={tmp_path / 'out'}",
+        ]
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "use_vllm" in lines[0], lines
+    missing = importlib.util.find_spec("vllm") is None
+    assert ("not installed" if missing else "not available yet") in lines[0]
+
+
+def test_rollout_keys_reach_the_sampling_settings():
+    config = _grpo(reward_funcs="m:f", stop="###", min_new_tokens=2, max_new_tokens=9, temperature=0.7)
+    settings = SamplingSettings.from_generating(config.generating)
+    assert settings.stop == ("###",) and settings.min_new_tokens == 2 and settings.max_new_tokens == 9
+    assert settings.logit_temperature == 0.7
+    assert (
+        SamplingSettings.from_generating(
+            _grpo(reward_funcs="m:f", do_sample=False).generating
+        ).logit_temperature
+        == 1
+    )
+    assert config.finetuning.rollout_engine == "batched" and config.finetuning.rollout_batch_size == 64
 
 
 def test_reward_weights_from_the_command_line_become_floats():
