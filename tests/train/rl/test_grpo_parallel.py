@@ -1,9 +1,10 @@
-"""GRPO under sequence parallelism against one process, with fixed rollouts.
+"""GRPO under sequence parallelism against one process, with fixed rollouts (and real ones).
 
 Sampling is replaced by a table of completions per prompt (same on every rank and every run), so the
 only difference between the runs is how the update is split: SP degree and mode, GA 2, DP 2 x SP 2,
-both loss normalisations, with and without the KL term. The rewards are the real rule rewards of
-examples/rewards/counting.py.
+both loss normalisations, with and without the KL term, log-probs at temperature 1.0 and 0.7. The
+rewards are the real rule rewards of examples/rewards/counting.py. The `sampled` cases keep the
+batched rollout engine: one process and the SP group's rank 0 sample alike from the same seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from ..test_sequence_parallel import DATA
 from .reward_models import write_reward_models
 
 REWARDS = str(Path(__file__).resolve().parents[3] / "examples" / "rewards" / "counting.py")
+# Sampled completions of the untrained model never match an answer: a reward that varies anyway.
+VARYING = {
+    "reward_funcs": [f"{Path(__file__).with_name('reward_functions.py')}:distinct_characters"],
+    "reward_weights": [1.0],
+}
 STEPS = 3
 GENERATIONS = 4
 
@@ -42,7 +48,9 @@ def fixed_completions(self, model, prompts, num_generations, step):
 
 
 def _train(rank, world_size, keys):
-    rollout.PolicySampler.__call__ = fixed_completions
+    keys = dict(keys)
+    if not keys.pop("sampled", False):
+        rollout.PolicySampler.__call__ = fixed_completions
     result = run_training(**keys)
     return result if rank == 0 else None
 
@@ -61,6 +69,11 @@ def grpo_keys(tmp_path, name, **keys):
         "reward_funcs": [f"{REWARDS}:answer_overlap", f"{REWARDS}:exact_answer"],
         "reward_weights": [1.0, 0.5],
         "gradient_accumulation_steps": 2,
+        # the examples' rollout settings; log-probs are taken at `temperature`
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "max_new_tokens": 8,
         "output_dir": str(tmp_path / name),
     }
     return {**base, **keys}
@@ -71,7 +84,8 @@ CASES = [
     (2, 2, "zigzag-ring", {"loss_normalization": "sequence", "beta": 0.1}),
     # DP 2 x SP 2: the shared rollout loop's DP x SP split runs by default in the PPO tests
     pytest.param(4, 2, "ulysses", {"loss_normalization": "token"}, marks=pytest.mark.slow),
-    # two updates per rollout (old log-probs, the clip acts) and a LoRA reward model beside the rules
+    # two updates per rollout (old log-probs at temperature 0.7, the clip acts) and a LoRA reward
+    # model beside the rules
     (
         2,
         2,
@@ -82,7 +96,23 @@ CASES = [
             "learning_rate": 1e-2,
             "finetuning_type": "lora",
             "reward_model": "lora",
+            "temperature": 0.7,
         },
+    ),
+    # real rollouts from the batched engine at temperature 0.7 (the SP group's rank 0 samples and
+    # broadcasts): the same seeds and weights sample the same completions as one process
+    (
+        2,
+        2,
+        "ulysses",
+        {"sampled": True, "temperature": 0.7, "num_iterations": 2, "beta": 0.1, **VARYING},
+    ),
+    pytest.param(
+        2,
+        2,
+        "zigzag-ring",
+        {"sampled": True, "loss_normalization": "sequence", **VARYING},
+        marks=pytest.mark.slow,
     ),
     pytest.param(2, 2, "ulysses", {"loss_normalization": "token"}, marks=pytest.mark.slow),
     pytest.param(

@@ -1,7 +1,7 @@
-"""PPO under sequence parallelism against one process, with fixed rollouts.
+"""PPO under sequence parallelism against one process, with fixed rollouts (and real ones).
 
 Sampling is replaced by the GRPO tests' table of completions, so the runs differ only in how the
-experience and the update are split. Each case takes 3 PPO steps of ppo_epochs 2 (6 optimizer
+experience and the update are split (the `sampled` case keeps the batched rollout engine). Each case takes 3 PPO steps of ppo_epochs 2 (6 optimizer
 updates: from the second pass of a step on, the ratio differs from 1 and the clip ranges act),
 GA 2, with a reward model of the rm stage's layout (full or LoRA), score normalisation and reward
 whitening on in some cases, and the adaptive KL controller always on.
@@ -24,7 +24,9 @@ EPOCHS = 2
 
 
 def _train(rank, world_size, keys):
-    rollout.PolicySampler.__call__ = fixed_completions
+    keys = dict(keys)
+    if not keys.pop("sampled", False):
+        rollout.PolicySampler.__call__ = fixed_completions
     result = run_training(**keys)
     return result if rank == 0 else None
 
@@ -48,6 +50,11 @@ def ppo_keys(tmp_path, name, reward_models, kind, **keys):
         "reward_model": str(reward_models[kind]),
         "reward_model_type": kind,
         "gradient_accumulation_steps": 2,
+        # the examples' rollout settings; log-probs are taken at `temperature`
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "max_new_tokens": 8,
         "output_dir": str(tmp_path / name),
     }
     return {**base, **keys}
@@ -55,7 +62,10 @@ def ppo_keys(tmp_path, name, reward_models, kind, **keys):
 
 CASES = [
     # (world, sp, mode, reward model / policy kind, keys)
-    (2, 2, "zigzag-ring", "full", {"ppo_score_norm": True, "ppo_whiten_rewards": True}),
+    # log-probs at temperature 0.7 (the slow cases at 1.0)
+    (2, 2, "zigzag-ring", "full", {"ppo_score_norm": True, "ppo_whiten_rewards": True, "temperature": 0.7}),
+    # real rollouts from the batched engine (GRPO's default run has its sampled case)
+    pytest.param(2, 2, "ulysses", "full", {"sampled": True, "temperature": 0.7}, marks=pytest.mark.slow),
     # DP 2 x SP 2 (slow: GRPO's default run has its DP x SP case, and the rollout path is shared)
     pytest.param(4, 2, "ulysses", "lora", {}, marks=pytest.mark.slow),
     pytest.param(2, 2, "ulysses", "lora", {"ppo_score_norm": True}, marks=pytest.mark.slow),

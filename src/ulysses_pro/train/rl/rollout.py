@@ -2,8 +2,9 @@
 
 `PolicySampler` asks its engine (`engines/`: batched `generate` by default) for the step's
 completions, each prompt's with its own token budget. Every rank of an SP group must then train on
-the very same sequences, so the group's rank 0 broadcasts its completions to the others: on GPUs,
-identical seeds alone do not give identical samples. The sampling seed depends on the run's seed,
+the very same sequences, so the group's rank 0 samples and broadcasts its completions to the others
+(on GPUs, identical seeds alone do not give identical samples); the others wait, unless the weights
+are sharded and every forward needs every rank. The sampling seed depends on the run's seed,
 the DP rank and the step, so a resumed run samples what the uninterrupted one would have.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch.distributed as dist
 
 from ...data.prompts import PromptRow
 from ...parallel.comm import broadcast_from_group_leader
@@ -53,6 +56,11 @@ class PolicySampler:
         self.tokenizer, self.stop_ids, self.settings = tokenizer, stop_ids, settings
         self.cutoff_len, self.seed, self.dp_rank, self.engine = cutoff_len, seed, dp_rank, engine
 
+    @property
+    def every_rank_decodes(self) -> bool:
+        """Whether every rank must run the engine (sharded weights), not only each SP group's rank 0."""
+        return bool(getattr(self.engine, "synced_gpus", False))
+
     def budget(self, prompt: PromptRow) -> int:
         """The most new tokens a completion of `prompt` may have."""
         return self.settings.budget(len(prompt.prompt_ids), self.cutoff_len)
@@ -93,13 +101,16 @@ def roll_out(
 ) -> list[Rollout]:
     """`num_generations` completions per prompt, consecutive per prompt, identical on every rank of
     the SP group (its rank 0's samples)."""
-    sampled = sampler(model, prompts, num_generations, step)
+    # Only the leader's samples are used; the others decode too only where every forward needs every
+    # rank (sharded weights: generate's synced_gpus).
+    leader = sp_group is None or dist.get_rank(sp_group) == 0
+    sampled = sampler(model, prompts, num_generations, step) if leader or sampler.every_rank_decodes else None
+    (sampled,) = broadcast_from_group_leader([sampled], sp_group)
     if len(sampled) != len(prompts) or any(len(group) != num_generations for group in sampled):
         raise RuntimeError(
             f"the sampler returned {[len(g) for g in sampled]} completions for "
             f"{len(prompts)} prompts x {num_generations}"
         )
-    (sampled,) = broadcast_from_group_leader([sampled], sp_group)
     rollouts = []
     for prompt, completions in zip(prompts, sampled):
         budget = sampler.budget(prompt)
