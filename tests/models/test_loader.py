@@ -87,3 +87,24 @@ def test_train_from_scratch_builds_the_architecture_with_fresh_weights(tmp_path)
     changed = [n for n, p in fresh.named_parameters() if p.dim() > 1 and not torch.equal(p, weights[n])]
     assert changed and len(changed) == sum(p.dim() > 1 for p in fresh.parameters())  # every matrix is new
     assert all(torch.equal(p, q) for p, q in zip(fresh.parameters(), again.parameters()))  # seeded
+
+
+def test_forwards_installed_after_loading_survive_train_and_eval_switches(tmp_path):
+    """transformers (with the `kernels` package it requires) re-kernelizes a model loaded from a
+    folder on every train()/eval() switch, putting the class forward back on each hub-kernel layer:
+    the Gated DeltaNet's SP/packing forward and the efficient RMSNorm must stay installed."""
+    from ulysses_pro.models.attention import isolate_packed_documents
+    from ulysses_pro.models.efficient_norm import use_efficient_rms_norms
+    from ulysses_pro.models.recurrent import recurrent_mixers
+    from ulysses_pro.models.tiny import make_tiny_model
+
+    folder = make_tiny_model("qwen3_5_text", tmp_path / "model")
+    model = build(model_name_or_path=str(folder), finetuning_type="full")
+    isolate_packed_documents(model)
+    assert use_efficient_rms_norms(model) > 0
+    patched = [m for _, m in recurrent_mixers(model)] + [m for m in model.modules() if hasattr(m, "_ulysses_eps")]
+    assert len(patched) > 3 and all("forward" in m.__dict__ for m in patched)
+    for _ in range(2):
+        model.eval()
+        model.train()
+    assert all("forward" in m.__dict__ for m in patched)

@@ -21,6 +21,7 @@ from ..data.lf_template.chat import LfChatFormat
 from ..data.lf_template.jinja import jinja_template
 from ..data.multimodal.rows import copy_processor_files
 from ..data.templates import chat_format
+from ..models.kv_cache import set_kv_cache
 from ..models.loader import adapter_paths, load_model, load_model_config, load_tokenizer
 from ..models.value_head import VALUE_HEAD_FILE
 
@@ -68,7 +69,7 @@ def export_model(config) -> Path:
     model = model.to(dtype).cpu()
     out = Path(export.export_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.config.use_cache = True  # training turned the KV cache off; inference wants it
+    set_kv_cache(model, True)  # training turned the KV cache off; inference wants it
     model.save_pretrained(str(out), max_shard_size=f"{max(1, round(export.export_size * 1000))}MB")
     if not getattr(tokenizer, "chat_template", None) and isinstance(template, LfChatFormat):
         tokenizer.chat_template = jinja_template(template.template, tokenizer)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .kv_cache import set_kv_cache
 from .wrappers import unwrap_model
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def enable_gradient_checkpointing(
         enable=True,
         gradient_checkpointing_func=checkpointing_function(use_reentrant, hooks, preserve_rng_state),
     )
-    hf_model.config.use_cache = False
+    set_kv_cache(hf_model, False)
     logger.info(
         "gradient checkpointing on (%s%s)",
         "reentrant" if use_reentrant else "non-reentrant",

@@ -8,6 +8,7 @@ import re
 import torch
 from torch import nn
 
+from .kv_cache import set_kv_cache
 from .multimodal.freezing import freeze_parts, lora_targets
 from .vocabulary import (
     embedding_module_names,
@@ -159,6 +160,12 @@ def load_model(
             revision=model_args.model_revision,
             token=model_args.hf_hub_token,
             low_cpu_mem_usage=model_args.low_cpu_mem_usage,
+            # Hub kernels off: transformers (>= 5.2x, with `kernels` installed, which it requires)
+            # re-kernelizes on every train()/eval() switch and puts the class forward back on each
+            # decorated layer, silently undoing the forwards this project installs (Gated DeltaNet
+            # under SP and packing, the efficient RMSNorm). Measured: Qwen3.5 loaded from a folder
+            # trained its linear-attention layers without SP (gradients 1e-1 off at SP=2).
+            use_kernels=False,
             **kwargs,
         )
     if wants_resize(model_args):
@@ -174,7 +181,7 @@ def load_model(
             embedding_rows(model),
         )
     # Packed rows rely on position-id restarts, which transformers honours only without a KV cache.
-    model.config.use_cache = False
+    set_kv_cache(model, False)
     # Adapter weights (LoRA A) are drawn from the RNG: seed them, so every process and every run
     # with the same seed starts from the same adapter (SP=N vs SP=1 comparisons depend on it).
     with torch.random.fork_rng(devices=[]):

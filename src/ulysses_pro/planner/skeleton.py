@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models.kv_cache import set_kv_cache
 from ..models.loader import load_model_config
 
 ATTENTION_NAME = "ulysses_pro_plan"
@@ -118,7 +119,7 @@ def build_skeleton(model_args, finetuning_args, training_args, config=None) -> n
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, trust_remote_code=model_args.trust_remote_code
         )
-        model.config.use_cache = False
+        set_kv_cache(model, False)
         model = _apply_finetuning(model, model_args, finetuning_args, is_trainable=True)
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32 and not finetuning_args.pure_bf16:

@@ -21,6 +21,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from ..data.templates import chat_format
+from ..models.kv_cache import set_kv_cache
 from ..models.loader import load_model, load_tokenizer
 
 
@@ -32,7 +33,7 @@ def load_for_generation(config) -> tuple:
     model = load_model(config.model, config.finetuning, tokenizer, config.training, is_trainable=False)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    model.config.use_cache = True
+    set_kv_cache(model, True)
     return model.eval(), tokenizer, template
 
 
