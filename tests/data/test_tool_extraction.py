@@ -20,3 +20,15 @@ def test_what_a_format_writes_it_reads_back(style):
 def test_plain_text_is_no_call(style):
     assert extract_calls(style, "The weather in Paris is mild today.") is None
     assert extract_calls(style, '{"no": "name"}') is None
+
+
+def test_qwen3_5_writes_xml_calls_with_bare_strings_and_json_values():
+    """LLaMA-Factory's `Qwen35ToolUtils`: one <parameter=...> block per argument; strings as they
+    are, other values as JSON; read back with their JSON types."""
+    calls = [("get_weather", '{"city": "Paris", "days": 3, "hourly": false}')]
+    text = TOOL_STYLES["qwen3_5"].calls(calls)
+    assert text == (
+        "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+        "<parameter=days>\n3\n</parameter>\n<parameter=hourly>\nfalse\n</parameter>\n</function>\n</tool_call>"
+    )
+    assert extract_calls("qwen3_5", "Let me look.\n" + text) == calls

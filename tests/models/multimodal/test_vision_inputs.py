@@ -26,7 +26,7 @@ pytest.importorskip("av")
 FAMILIES = {
     "qwen2_5_vl": ("qwen2_vl", True),
     "qwen3_vl": ("qwen3_vl_nothink", False),
-    "qwen3_5": ("qwen3_vl_nothink", False),  # Qwen3.5's own template is not implemented yet
+    "qwen3_5": ("qwen3_5_nothink", False),
 }
 
 

@@ -29,16 +29,18 @@ _GEMMA = dict(
 def _qwen(name: str, **rules) -> LfTemplate:
     return define(
         name,
-        user=_CHATML_USER,
-        assistant=_CHATML_ANSWER,
-        system=_CHATML_SYSTEM,
-        function=_CHATML_ANSWER,
-        function_format="qwen",
-        observation=_QWEN_OBSERVATION,
-        tool_format="qwen",
-        stop_words=("<|im_end|>",),
-        replace_eos=True,
-        **rules,
+        **{
+            "user": _CHATML_USER,
+            "assistant": _CHATML_ANSWER,
+            "system": _CHATML_SYSTEM,
+            "function": _CHATML_ANSWER,
+            "function_format": "qwen",
+            "observation": _QWEN_OBSERVATION,
+            "tool_format": "qwen",
+            "stop_words": ("<|im_end|>",),
+            "replace_eos": True,
+            **rules,
+        },
     )
 
 
@@ -95,6 +97,10 @@ TEMPLATES: dict[str, LfTemplate] = {
         # Qwen3-VL's text format is Qwen3's (images and videos are not trained here).
         _qwen("qwen3_vl", reasoning=True),
         _qwen("qwen3_vl_nothink"),
+        # Qwen3.5 (and 3.6): Qwen3's chat format with XML tool calls.
+        _qwen("qwen3_5", reasoning=True, function_format="qwen3_5", tool_format="qwen3_5"),
+        _qwen("qwen3_5_nothink", function_format="qwen3_5", tool_format="qwen3_5"),
+        _qwen("qwen3_6", reasoning=True, function_format="qwen3_5", tool_format="qwen3_5"),
         _llama3_family("llama3", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>"),
         _llama3_family("llama4", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|eom|>"),
         define(

@@ -1,7 +1,7 @@
 """How LLaMA-Factory writes tool definitions into the system prompt and tool calls into answers.
 
 One `ToolStyle` per `tool_format` value LLaMA-Factory defines for the templates we implement
-(`default`, `qwen`, `llama3`, `mistral`, `glm4`). The prompt texts are LLaMA-Factory's
+(`default`, `qwen`, `qwen3_5`, `llama3`, `mistral`, `glm4`). The prompt texts are LLaMA-Factory's
 (`src/llamafactory/data/tool_utils.py`), since the point is to produce its tokens exactly.
 """
 
@@ -31,6 +31,20 @@ QWEN_PROMPT = (
     "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
     '<tool_call></tool_call> XML tags:\n<tool_call>\n{{"name": <function-name>, '
     '"arguments": <args-json-object>}}\n</tool_call>'
+)
+QWEN3_5_PROMPT = (
+    "\n\n# Tools\n\nYou have access to the following functions:\n\n<tools>{tool_text}"
+    "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
+    "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
+    "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple lines\n"
+    "</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n"
+    "- Function calls MUST follow the specified format: "
+    "an inner <function=...></function> block must be nested within <tool_call></tool_call> XML tags\n"
+    "- Required parameters MUST be specified\n"
+    "- You may provide optional reasoning for your function call in natural language "
+    "BEFORE the function call, but NOT after\n"
+    "- If there is no function call available, answer the question like normal with your current knowledge "
+    "and do not tell the user about function calls\n</IMPORTANT>"
 )
 LLAMA3_PROMPT = (
     "Cutting Knowledge Date: December 2023\nToday Date: {date}\n\n"
@@ -91,6 +105,23 @@ def _qwen_calls(calls: list[tuple[str, str]]) -> str:
     return "\n".join(f"<tool_call>\n{text}\n</tool_call>" for text in texts)
 
 
+def _qwen3_5_tools(tools: list[dict]) -> str:
+    text = "".join("\n" + json.dumps(_plain(tool) or tool, ensure_ascii=False) for tool in tools)
+    return QWEN3_5_PROMPT.format(tool_text=text)
+
+
+def _qwen3_5_calls(calls: list[tuple[str, str]]) -> str:
+    """Qwen3.5's XML calls: one <parameter=...> block per argument, strings bare, the rest as JSON."""
+    texts = []
+    for name, arguments in calls:
+        text = f"<tool_call>\n<function={name}>"
+        for key, value in json.loads(arguments).items():
+            value = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            text += f"\n<parameter={key}>\n{value}\n</parameter>"
+        texts.append(text + "\n</function>\n</tool_call>")
+    return "\n".join(texts)
+
+
 def _llama3_tools(tools: list[dict]) -> str:
     text = "".join(json.dumps(_wrapped(tool), indent=4, ensure_ascii=False) + "\n\n" for tool in tools)
     return LLAMA3_PROMPT.format(date=today(), tool_text=text)
@@ -143,6 +174,7 @@ TOOL_STYLES = {
     for style in (
         ToolStyle("default", _default_tools, _default_calls),
         ToolStyle("qwen", _qwen_tools, _qwen_calls),
+        ToolStyle("qwen3_5", _qwen3_5_tools, _qwen3_5_calls),
         ToolStyle("llama3", _llama3_tools, _llama3_calls),
         ToolStyle("mistral", _mistral_tools, _mistral_calls),
         ToolStyle("glm4", _glm4_tools, _glm4_calls),
@@ -215,6 +247,18 @@ def _extract_qwen(text: str) -> list[tuple[str, str]] | None:
     return [call for found in calls for call in found]
 
 
+def _extract_qwen3_5(text: str) -> list[tuple[str, str]] | None:
+    found = re.findall(r"<tool_call>\s*<function=\s*([^\s<>]+)\s*(.*?)\s*</function>\s*</tool_call>", text, re.DOTALL)
+    calls = []
+    for name, block in found:
+        arguments = {}
+        for key, raw in re.findall(r"<parameter=(.*?)>(.*?)</parameter>", block.strip(), re.DOTALL):
+            parsed = _json(raw.strip())
+            arguments[key] = raw.strip() if parsed is None and raw.strip() != "null" else parsed
+        calls.append((name.strip(), json.dumps(arguments, ensure_ascii=False)))
+    return calls or None
+
+
 def _extract_llama3(text: str) -> list[tuple[str, str]] | None:
     return _as_calls(_json(text.strip()), "parameters")
 
@@ -234,6 +278,7 @@ def _extract_glm4(text: str) -> list[tuple[str, str]] | None:
 EXTRACTORS: dict[str, Callable[[str], list[tuple[str, str]] | None]] = {
     "default": _extract_default,
     "qwen": _extract_qwen,
+    "qwen3_5": _extract_qwen3_5,
     "llama3": _extract_llama3,
     "mistral": _extract_mistral,
     "glm4": _extract_glm4,

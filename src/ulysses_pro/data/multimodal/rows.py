@@ -36,10 +36,14 @@ VISION_TEMPLATES = {
     "qwen2_vl": "Qwen2-VL, Qwen2.5-VL",
     "qwen3_vl": "Qwen3-VL, images",
     "qwen3_vl_nothink": "Qwen3-VL, images",
+    "qwen3_5": "Qwen3.5, images",
+    "qwen3_5_nothink": "Qwen3.5, images",
+    "qwen3_6": "Qwen3.6, images",
 }
 # Templates whose videos need more than pad tokens: Qwen3-VL writes a timestamp before each frame
 # (LLaMA-Factory's `Qwen3VLPlugin`, from the Qwen3-VL video processor's sampled frame times).
-IMAGES_ONLY_TEMPLATES = ("qwen3_vl", "qwen3_vl_nothink")
+# Qwen3.5/3.6 templates use the same plugin (`qwen3_vl`).
+IMAGES_ONLY_TEMPLATES = ("qwen3_vl", "qwen3_vl_nothink", "qwen3_5", "qwen3_5_nothink", "qwen3_6")
 
 
 def media_columns(spec) -> dict[str, str]:
