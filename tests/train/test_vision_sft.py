@@ -101,12 +101,16 @@ def test_vision_language_sft_under_sequence_parallelism_matches_one_process(medi
 @pytest.fixture(scope="module")
 def qwen3_media(tmp_path_factory):
     root = tmp_path_factory.mktemp("vision-qwen3")
-    return write_vision_model(root / "model", "qwen3_vl"), write_media_dataset(root / "data", videos=False)
+    return write_vision_model(root / "model", "qwen3_vl"), write_media_dataset(root / "data")
 
 
-def test_qwen3_vl_images_with_deepstack_under_sequence_parallelism_match_one_process(qwen3_media, tmp_path):
+def test_qwen3_vl_images_and_timed_videos_with_deepstack_under_sequence_parallelism_match_one_process(
+    qwen3_media, tmp_path
+):
     """Qwen3-VL adds vision features inside the first decoder layers (deepstack): each shard adds
-    those of its own visual tokens; SP=2 ring, packed, vision tower and projector trained."""
+    those of its own visual tokens; its videos are written a temporal patch at a time, each after
+    its timestamp (text between the frames' visual tokens); SP=2 ring, packed, vision tower and
+    projector trained."""
     keys = {**parallel_keys(2, "zigzag-ring"), "neat_packing": True}
     shared = {"neat_packing": True}
     base = {"template": "qwen3_vl_nothink"}
@@ -144,17 +148,24 @@ QWEN_TOKENIZER = Path(__file__).resolve().parents[3] / "shared" / "lf-golden" / 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (LF_DATA.is_dir() and QWEN_TOKENIZER.is_dir()), reason="../shared not present")
-def test_llamafactory_image_and_video_demos_at_sp2_match_one_process(tmp_path):
+@pytest.mark.parametrize(
+    ("arch", "template", "sp", "mode"),
+    [("qwen2_5_vl", "qwen2_vl", 2, "ulysses"), ("qwen3_vl", "qwen3_vl_nothink", 4, "hybrid")],
+)
+def test_llamafactory_image_and_video_demos_under_sequence_parallelism_match_one_process(
+    tmp_path, arch, template, sp, mode
+):
     """LLaMA-Factory's own demo rows (three images, three videos at its default pixel and frame
-    limits), a tiny Qwen2.5-VL with the real Qwen2.5 tokenizer and the real processors' bounds."""
+    limits), a tiny Qwen2.5-VL (SP=2) or Qwen3-VL (timed video frames, SP=4 hybrid) with the real
+    Qwen2.5 tokenizer and the real processors' bounds."""
     from transformers import AutoTokenizer
 
     from ulysses_pro.models.multimodal.tiny import make_tiny_vision_model
 
-    model = make_tiny_vision_model("qwen2_5_vl", tmp_path / "model", AutoTokenizer.from_pretrained(QWEN_TOKENIZER))
+    model = make_tiny_vision_model(arch, tmp_path / "model", AutoTokenizer.from_pretrained(QWEN_TOKENIZER))
     keys = {
         "model_name_or_path": str(model),
-        "template": "qwen2_vl",
+        "template": template,
         "dataset": "mllm_demo,mllm_video_demo",
         "dataset_dir": str(LF_DATA),
         "cutoff_len": 2048,
@@ -163,5 +174,5 @@ def test_llamafactory_image_and_video_demos_at_sp2_match_one_process(tmp_path):
         "freeze_vision_tower": False,
     }
     reference = run_training(**keys, output_dir=str(tmp_path / "ref"))
-    candidate = run_ranks(_train, 2, {**keys, **parallel_keys(2, "ulysses"), "output_dir": str(tmp_path / "sp")})[0]
+    candidate = run_ranks(_train, sp, {**keys, **parallel_keys(sp, mode), "output_dir": str(tmp_path / "sp")})[0]
     compare(reference, candidate, steps=2)

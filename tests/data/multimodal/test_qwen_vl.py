@@ -18,6 +18,7 @@ from ulysses_pro.data.multimodal.qwen_vl import (
     VIDEO_TOKEN,
     ProcessorGeometry,
     VisionLimits,
+    VisualInput,
     expand_placeholders,
     image_input,
     regularize_image,
@@ -28,6 +29,10 @@ from ulysses_pro.data.multimodal.qwen_vl import (
 LF_LIMITS = VisionLimits.of(DataArguments())
 LF_MEDIA = Path(__file__).resolve().parents[4] / "shared" / "lf-data" / "mllm_demo_data"
 ROW = RowRef("demo.json", 0)
+
+
+def _items(kind: str, *grids) -> list[VisualInput]:
+    return [VisualInput(kind, f"{kind}{i}", (0, 0), grid) for i, grid in enumerate(grids)]
 
 
 def _processor_grid(image, limits: VisionLimits) -> tuple[int, ...]:
@@ -85,7 +90,7 @@ def test_placeholders_expand_in_order_and_must_match_the_media():
         {"role": "user", "content": "<video>then<image>and<image>?"},
         {"role": "assistant", "content": "ok"},
     ]
-    out = expand_placeholders(messages, [(1, 4, 4), (1, 2, 2)], [(2, 2, 4)], geometry, ROW)
+    out = expand_placeholders(messages, _items("image", (1, 4, 4), (1, 2, 2)), _items("video", (2, 2, 4)), geometry, ROW)
     expected = (
         "<|vision_start|>" + VIDEO_TOKEN * 4 + "<|vision_end|>then"
         "<|vision_start|>" + IMAGE_TOKEN * 4 + "<|vision_end|>and"
@@ -93,9 +98,9 @@ def test_placeholders_expand_in_order_and_must_match_the_media():
     )
     assert out[0]["content"] == expected and out[1] == messages[1]
     with pytest.raises(DataError, match=r"demo.json row 0: more <image> placeholders than images \(1"):
-        expand_placeholders(messages, [(1, 4, 4)], [(2, 2, 4)], geometry, ROW)
+        expand_placeholders(messages, _items("image", (1, 4, 4)), _items("video", (2, 2, 4)), geometry, ROW)
     with pytest.raises(DataError, match="demo.json row 0: 3 images but 2 <image> placeholders"):
-        expand_placeholders(messages, [(1, 2, 2)] * 3, [(2, 2, 4)], geometry, ROW)
+        expand_placeholders(messages, _items("image", *[(1, 2, 2)] * 3), _items("video", (2, 2, 4)), geometry, ROW)
 
 
 def test_a_missing_or_unreadable_media_file_names_the_row_and_where_it_looked(tmp_path):

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -221,19 +222,35 @@ def test_visual_tokens_stay_masked_when_the_prompt_trains(tmp_path, vision_token
     )  # the prompt trains
 
 
-def test_qwen3_vl_videos_are_refused_by_name_and_its_images_counted_with_16_pixel_patches(tmp_path):
-    """Qwen3-VL's processor cuts 16-pixel patches (read from its saved config); its videos carry
-    per-frame timestamps, not built yet, so a video row stops with file and row."""
+def test_qwen3_vl_counts_images_with_16_pixel_patches_and_writes_each_video_patch_with_its_time(tmp_path):
+    """Qwen3-VL's processors cut 16-pixel patches (read from their saved configs); a video is sized
+    by frames x height x width together (its video processor's bounds) and each temporal patch is
+    written after `<t seconds>`, t the mean time of its two sampled frames (LLaMA-Factory's
+    `Qwen3VLPlugin`)."""
     pytest.importorskip("av")
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
     from ...media_fixtures import write_media_dataset, write_vision_model
 
     model = str(write_vision_model(tmp_path / "vl3", "qwen3_vl"))
     data = write_media_dataset(tmp_path / "data")
     config = _config(model, data, tmp_path, dataset="media_demo", template="qwen3_vl_nothink")
-    tokenizer, rows = preview_rows(config, 4)
+    tokenizer, rows = preview_rows(config, 6)
     first = rows[0][1]["images"][0]
     # 56 x 56 is raised to Qwen3-VL's 256 x 256 floor: 16 x 16 patches, 64 visual tokens
     assert first.grid == (1, 16, 16)
     assert rows[0][1]["input_ids"].count(tokenizer.convert_tokens_to_ids("<|image_pad|>")) == 64
-    with pytest.raises(DataError, match="media_demo.json.*row 4: template qwen3_vl_nothink: videos .* not built yet"):
-        preview_rows(config, 6)
+    # clip0.mp4: 8 frames at 4 fps, 64 x 48; video_fps 2 samples floor(2 s x 2) = 4 frames, spread
+    # evenly over the 8 (LLaMA-Factory's `_get_video_sample_indices`).
+    (row,) = [r for _, r in rows if r.get("videos")][:1]
+    indices = np.linspace(0, 7, 4).astype(np.int32).tolist()
+    times = [index / 4 for index in indices]
+    stamps = [(times[i] + times[i + 1]) / 2 for i in (0, 2)]
+    height, width = smart_resize(4, 48, 64, temporal_factor=2, factor=32, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    per_patch = (height // 16) * (width // 16) // 4
+    assert row["videos"][0].grid == (2, height // 16, width // 16)
+    text = tokenizer.decode(row["input_ids"])
+    expected = "".join(
+        f"<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_patch + "<|vision_end|>" for t in stamps
+    )
+    assert expected in text and text.count("<|vision_start|>") == 2

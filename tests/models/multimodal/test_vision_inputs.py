@@ -25,8 +25,8 @@ pytest.importorskip("av")
 # (model, template, whether the family's videos are built)
 FAMILIES = {
     "qwen2_5_vl": ("qwen2_vl", True),
-    "qwen3_vl": ("qwen3_vl_nothink", False),
-    "qwen3_5": ("qwen3_5_nothink", False),
+    "qwen3_vl": ("qwen3_vl_nothink", True),
+    "qwen3_5": ("qwen3_5_nothink", True),
 }
 
 
@@ -128,7 +128,11 @@ def test_packed_row_scores_each_document_as_if_alone(setup):
         for length in row["document_lengths"]:
             ids = row["input_ids"][start : start + length]
             images = sum(1 for i, t in enumerate(ids) if t == model.config.image_token_id and (i == 0 or ids[i - 1] != t))
-            videos = sum(1 for i, t in enumerate(ids) if t == model.config.video_token_id and (i == 0 or ids[i - 1] != t))
+            runs = sum(1 for i, t in enumerate(ids) if t == model.config.video_token_id and (i == 0 or ids[i - 1] != t))
+            videos = 0
+            while runs > 0:  # a timed video (Qwen3-VL) is one run per temporal patch
+                runs -= row["videos"][used_videos + videos].token_runs
+                videos += 1
             alone = {
                 "input_ids": ids,
                 "images": row["images"][used_images : used_images + images],

@@ -30,8 +30,18 @@ PositionRule = Callable[[list[int], list, list, list], torch.Tensor]
 
 
 def _runs(ids: list[int], token: int) -> int:
-    """How many separate runs of `token` (one per image or video) the ids hold."""
+    """How many separate runs of `token` the ids hold."""
     return sum(1 for i, t in enumerate(ids) if t == token and (i == 0 or ids[i - 1] != token))
+
+
+def _taken(items: list[VisualInput], runs: int) -> list[VisualInput]:
+    """The first items that make `runs` runs of pad tokens (an image one, a timed video one per
+    temporal patch)."""
+    count = total = 0
+    while total < runs and count < len(items):
+        total += items[count].token_runs
+        count += 1
+    return items[:count]
 
 
 @dataclass
@@ -96,8 +106,8 @@ class VisionCollator:
             start = used_images = used_videos = 0
             for length in sequence.document_lengths or [len(ids)]:
                 document = ids[start : start + length]
-                taken_images = images[used_images : used_images + _runs(document, self.image_token_id)]
-                taken_videos = videos[used_videos : used_videos + _runs(document, self.video_token_id)]
+                taken_images = _taken(images[used_images:], _runs(document, self.image_token_id))
+                taken_videos = _taken(videos[used_videos:], _runs(document, self.video_token_id))
                 used_images, used_videos = used_images + len(taken_images), used_videos + len(taken_videos)
                 positions = self.positions(
                     document,

@@ -67,6 +67,7 @@ class VideoStream:
     height: int
     frames: int  # as the container states it (0: unknown)
     seconds: float
+    average_fps: float = 0.0  # the stream's average frame rate (0: unknown)
 
 
 def _open_video(path: Path, row: RowRef):
@@ -89,7 +90,8 @@ def video_stream(path: Path, row: RowRef) -> VideoStream:
     container, stream = _open_video(path, row)
     try:
         seconds = float(stream.duration * stream.time_base) if stream.duration is not None else 0.0
-        return VideoStream(stream.width, stream.height, int(stream.frames), seconds)
+        rate = float(stream.average_rate) if stream.average_rate is not None else 0.0
+        return VideoStream(stream.width, stream.height, int(stream.frames), seconds, rate)
     finally:
         container.close()
 

@@ -7,6 +7,9 @@ bounds and normalisation; each pair of frames then becomes one temporal patch, i
 transformers' `Qwen2VLVideoProcessor` (grid_t, h / merge, w / merge, merge, merge, C, T, P, P). That
 processor needs torchvision, which our CPU torch cannot load, and it resizes with torchvision's
 bicubic filter rather than PIL's: the pixels (not the token counts) differ from it by resampling.
+Qwen3-VL's video processor sizes frames by the whole clip (`qwen_vl.ProcessorGeometry.timed_frames`):
+its frames are resized to the grid's size here (PIL bicubic, the PIL processor's filter) and the
+processor is left nothing to resize.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ _PIXEL_KEYS = ("do_rescale", "rescale_factor", "do_normalize", "image_mean", "im
 def _pil_processor(config: dict, geometry: ProcessorGeometry):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    bounds = (geometry.min_pixels, geometry.max_pixels)
+    if geometry.timed_frames:  # frames come at their final size (a multiple of patch x merge)
+        bounds = ((geometry.patch_size * geometry.merge_size) ** 2, 2**62)
     return Qwen2VLImageProcessorPil(
-        size={"shortest_edge": geometry.min_pixels, "longest_edge": geometry.max_pixels},
+        size={"shortest_edge": bounds[0], "longest_edge": bounds[1]},
         patch_size=geometry.patch_size,
         merge_size=geometry.merge_size,
         temporal_patch_size=geometry.temporal_patch_size,
@@ -100,7 +106,12 @@ class PixelReader:
         frames = [decoded[index] for index in indices]
         per_frame = []
         for frame in frames:
-            patches, (_, grid_h, grid_w) = self._patches(self._video, _at_size(frame, item.size))
+            frame = _at_size(frame, item.size)
+            if geometry.timed_frames:
+                from PIL import Image
+
+                frame = frame.resize((item.grid[2] * geometry.patch_size, item.grid[1] * geometry.patch_size), Image.BICUBIC)
+            patches, (_, grid_h, grid_w) = self._patches(self._video, frame)
             # (patches, C, T, P, P) with the frame copied over T: keep one copy.
             per_frame.append(patches.reshape(grid_h * grid_w, 3, temporal, -1)[:, :, 0])
         stacked = [

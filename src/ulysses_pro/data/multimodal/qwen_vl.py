@@ -14,6 +14,13 @@ ff6d4d12), on top of transformers' Qwen2-VL processor:
   LLaMA-Factory's `_get_qwen_video_grid_metadata` does, without decoding;
 - a placeholder becomes `<|vision_start|>` + `<|image_pad|>` (or `<|video_pad|>`) x (t h w / merge^2)
   + `<|vision_end|>`.
+
+Qwen3-VL and Qwen3.5 (LLaMA-Factory's `Qwen3VLPlugin`) differ for videos only: the frames count in
+the video processor's pixel bounds (transformers' Qwen3-VL video `smart_resize` over frames x height
+x width), and each temporal patch is written on its own, preceded by its time:
+`<{t:.1f} seconds>` + `<|vision_start|>` + `<|video_pad|>` x (h w / merge^2) + `<|vision_end|>`, with
+t the mean time of the patch's two frames (sampled frame index / the stream's average frame rate;
+the last frame repeated to pair it, as transformers' `Qwen3VLProcessor._calculate_timestamps`).
 """
 
 from __future__ import annotations
@@ -81,6 +88,9 @@ class ProcessorGeometry:
     temporal_patch_size: int = 2
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
+    # Qwen3-VL's video processor: frames count in the pixel bounds; each temporal patch is written
+    # with its timestamp.
+    timed_frames: bool = False
 
     @classmethod
     def of(cls, image_processor) -> ProcessorGeometry:
@@ -100,13 +110,31 @@ class ProcessorGeometry:
         image processor's)."""
         return cls(min_pixels=128 * 28 * 28, max_pixels=28 * 28 * 768)
 
-    def grid(self, width: int, height: int, frames: int = 1) -> tuple[int, int, int]:
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+    @classmethod
+    def qwen3_video_defaults(cls) -> ProcessorGeometry:
+        """transformers' `Qwen3VLVideoProcessor` class defaults."""
+        return cls(patch_size=16, min_pixels=128 * 32 * 32, max_pixels=32 * 32 * 768, timed_frames=True)
 
+    def grid(self, width: int, height: int, frames: int = 1) -> tuple[int, int, int]:
         factor = self.patch_size * self.merge_size
-        resized_height, resized_width = smart_resize(
-            height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
-        )
+        if self.timed_frames:
+            from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize as video_resize
+
+            resized_height, resized_width = video_resize(
+                frames,
+                height,
+                width,
+                temporal_factor=self.temporal_patch_size,
+                factor=factor,
+                min_pixels=self.min_pixels,
+                max_pixels=self.max_pixels,
+            )
+        else:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+            resized_height, resized_width = smart_resize(
+                height, width, factor=factor, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+            )
         return (
             math.ceil(frames / self.temporal_patch_size),
             resized_height // self.patch_size,
@@ -130,6 +158,12 @@ class VisualInput:
     grid: tuple[int, int, int]
     frames: tuple[int, ...] = ()
     seconds_per_grid: float = 0.0
+    timestamps: tuple[float, ...] = ()  # Qwen3-VL: each temporal patch's time, written before it
+
+    @property
+    def token_runs(self) -> int:
+        """Separate runs of pad tokens it becomes in the text (a timed video: one per temporal patch)."""
+        return self.grid[0] if self.timestamps else 1
 
 
 def image_input(path: Path, geometry: ProcessorGeometry, limits: VisionLimits, row: RowRef) -> VisualInput:
@@ -153,13 +187,32 @@ def video_input(path: Path, geometry: ProcessorGeometry, limits: VisionLimits, r
         geometry.grid(*size, frames),
         tuple(indices),
         geometry.temporal_patch_size / fps,
+        _timestamps(indices, stream, limits, geometry.temporal_patch_size) if geometry.timed_frames else (),
     )
+
+
+def _timestamps(indices: list[int], stream, limits: VisionLimits, temporal: int) -> tuple[float, ...]:
+    """Each temporal patch's time in seconds: its frames' mean. LLaMA-Factory reads the frames' times
+    off the stream's average frame rate, or, when the container states none, takes the sampled
+    indices at `video_fps`."""
+    rate = stream.average_fps if stream.average_fps > 0 and stream.seconds > 0 else limits.video_fps
+    times = [index / rate for index in indices]
+    times += [times[-1]] * (-len(times) % temporal)
+    return tuple((times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal))
+
+
+def _visual_text(item: VisualInput, geometry: ProcessorGeometry) -> str:
+    token = IMAGE_TOKEN if item.kind == "image" else VIDEO_TOKEN
+    if not item.timestamps:
+        return VISION_START + token * geometry.tokens(item.grid) + VISION_END
+    per_patch = VISION_START + token * geometry.tokens((1, *item.grid[1:])) + VISION_END
+    return "".join(f"<{seconds:.1f} seconds>" + per_patch for seconds in item.timestamps)
 
 
 def expand_placeholders(
     messages: list[dict[str, str]],
-    image_grids: list[tuple[int, int, int]],
-    video_grids: list[tuple[int, int, int]],
+    images: list[VisualInput],
+    videos: list[VisualInput],
     geometry: ProcessorGeometry,
     row: RowRef,
 ) -> list[dict[str, str]]:
@@ -177,20 +230,19 @@ def expand_placeholders(
                 break
             at, kind = min(hits)
             pieces.append(content[:at])
-            grids, used = (image_grids, images_used) if kind == "image" else (video_grids, videos_used)
-            if used >= len(grids):
+            items, used = (images, images_used) if kind == "image" else (videos, videos_used)
+            if used >= len(items):
                 raise DataError.at(
-                    row, f"more <{kind}> placeholders than {kind}s ({len(grids)} in the row's {kind}s column)"
+                    row, f"more <{kind}> placeholders than {kind}s ({len(items)} in the row's {kind}s column)"
                 )
-            token = IMAGE_TOKEN if kind == "image" else VIDEO_TOKEN
-            pieces.append(VISION_START + token * geometry.tokens(grids[used]) + VISION_END)
+            pieces.append(_visual_text(items[used], geometry))
             if kind == "image":
                 images_used += 1
             else:
                 videos_used += 1
             content = content[at + len(f"<{kind}>") :]
         expanded.append({**message, "content": "".join(pieces)})
-    for kind, used, grids in (("image", images_used, image_grids), ("video", videos_used, video_grids)):
-        if used < len(grids):
-            raise DataError.at(row, f"{len(grids)} {kind}s but {used} <{kind}> placeholders in the messages")
+    for kind, used, items in (("image", images_used, images), ("video", videos_used, videos)):
+        if used < len(items):
+            raise DataError.at(row, f"{len(items)} {kind}s but {used} <{kind}> placeholders in the messages")
     return expanded

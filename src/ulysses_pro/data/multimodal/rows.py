@@ -34,16 +34,15 @@ MEDIA_STAGES = ("sft", "dpo")
 # Templates whose placeholder rules are implemented (LLaMA-Factory's mm_plugin of the same template).
 VISION_TEMPLATES = {
     "qwen2_vl": "Qwen2-VL, Qwen2.5-VL",
-    "qwen3_vl": "Qwen3-VL, images",
-    "qwen3_vl_nothink": "Qwen3-VL, images",
-    "qwen3_5": "Qwen3.5, images",
-    "qwen3_5_nothink": "Qwen3.5, images",
-    "qwen3_6": "Qwen3.6, images",
+    "qwen3_vl": "Qwen3-VL",
+    "qwen3_vl_nothink": "Qwen3-VL",
+    "qwen3_5": "Qwen3.5",
+    "qwen3_5_nothink": "Qwen3.5",
+    "qwen3_6": "Qwen3.6",
 }
-# Templates whose videos need more than pad tokens: Qwen3-VL writes a timestamp before each frame
-# (LLaMA-Factory's `Qwen3VLPlugin`, from the Qwen3-VL video processor's sampled frame times).
-# Qwen3.5/3.6 templates use the same plugin (`qwen3_vl`).
-IMAGES_ONLY_TEMPLATES = ("qwen3_vl", "qwen3_vl_nothink", "qwen3_5", "qwen3_5_nothink", "qwen3_6")
+# Templates of LLaMA-Factory's `Qwen3VLPlugin` (Qwen3-VL, Qwen3.5, Qwen3.6): timed video frames
+# (`qwen_vl.ProcessorGeometry.timed_frames`).
+TIMED_VIDEO_TEMPLATES = ("qwen3_vl", "qwen3_vl_nothink", "qwen3_5", "qwen3_5_nothink", "qwen3_6")
 
 
 def media_columns(spec) -> dict[str, str]:
@@ -144,6 +143,7 @@ def has_image_processor(model: str) -> bool:
 
 
 def _geometry(model: str, kind: str, default: ProcessorGeometry) -> tuple[ProcessorGeometry, dict]:
+    # (A timed-frames default keeps that rule with a saved config's numbers.)
     """A processor's patch, merge and pixel bounds as saved with the model (and the saved config),
     else transformers' class defaults (said in the log: the counts then assume them)."""
     found = _processor_config(model, kind)
@@ -160,6 +160,7 @@ def _geometry(model: str, kind: str, default: ProcessorGeometry) -> tuple[Proces
         temporal_patch_size=config.get("temporal_patch_size", default.temporal_patch_size),
         min_pixels=config.get("min_pixels") or size.get("shortest_edge") or default.min_pixels,
         max_pixels=config.get("max_pixels") or size.get("longest_edge") or default.max_pixels,
+        timed_frames=default.timed_frames,
     )
     return geometry, config
 
@@ -173,7 +174,9 @@ def vision_settings(data_args, tokenizer) -> VisionSettings | None:
     model = str(getattr(tokenizer, "name_or_path", "") or ".")
     limits = VisionLimits.of(data_args)
     image, image_config = _geometry(model, "image", ProcessorGeometry())
-    video, video_config = _geometry(model, "video", ProcessorGeometry.video_defaults())
+    timed = data_args.template in TIMED_VIDEO_TEMPLATES
+    video_default = ProcessorGeometry.qwen3_video_defaults() if timed else ProcessorGeometry.video_defaults()
+    video, video_config = _geometry(model, "video", video_default)
     return VisionSettings(data_args.template, limits, image, video, image_config, video_config)
 
 
@@ -186,14 +189,9 @@ def expand_media(conversation, settings: VisionSettings | None) -> tuple[object,
     if settings is None:
         covered = ", ".join(f"{name} ({models})" for name, models in VISION_TEMPLATES.items())
         raise DataError.at(ref, f"images/videos need a vision template; covered so far: template {covered}")
-    if conversation.videos and settings.template in IMAGES_ONLY_TEMPLATES:
-        raise DataError.at(
-            ref, f"template {settings.template}: videos (Qwen3-VL's per-frame timestamps) are not built yet; images are"
-        )
     images = [image_input(path, settings.image, settings.limits, ref) for path in conversation.images]
     videos = [video_input(path, settings.video, settings.limits, ref) for path in conversation.videos]
-    grids = [[item.grid for item in media] for media in (images, videos)]
-    messages = expand_placeholders(conversation.messages, *grids, settings.image, ref)
+    messages = expand_placeholders(conversation.messages, images, videos, settings.image, ref)
     return dataclasses.replace(conversation, messages=messages), images, videos
 
 

@@ -36,6 +36,16 @@ _VIDEO_PROCESSOR = {
     "image_std": [0.26862954, 0.26130258, 0.27577711],
     "do_convert_rgb": True,
 }
+# transformers' Qwen3-VL video processor defaults (frames count in its pixel bounds), with the
+# image processor's normalisation.
+_QWEN3_VL_VIDEO_PROCESSOR = {
+    **_VIDEO_PROCESSOR,
+    "video_processor_type": "Qwen3VLVideoProcessor",
+    "size": {"shortest_edge": 128 * 32 * 32, "longest_edge": 32 * 32 * 768},
+    "patch_size": 16,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
 
 
 def with_vision_tokens(tokenizer):
@@ -153,7 +163,7 @@ def make_tiny_vision_model(
     tokenizer.save_pretrained(str(out))
     images = _QWEN3_VL_IMAGES if arch in ("qwen3_vl", "qwen3_5") else {}
     Qwen2VLImageProcessorPil(**images).save_pretrained(str(out))
-    video = dict(_VIDEO_PROCESSOR)
+    video = dict(_QWEN3_VL_VIDEO_PROCESSOR if arch in ("qwen3_vl", "qwen3_5") else _VIDEO_PROCESSOR)
     if video_pixels is not None:
         video["size"] = {"shortest_edge": video_pixels[0], "longest_edge": video_pixels[1]}
     (out / "video_preprocessor_config.json").write_text(json.dumps(video, indent=2))
