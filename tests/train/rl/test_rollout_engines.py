@@ -9,6 +9,7 @@ import torch
 from ulysses_pro.data.prompts import PromptRow
 from ulysses_pro.models.tiny import build_tiny_model
 from ulysses_pro.train.rl.engines import RolloutRequest, SamplingSettings, make_engine
+from ulysses_pro.train.rl.engines.hf_generate import GumbelSampling
 from ulysses_pro.train.rl.rollout import PolicySampler, cut_at_stop, roll_out
 from ulysses_pro.train.rl.stop_strings import cut_at_stop_string
 
@@ -150,3 +151,14 @@ def test_cut_at_stop_string_keeps_the_completing_token_and_returns_the_text_befo
     assert cut_at_stop_string(ids, tokenizer, ["zzz"]) is None
     # the first of two strings to end wins
     assert cut_at_stop_string(ids, tokenizer, ["more", "answer"])[1] == "the "
+
+
+def test_gumbel_sampling_draws_from_the_softmax_of_the_scores():
+    """The engines' sampler: argmax of the scores plus Gumbel noise, counted over many draws, has the
+    softmax's frequencies (and a filtered token, at -inf, is never drawn)."""
+    scores = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]]).expand(200_000, 5).contiguous()
+    torch.manual_seed(0)
+    drawn = GumbelSampling()(torch.zeros(1, 1, dtype=torch.long), scores).argmax(-1)
+    frequencies = torch.bincount(drawn, minlength=5).float() / drawn.numel()
+    torch.testing.assert_close(frequencies, torch.softmax(scores[0], -1), atol=4e-3, rtol=0)
+    assert frequencies[4] == 0

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteriaList
 
-from .hf_generate import RowLimits, decoding
+from .hf_generate import RowLimits, decoding, generate_arguments
 from .settings import RolloutRequest, SamplingSettings
 
 DEFAULT_BATCH_SIZE = 64  # sequences per `generate` call: 8 prompts x 8 completions at once
@@ -71,7 +71,7 @@ class BatchedGenerateEngine:
         generated = hf_model.generate(
             input_ids=ids,
             attention_mask=mask,
-            **self.settings.generate_kwargs(),
+            **generate_arguments(self.settings),
             max_new_tokens=max(budgets),
             stopping_criteria=StoppingCriteriaList([limits]),
             use_cache=True,

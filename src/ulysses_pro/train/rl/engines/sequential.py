@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteriaList
 
-from .hf_generate import RowLimits, decoding
+from .hf_generate import RowLimits, decoding, generate_arguments
 from .settings import RolloutRequest, SamplingSettings
 
 
@@ -51,7 +51,7 @@ class SequentialGenerateEngine:
                 generated = hf_model.generate(
                     input_ids=ids,
                     attention_mask=torch.ones_like(ids),
-                    **self.settings.generate_kwargs(),
+                    **generate_arguments(self.settings),
                     max_new_tokens=budget,
                     stopping_criteria=StoppingCriteriaList([limits]),
                     use_cache=True,

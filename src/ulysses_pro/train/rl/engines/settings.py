@@ -45,17 +45,6 @@ class SamplingSettings:
         room = cutoff_len - prompt_length
         return room if self.max_new_tokens is None else min(self.max_new_tokens, room)
 
-    def generate_kwargs(self) -> dict:
-        """`model.generate`'s decoding arguments (lengths and stops are the engine's)."""
-        kwargs: dict = {"do_sample": self.do_sample, "num_beams": 1}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        if self.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.repetition_penalty
-        if self.min_new_tokens:
-            kwargs["min_new_tokens"] = self.min_new_tokens
-        return kwargs
-
 
 @dataclass(frozen=True)
 class RolloutRequest:
