@@ -240,39 +240,23 @@ class FinetuningArguments:
             "(DAPO); `sequence` = each response's token mean, over the global number of responses."
         },
     )
+    # DAPO's overlong handling (grpo; train/rl/overlong.py), TRL's and verl's key names.
     mask_truncated_completions: bool = field(
-        default=False,
-        metadata={
-            "help": "GRPO: completions cut by the length limit add nothing to the loss (DAPO's overlong "
-            "filtering, TRL's key)."
-        },
+        default=False, metadata={"help": "GRPO: completions cut by the length limit add nothing to the loss."}
     )
     overlong_buffer_len: int = field(
-        default=0,
-        metadata={
-            "help": "GRPO: DAPO's soft overlong punishment over a completion's last this many tokens before "
-            "its limit: a reward from 0 down to -overlong_penalty_factor (verl's overlong_buffer.len); 0 = off."
-        },
+        default=0, metadata={"help": "GRPO: overlong penalty over the last N tokens."}
     )
     overlong_penalty_factor: float = field(
-        default=1.0,
-        metadata={"help": "GRPO: the overlong penalty at the length limit (verl's overlong_buffer.penalty_factor)."},
+        default=1.0, metadata={"help": "GRPO: the overlong punishment at the limit is -factor."}
     )
     # rollouts (grpo and ppo): how completions are sampled (train/rl/engines).
-    rollout_engine: str = field(
-        default="batched",
-        metadata={
-            "help": "GRPO/PPO: `batched` (left-padded micro-batches through generate) or `sequential` "
-            "(one generate per prompt)."
-        },
-    )
+    rollout_engine: str = field(default="batched", metadata={"help": "GRPO/PPO: batched or sequential."})
     rollout_batch_size: int = field(
         default=64, metadata={"help": "GRPO/PPO: sequences per generate call of the batched engine."}
     )
-    use_vllm: bool = field(
-        default=False, metadata={"help": "GRPO/PPO: sample with vLLM (TRL's key); not available yet, refused."}
-    )
-    vllm_mode: str = field(default="colocate", metadata={"help": "With use_vllm: colocate or server (TRL's)."})
+    use_vllm: bool = field(default=False, metadata={"help": "GRPO/PPO: vLLM rollouts (TRL's key); refused."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "With use_vllm: colocate or server."})
 
 
 @dataclass
@@ -376,9 +360,7 @@ class GeneratingArguments:
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
     skip_special_tokens: bool = True
-    min_new_tokens: int = field(
-        default=0, metadata={"help": "No stop token or stop string ends a completion before this many tokens."}
-    )
+    min_new_tokens: int = field(default=0, metadata={"help": "No stop token or string ends one earlier."})
     stop: list[str] | None = field(
         default=None,
         metadata={"help": "RL rollouts: strings that end a completion (after the token that completes one)."},
