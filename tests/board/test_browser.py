@@ -169,7 +169,7 @@ def test_browser_form_sp2_preview_start_curve_finish_then_stop_and_resume(board_
             ui.text("save_steps", "10")
             ui.text("output_dir", str(second))
             assert ui.click_for_message("start_btn").startswith("started second")
-            ui.wait(lambda: ui.progress().startswith("second: running") and "last checkpoint checkpoint-" in ui.progress(), 90, "a checkpoint of the second run")
+            ui.wait(lambda: ui.progress().startswith("second: running") and "last checkpoint checkpoint-" in ui.progress(), 180, "a checkpoint of the second run")
             assert ui.click_for_message("stop_btn") == "second: stopped"
             ui.wait(lambda: ui.progress().startswith("second: stopped"), 10, "the stopped status")
             stopped_at = max(_steps(second))
