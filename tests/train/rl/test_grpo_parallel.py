@@ -19,6 +19,7 @@ from ulysses_pro.train.rl import rollout
 from ...launcher import run_ranks
 from ..harness import expected_layout, parallel_keys, relative_error, run_training
 from ..test_sequence_parallel import DATA
+from .reward_functions import CALL_LOG
 from .reward_models import write_reward_models
 
 REWARDS = str(Path(__file__).resolve().parents[3] / "examples" / "rewards" / "counting.py")
@@ -140,7 +141,10 @@ def reward_models(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("world", "sp", "mode", "keys"), CASES)
-def test_grpo_matches_single_process_with_fixed_rollouts(tmp_path, reward_models, world, sp, mode, keys):
+def test_grpo_matches_single_process_with_fixed_rollouts(
+    tmp_path, reward_models, monkeypatch, world, sp, mode, keys
+):
+    monkeypatch.setenv(CALL_LOG, str(tmp_path / "reference_reward_calls.txt"))
     dp = world // sp
     if "reward_model" in keys:
         kind = keys["reward_model"]
@@ -149,11 +153,18 @@ def test_grpo_matches_single_process_with_fixed_rollouts(tmp_path, reward_models
     reference = run_ranks(_train, 1, grpo_keys(tmp_path, "ref", per_device_train_batch_size=2 * dp, **keys))[
         0
     ]
+    monkeypatch.setenv(CALL_LOG, str(tmp_path / "reward_calls.txt"))
     candidate = run_ranks(
         _train,
         world,
         grpo_keys(tmp_path, "sp", per_device_train_batch_size=2, **parallel_keys(sp, mode), **keys),
     )[0]
+    if keys.get("sampled"):
+        # each SP group's rank 0 scores its completions, as often as one process does; the others
+        # get the result
+        once = len((tmp_path / "reference_reward_calls.txt").read_text().split())
+        ranks = (tmp_path / "reward_calls.txt").read_text().split()
+        assert once > 0 and sorted(ranks) == sorted(str(r) for r in range(0, world, sp) for _ in range(once))
     assert candidate["layout"] == expected_layout(sp, mode)
     assert len(reference["losses"]) == len(candidate["losses"]) == keys.get("max_steps", STEPS)
     loss_errors = [abs(a - b) for a, b in zip(reference["losses"], candidate["losses"])]

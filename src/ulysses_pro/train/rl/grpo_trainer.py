@@ -28,7 +28,7 @@ import torch
 from ...parallel.reduce import IGNORE_INDEX, count_targets, global_sum, normalized_token_loss
 from .objectives import group_advantages, grpo_token_losses
 from .overlong import soft_overlong_penalty
-from .rewards import score
+from .rewards import score_once_per_group
 from .rollout_trainer import RolloutTrainer, completion_row
 
 ADVANTAGES = "advantages"
@@ -69,7 +69,9 @@ class GrpoTrainer(RolloutTrainer):
         generations = self.grpo.num_generations
         rollouts = self.sample(prompts, generations, sample_step)
         rewards, per_function = (
-            score(self.reward_functions, rollouts) if self.reward_functions else ([0.0] * len(rollouts), {})
+            score_once_per_group(self.reward_functions, rollouts, self._sp_group)
+            if self.reward_functions
+            else ([0.0] * len(rollouts), {})
         )
         rewards = torch.tensor(rewards, dtype=torch.float32)
         if self.reward_model is not None:

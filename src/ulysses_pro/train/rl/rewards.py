@@ -76,6 +76,29 @@ def reward_arguments(rollouts: Sequence[Rollout]) -> dict[str, list]:
     }
 
 
+def score_once_per_group(
+    functions: Sequence[RewardFunction], rollouts: Sequence[Rollout], group=None
+) -> tuple[list[float], dict[str, list[float]]]:
+    """`score` on the group's rank 0 only, its result on every rank: the ranks of an SP group hold
+    the same completions, so each reward function runs once per DP rank's prompts, not once per SP
+    rank. A function's error reaches every rank (none is left waiting in the broadcast)."""
+    import torch.distributed as dist
+
+    from ...parallel.comm import broadcast_from_group_leader
+
+    leader = group is None or dist.get_rank(group) == 0
+    outcome: list = [None, None]
+    if leader:
+        try:
+            outcome[0] = score(functions, rollouts)
+        except Exception as error:  # re-raised below, on every rank of the group
+            outcome[1] = str(error)
+    broadcast_from_group_leader(outcome, group)
+    if outcome[1] is not None:
+        raise ValueError(outcome[1])
+    return outcome[0]
+
+
 def score(
     functions: Sequence[RewardFunction], rollouts: Sequence[Rollout]
 ) -> tuple[list[float], dict[str, list[float]]]:
