@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from gpu_sections import gpu_path, kernels, local_attention, memory_scan, training, vision  # noqa: E402
+from gpu_sections import gpu_path, kernels, local_attention, memory_scan, rollouts, training, vision  # noqa: E402
 from gpu_sections.common import RESULTS  # noqa: E402
 
 # In the order they run; a new section is a function in a gpu_sections module and an entry here.
@@ -80,6 +80,7 @@ SECTIONS = [
     training.check_fsdp,
     *gpu_path.SECTIONS,
     *vision.SECTIONS,
+    rollouts.check_rollouts,
     memory_scan.check_memory_scan,  # last: it stops starting points at the time budget
 ]
 

@@ -71,6 +71,8 @@ def rollout_table(args) -> list[dict]:
     tokenizer = load_tokenizer(ModelArguments(model_name_or_path=_model_spec(args)))
     prompts, template = _prompts(args, tokenizer)
     model = build_tiny_model("llama", tokenizer, hidden_size=args.hidden, num_layers=args.layers)
+    # `bench/gpu_sections/rollouts.py` runs this table on CUDA in bf16.
+    model = model.to(getattr(args, "device", "cpu"), getattr(args, "dtype", torch.float32))
     stop_ids = template.stop_token_ids(tokenizer)
     settings = SamplingSettings(do_sample=True, temperature=1.0, max_new_tokens=args.max_new_tokens)
     engines = [("sequential", 1), ("batched", 16), ("batched", 64)]
@@ -90,10 +92,13 @@ def rollout_table(args) -> list[dict]:
     # alike; the best time of each counts.
     times: list[list[float]] = [[] for _ in engines]
     tokens = [0] * len(engines)
+    synchronize = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
     for repeat in range(args.repeats):
         for i, sampler in enumerate(samplers):
+            synchronize()
             start = time.perf_counter()
             rollouts = roll_out(sampler, model, prompts, args.generations, step=repeat)
+            synchronize()
             times[i].append(time.perf_counter() - start)
             tokens[i] = sum(len(r.completion_ids) for r in rollouts)
     rows = []
