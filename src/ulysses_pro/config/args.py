@@ -12,7 +12,7 @@ STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 IMPLEMENTED_STAGES = ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo")
 REWARD_MODEL_TYPES = ("lora", "full")  # LLaMA-Factory's third, `api`, is refused by name
 LOSS_NORMALIZATIONS = ("token", "sequence")
-ROLLOUT_ENGINES = ("batched", "sequential")  # train/rl/engines; vLLM (use_vllm) is refused by name
+ROLLOUT_ENGINES = ("batched", "sequential", "sequence_parallel")  # train/rl/engines; vLLM (use_vllm) is refused by name
 VLLM_MODES = ("colocate", "server")  # TRL's
 PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "orpo")
 FINETUNING_TYPES = ("full", "freeze", "lora")
@@ -251,7 +251,9 @@ class FinetuningArguments:
         default=1.0, metadata={"help": "GRPO: the overlong punishment at the limit is -factor."}
     )
     # rollouts (grpo and ppo): how completions are sampled (train/rl/engines).
-    rollout_engine: str = field(default="batched", metadata={"help": "GRPO/PPO: batched or sequential."})
+    rollout_engine: str = field(
+        default="batched", metadata={"help": "GRPO/PPO: batched, sequential or sequence_parallel (long rollouts)."}
+    )
     rollout_batch_size: int = field(
         default=64, metadata={"help": "GRPO/PPO: sequences per generate call of the batched engine."}
     )

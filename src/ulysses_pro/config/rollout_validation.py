@@ -50,6 +50,27 @@ def validate_rollouts(finetuning: FinetuningArguments, generating: GeneratingArg
         _validate_decoding(finetuning, generating, fail)
 
 
+def validate_sharded_decoding(finetuning: FinetuningArguments, parallel, training: dict, fail) -> None:
+    """`rollout_engine: sequence_parallel` decodes over the SP group, each group on its own: it needs
+    a group, and weights every rank holds whole (sharded weights would need every rank of the world
+    in every decoding step, which groups of different lengths cannot give)."""
+    if finetuning.rollout_engine != "sequence_parallel":
+        return
+    if parallel.sequence_parallel_size < 2:
+        fail(
+            "rollout_engine",
+            "sequence_parallel decodes with the KV cache split over the SP group; set "
+            "sequence_parallel_size >= 2, or use rollout_engine: batched",
+        )
+    sharded = training.get("fsdp") or training.get("deepspeed")
+    if sharded:
+        fail(
+            "rollout_engine",
+            f"sequence_parallel with sharded weights ({'fsdp' if training.get('fsdp') else 'deepspeed'}) "
+            "is not built yet; use rollout_engine: batched",
+        )
+
+
 def _validate_decoding(finetuning: FinetuningArguments, generating: GeneratingArguments, fail) -> None:
     if generating.num_beams != 1:
         fail(

@@ -25,7 +25,7 @@ from .args import (
     ProArguments,
 )
 from .parsing import ConfigError
-from .rollout_validation import validate_rollouts
+from .rollout_validation import validate_rollouts, validate_sharded_decoding
 
 # transformers' batch_rebalance spreads samples over DP ranks by cost, which would break the shared
 # order SP groups rely on.
@@ -79,6 +79,7 @@ def validate(
     _validate_grpo(finetuning, data, training, fail)
     _validate_ppo(finetuning, data, training, fail)
     validate_rollouts(finetuning, generating, fail)
+    validate_sharded_decoding(finetuning, parallel, training, fail)
     if finetuning.pure_bf16 and training.get("deepspeed"):
         # LLaMA-Factory refuses the same: ZeRO-3 keeps its own fp32 master weights.
         fail(

@@ -151,6 +151,12 @@ def _attention_function(layout: SequenceParallelLayout):
     return attention
 
 
+def sequence_parallel_attention_function(layout: SequenceParallelLayout):
+    """A fresh SP attention function for `layout` (what `apply_sequence_parallel` registers), for
+    code that attends as training does inside a function of its own (`sp_decode`)."""
+    return _attention_function(layout)
+
+
 POSITION_IDS_HELP = (
     "a sequence-parallel forward needs position_ids: the global positions of this shard's tokens "
     "(restarting at 0 per packed document). Put position_ids (torch.arange(seq_len) per row) in the "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ...config import RunConfig
+from ...config import ConfigError, RunConfig
+from ...models.sp_decode import decode_problem
 from ..rl.engines import SamplingSettings, make_engine
 from ..rl.rollout import PolicySampler
 from ..workflow import weights_are_sharded
@@ -17,6 +18,13 @@ def configure_sampling(trainer, bundle, config: RunConfig) -> None:
     settings = SamplingSettings.from_generating(config.generating)
     trainer.stop_ids = bundle.template.stop_token_ids(tokenizer)
     trainer.logit_temperature = settings.logit_temperature
+    if finetuning.rollout_engine == "sequence_parallel":
+        problem = decode_problem(trainer.model)
+        if problem:
+            raise ConfigError(
+                f"{config.origins.get('rollout_engine', 'default')}: rollout_engine: sequence_parallel: "
+                f"this model cannot decode from a split KV cache: {problem}; use rollout_engine: batched"
+            )
     engine = make_engine(
         finetuning.rollout_engine,
         tokenizer,
@@ -26,6 +34,7 @@ def configure_sampling(trainer, bundle, config: RunConfig) -> None:
         batch_size=finetuning.rollout_batch_size,
         # Sharded weights: every rank takes part in every forward, so all decode until the longest ends.
         synced_gpus=weights_are_sharded(trainer),
+        layout=layout,
     )
     trainer.sampler = PolicySampler(
         tokenizer,

@@ -9,6 +9,8 @@ caller's (`rollout.roll_out`), so every engine is held to the same completions.
   transformers' `generate` (`batched.py`).
 - `sequential`: one `generate` per prompt (`sequential.py`), the reference the batched engine is
   tested and benchmarked against.
+- `sequence_parallel`: the prompt prefilled under SP and the completions decoded with the KV cache
+  split over the SP group (`sequence_parallel.py`): long rollouts bounded by the group's memory.
 - vLLM (TRL's `use_vllm` / `vllm_mode`): not built yet. The config refuses it by name before data
   and weights load (`config/validation.py`): vLLM is not installed here, and an engine that could
   not be run would be untested.
@@ -43,13 +45,20 @@ def make_engine(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     synced_gpus: bool = False,
+    layout=None,
 ) -> RolloutEngine:
-    """The engine the config's `rollout_engine` names."""
+    """The engine the config's `rollout_engine` names (`sequence_parallel` decodes over `layout`)."""
     if name == "batched":
         return BatchedGenerateEngine(tokenizer, settings, stop_ids, plain_attention, batch_size, synced_gpus)
+    if name == "sequence_parallel":
+        from .sequence_parallel import SequenceParallelDecodeEngine
+
+        if layout is None or layout.sp_size < 2:
+            raise ValueError("rollout_engine: sequence_parallel needs an SP group of 2 or more ranks")
+        return SequenceParallelDecodeEngine(tokenizer, settings, stop_ids, layout)
     if name == "sequential":
         return SequentialGenerateEngine(tokenizer, settings, stop_ids, plain_attention, synced_gpus)
-    raise ValueError(f"rollout_engine: {name!r} is not one of batched, sequential")
+    raise ValueError(f"rollout_engine: {name!r} is not one of batched, sequential, sequence_parallel")
 
 
 __all__ = [
