@@ -113,3 +113,26 @@ def test_the_engine_is_refused_by_name_without_an_sp_group_or_with_sharded_weigh
     base = {"stage": "grpo", "model_name_or_path": "tiny:llama", "reward_funcs": ["x:y"], "output_dir": "/tmp/unused"}
     with pytest.raises(ConfigError, match=f"rollout_engine: sequence_parallel.*{message}"):
         load_config({**base, "rollout_engine": "sequence_parallel", **keys})
+
+
+def test_a_rollout_cache_that_cannot_fit_is_refused_naming_max_new_tokens_and_the_sharded_engine():
+    """The fit check's numbers (a Llama-3-8B shape, bf16: 128 KiB per token) and its message."""
+    from transformers import LlamaConfig
+
+    from ulysses_pro.config import ConfigError
+    from ulysses_pro.train.rl.rollout_memory import (
+        check_rollouts_fit,
+        kv_bytes_per_token,
+        rollout_cache_bytes,
+    )
+
+    config = LlamaConfig(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, hidden_size=4096)
+    per_token = kv_bytes_per_token(config, 2)
+    assert per_token == 128 * 1024
+    # 64 rows of 4K + 60K tokens on one rank, against one prompt over 4 ranks
+    assert rollout_cache_bytes(per_token, "batched", 64, 8, 4096, 61440, 1) == 64 * 65536 * per_token
+    assert rollout_cache_bytes(per_token, "sequence_parallel", 64, 8, 4096, 61440, 4) == (1024 + 8 * 15360) * per_token
+    free = 70 * 2**30
+    check_rollouts_fit(per_token, "sequence_parallel", 64, 8, 65536, 61440, 4, free)  # 15.5 GiB: fits
+    with pytest.raises(ConfigError, match=r"max_new_tokens: 61440: .* 512\.0 GiB on one rank .*rollout_engine: sequence_parallel"):
+        check_rollouts_fit(per_token, "batched", 64, 8, 65536, 61440, 4, free)

@@ -6,7 +6,34 @@ from ...config import ConfigError, RunConfig
 from ...models.sp_decode import decode_problem
 from ..rl.engines import SamplingSettings, make_engine
 from ..rl.rollout import PolicySampler
+from ..rl.rollout_memory import check_rollouts_fit, kv_bytes_per_token
 from ..workflow import weights_are_sharded
+
+
+def _check_fit(trainer, config: RunConfig, settings: SamplingSettings, layout) -> None:
+    """On a GPU: the longest rollout call's KV cache against the free memory (CPU runs are bounded by
+    the host, which the OS manages)."""
+    import torch
+
+    weights = next(trainer.model.parameters())
+    if weights.device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(weights.device)
+    cutoff = config.data.cutoff_len
+    new = settings.budget(1, cutoff)
+    finetuning = config.finetuning
+    generations = getattr(finetuning, "num_generations", 1) if finetuning.stage == "grpo" else 1
+    per_token = kv_bytes_per_token(trainer.model.config, weights.element_size())
+    check_rollouts_fit(
+        per_token,
+        finetuning.rollout_engine,
+        finetuning.rollout_batch_size,
+        generations,
+        cutoff,
+        new,
+        layout.sp_size if layout is not None else 1,
+        free,
+    )
 
 
 def configure_sampling(trainer, bundle, config: RunConfig) -> None:
@@ -25,6 +52,7 @@ def configure_sampling(trainer, bundle, config: RunConfig) -> None:
                 f"{config.origins.get('rollout_engine', 'default')}: rollout_engine: sequence_parallel: "
                 f"this model cannot decode from a split KV cache: {problem}; use rollout_engine: batched"
             )
+    _check_fit(trainer, config, settings, layout)
     engine = make_engine(
         finetuning.rollout_engine,
         tokenizer,
