@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..train.metrics_log import LOG_FILE
 
-# The curves the board draws, as the Trainer names them (reward: the RL stages).
-CURVES = ("loss", "eval_loss", "reward")
+# The curves the board draws, as the Trainer names them (reward, eval_reward: the RL stages).
+CURVES = ("loss", "eval_loss", "reward", "eval_reward")
 
 
 def read_log(output_dir: str | Path) -> list[dict]:
@@ -30,7 +30,7 @@ def read_log(output_dir: str | Path) -> list[dict]:
 
 
 def curve_points(records: list[dict]) -> list[tuple[int, float, str]]:
-    """(step, value, curve) for each logged loss / eval_loss / reward, in log order."""
+    """(step, value, curve) for each logged loss / eval_loss / reward / eval_reward, in log order."""
     points = []
     for record in records:
         for name in CURVES:

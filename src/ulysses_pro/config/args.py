@@ -259,6 +259,7 @@ class FinetuningArguments:
     )
     use_vllm: bool = field(default=False, metadata={"help": "GRPO/PPO: vLLM rollouts (TRL's key); refused."})
     vllm_mode: str = field(default="colocate", metadata={"help": "With use_vllm: colocate or server."})
+    eval_do_sample: bool = field(default=False, metadata={"help": "GRPO/PPO eval: sample, not greedy."})
 
 
 @dataclass

@@ -42,6 +42,11 @@ def validate_rollouts(finetuning: FinetuningArguments, generating: GeneratingArg
     for key, default in GRPO_ONLY.items():
         if stage != "grpo" and getattr(finetuning, key) != default:
             fail(key, f"applies to stage grpo (DAPO's overlong handling), not stage {stage}; remove it")
+    if finetuning.eval_do_sample and stage not in ROLLOUT_STAGES:
+        fail(
+            "eval_do_sample",
+            f"samples the RL stages' held-out rollouts (grpo, ppo), not stage {stage}; remove it",
+        )
     if finetuning.overlong_buffer_len < 0:
         fail("overlong_buffer_len", f"must be >= 0, got {finetuning.overlong_buffer_len}")
     if finetuning.overlong_penalty_factor < 0:
@@ -76,6 +81,12 @@ def _validate_decoding(finetuning: FinetuningArguments, generating: GeneratingAr
         fail(
             "num_beams",
             f"rollouts are sampled from the policy, not beam-searched; use 1, got {generating.num_beams}",
+        )
+    if finetuning.eval_do_sample and not generating.do_sample:
+        fail(
+            "eval_do_sample",
+            "samples held-out rollouts with the run's decoding keys, but do_sample is false (greedy "
+            "rollouts); remove eval_do_sample (evaluation is greedy by default)",
         )
     if generating.do_sample and not generating.temperature > 0:
         fail("temperature", f"must be positive when do_sample is true, got {generating.temperature}")

@@ -235,11 +235,6 @@ def _validate_sampling_stage(stage: str, data: DataArguments, training: dict[str
     if data.packing or data.neat_packing or data.streaming:
         key = "packing" if data.packing else "neat_packing" if data.neat_packing else "streaming"
         fail(key, f"stage {stage} samples completions per prompt; remove packing / neat_packing / streaming")
-    if training.get("do_eval"):
-        fail(
-            "do_eval",
-            f"stage {stage} has no held-out evaluation yet; remove do_eval (rewards are logged per step)",
-        )
     if training.get("neftune_noise_alpha"):
         fail(
             "neftune_noise_alpha",

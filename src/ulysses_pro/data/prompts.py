@@ -9,7 +9,7 @@ with the template's generation prompt (`ChatFormat.prompt_ids`), as `chat` rende
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -104,7 +104,12 @@ def build_prompt_datasets(data_args, tokenizer, seed: int = 42) -> DatasetBundle
     """The training (and held-out) prompts of an RL stage; a few of them for the sample generations."""
     template = chat_format(tokenizer, data_args)
     items = load_rows(data_args, "grpo", seed)
-    held: list = []
+    # The held-out prompts, chosen as for sft: `eval_dataset`, or `val_size` rows of the training set.
+    held = (
+        load_rows(replace(data_args, dataset=data_args.eval_dataset), "grpo", seed)
+        if data_args.eval_dataset
+        else []
+    )
     if data_args.val_size:
         items, held = split_held_out(items, data_args.val_size, seed)
     train = _encode(items, tokenizer, template, data_args.cutoff_len, "train")

@@ -189,6 +189,18 @@ def weights_are_sharded(trainer: UlyssesTrainer) -> bool:
     return bool(trainer.sharded_by_fsdp2 or is_deepspeed_zero3_enabled())
 
 
+def final_evaluation(trainer: UlyssesTrainer) -> dict[str, float]:
+    """The finished model's held-out metrics: those of the evaluation transformers' eval strategy
+    ran at the last step when there was one (it evaluates there under `eval_strategy: steps`; a
+    second pass would repeat it, a whole set of held-out rollouts in the RL stages), else a new one.
+    With load_best_model_at_end the model changed after that evaluation, so it runs again."""
+    state = trainer.state
+    last = next((entry for entry in reversed(state.log_history) if "eval_runtime" in entry), None)
+    if last is not None and last.get("step") == state.global_step and not trainer.args.load_best_model_at_end:
+        return {key: value for key, value in last.items() if key != "step"}
+    return trainer.evaluate()
+
+
 def run_workflow(
     config: RunConfig,
     callbacks: list | None,
@@ -289,18 +301,21 @@ def run_workflow(
         trainer.save_state()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
-        if config.finetuning.plot_loss and trainer.is_world_process_zero():
-            for key in ("loss", "eval_loss", "reward"):  # reward: the RL stages, as LLaMA-Factory plots PPO
-                path = plot_loss(trainer.state.log_history, args.output_dir, key)
-                if path is not None:
-                    logger.info("loss plot written to %s", path)
     if show_samples:
         with unsharded_attention(model, plain_attention):
             sample_answers(model, tokenizer, bundle.template, bundle.sample_prompts, "after training")
     if args.do_eval and bundle.eval is not None:
-        metrics = trainer.evaluate()
+        metrics = final_evaluation(trainer)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+    if args.do_train and config.finetuning.plot_loss and trainer.is_world_process_zero():
+        # After the final evaluation, so its point is on the curves. reward: the RL stages, as
+        # LLaMA-Factory plots PPO's, with the held-out reward beside it.
+        for key in ("loss", "eval_loss", "reward"):
+            held_out = "eval_reward" if key == "reward" else None
+            path = plot_loss(trainer.state.log_history, args.output_dir, key, held_out)
+            if path is not None:
+                logger.info("loss plot written to %s", path)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return trainer

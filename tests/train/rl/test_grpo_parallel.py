@@ -9,6 +9,7 @@ batched rollout engine: one process and the SP group's rank 0 sample alike from 
 
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
 
@@ -30,6 +31,14 @@ VARYING = {
 }
 STEPS = 3
 GENERATIONS = 4
+# Held-out evaluation (train/rl/held_out.py) at step 2 and at the end: 4 prompts, batches of 2.
+HELD_OUT = {
+    "do_eval": True,
+    "val_size": 4,
+    "per_device_eval_batch_size": 2,
+    "eval_strategy": "steps",
+    "eval_steps": 2,
+}
 
 # Completions of different lengths and rewards, chosen per prompt by a hash of its ids.
 CANDIDATES = ["{answer}", "{answer} {answer}", "no", "{answer} and more words here", "seven", ""]
@@ -83,8 +92,11 @@ def grpo_keys(tmp_path, name, **keys):
 CASES = [
     # (world, sp, mode, keys): both normalisations, the KL term and DP x SP by default; the rest slow
     (2, 2, "zigzag-ring", {"loss_normalization": "sequence", "beta": 0.1}),
-    # DP 2 x SP 2: the shared rollout loop's DP x SP split runs by default in the PPO tests
-    pytest.param(4, 2, "ulysses", {"loss_normalization": "token"}, marks=pytest.mark.slow),
+    # DP 2 x SP 2: the shared rollout loop's DP x SP split runs by default in the PPO tests; 5
+    # held-out prompts over 2 DP ranks (one pads its last batch)
+    pytest.param(
+        4, 2, "ulysses", {"loss_normalization": "token", **HELD_OUT, "val_size": 5}, marks=pytest.mark.slow
+    ),
     # two updates per rollout (old log-probs at temperature 0.7, the clip acts) and a LoRA reward
     # model beside the rules
     (
@@ -101,18 +113,20 @@ CASES = [
         },
     ),
     # real rollouts from the batched engine at temperature 0.7 (the SP group's rank 0 samples and
-    # broadcasts): the same seeds and weights sample the same completions as one process
+    # broadcasts): the same seeds and weights sample the same completions as one process; so do
+    # the greedy held-out rollouts, whose reward and KL are logged
     (
         2,
         2,
         "ulysses",
-        {"sampled": True, "temperature": 0.7, "num_iterations": 2, "beta": 0.1, **VARYING},
+        {"sampled": True, "temperature": 0.7, "num_iterations": 2, "beta": 0.1, **VARYING, **HELD_OUT},
     ),
+    # held-out rollouts sampled (eval_do_sample) at the run's temperature, from the same seeds
     pytest.param(
         2,
         2,
         "zigzag-ring",
-        {"sampled": True, "loss_normalization": "sequence", **VARYING},
+        {"sampled": True, "loss_normalization": "sequence", **VARYING, **HELD_OUT, "eval_do_sample": True},
         marks=pytest.mark.slow,
     ),
     pytest.param(2, 2, "ulysses", {"loss_normalization": "token"}, marks=pytest.mark.slow),
@@ -182,3 +196,28 @@ def test_grpo_matches_single_process_with_fixed_rollouts(
         assert [e["clip_ratio"] for e in candidate["logged"]] == pytest.approx(clipped, abs=1e-6)
     if "reward_model" in keys:
         assert any("rewards/reward_model" in entry for entry in reference["logged"])
+    if keys.get("do_eval"):
+        _check_held_out_evaluations(tmp_path, keys)
+
+
+def _check_held_out_evaluations(tmp_path, keys):
+    """The held-out means (over every DP rank's prompts) equal one process's at every evaluation."""
+    ours, theirs = (
+        [
+            e
+            for e in json.loads((tmp_path / run / "trainer_state.json").read_text())["log_history"]
+            if "eval_reward" in e
+        ]
+        for run in ("sp", "ref")
+    )
+    assert [e["step"] for e in ours] == [e["step"] for e in theirs] == [2, STEPS]
+    assert all(("eval_kl" in e) == bool(keys.get("beta")) for e in ours + theirs)
+    for a, b in zip(ours, theirs):
+        for name in (
+            "eval_reward",
+            "eval_kl",
+            "eval_completions/mean_length",
+            "eval_completions/clipped_ratio",
+        ):
+            if name in b:
+                assert a[name] == pytest.approx(b[name], abs=1e-5), (name, a, b)

@@ -60,6 +60,12 @@ def _grpo(**keys):
         ({"stage": "ppo", "reward_model": "rm", "overlong_buffer_len": 8}, "applies to stage grpo"),
         ({"stage": "sft", "mask_truncated_completions": True}, "applies to stage grpo"),
         ({"stage": "sft", "use_vllm": True}, "use_vllm: samples the RL stages' rollouts"),
+        # held-out evaluation
+        ({"stage": "sft", "eval_do_sample": True}, "eval_do_sample: samples the RL stages' held-out rollouts"),
+        (
+            {"reward_funcs": "m:f", "eval_do_sample": True, "do_sample": False},
+            "eval_do_sample: samples held-out rollouts with the run's decoding keys, but do_sample is false",
+        ),
     ],
 )
 def test_bad_grpo_settings_are_refused_by_key(keys, message):

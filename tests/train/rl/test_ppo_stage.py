@@ -43,7 +43,6 @@ def _ppo(**keys):
         ({"ppo_epochs": 0}, "ppo_epochs: must be >= 1"),
         ({"ppo_target": 0}, "ppo_target: must be positive"),
         ({"neat_packing": True}, "stage ppo samples completions per prompt"),
-        ({"do_eval": True, "eval_dataset": "demo_tasks_eval"}, "stage ppo has no held-out evaluation yet"),
     ],
 )
 def test_bad_ppo_settings_are_refused_by_key(keys, message):

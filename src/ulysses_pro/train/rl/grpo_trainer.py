@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ...parallel.reduce import IGNORE_INDEX, count_targets, global_sum, normalized_token_loss
-from .objectives import group_advantages, grpo_token_losses
+from .objectives import group_advantages, grpo_token_losses, k3_kl
 from .overlong import soft_overlong_penalty
 from .rewards import score_once_per_group
 from .rollout_trainer import RolloutTrainer, completion_row
@@ -68,25 +68,7 @@ class GrpoTrainer(RolloutTrainer):
         """Sample, score and collate one micro-batch: prompts x num_generations rows, SP-split."""
         generations = self.grpo.num_generations
         rollouts = self.sample(prompts, generations, sample_step)
-        rewards, per_function = (
-            score_once_per_group(self.reward_functions, rollouts, self._sp_group)
-            if self.reward_functions
-            else ([0.0] * len(rollouts), {})
-        )
-        rewards = torch.tensor(rewards, dtype=torch.float32)
-        if self.reward_model is not None:
-            model_scores = self.reward_model_scores(rollouts).cpu()
-            per_function["reward_model"] = model_scores.tolist()
-            rewards = rewards + self.reward_model_weight * model_scores
-        if self.grpo.overlong_buffer_len:
-            penalties = soft_overlong_penalty(
-                [len(r.completion_ids) for r in rollouts],
-                [r.budget if r.budget is not None else len(r.completion_ids) for r in rollouts],
-                self.grpo.overlong_buffer_len,
-                self.grpo.overlong_penalty_factor,
-            )
-            per_function["overlong_penalty"] = penalties
-            rewards = rewards + torch.tensor(penalties, dtype=rewards.dtype)
+        rewards, per_function = self.score_rollouts(rollouts, len(rollouts))
         advantages = group_advantages(rewards, generations, scale=self.grpo.scale_rewards)
         self.record_completions(rollouts, rewards)
         self.train_metrics.record("reward_std", rewards.view(-1, generations).std(dim=1))
@@ -96,6 +78,42 @@ class GrpoTrainer(RolloutTrainer):
         batch = self.collate([completion_row(r, trained=not (masked and r.truncated)) for r in rollouts])
         batch[ADVANTAGES] = advantages.to(batch["input_ids"].device)
         return batch
+
+    def score_rollouts(self, rollouts: list, counted: int) -> tuple[torch.Tensor, dict[str, list]]:
+        """(reward, its parts by name) of the first `counted` completions: the weighted reward
+        functions (run once per SP group), the reward model's score, DAPO's overlong penalty. Training
+        scores every row; an evaluation's padding rows are read only by the reward model, whose
+        forward every rank of the SP group must run."""
+        scored = rollouts[:counted]
+        rewards, parts = (
+            score_once_per_group(self.reward_functions, scored, self._sp_group)
+            if self.reward_functions and scored
+            else ([0.0] * len(scored), {})
+        )
+        rewards = torch.tensor(rewards, dtype=torch.float32)
+        if self.reward_model is not None:
+            model_scores = self.reward_model_scores(rollouts).cpu()[:counted]
+            parts["reward_model"] = model_scores.tolist()
+            rewards = rewards + self.reward_model_weight * model_scores
+        if self.grpo.overlong_buffer_len:
+            penalties = soft_overlong_penalty(
+                [len(r.completion_ids) for r in scored],
+                [r.budget if r.budget is not None else len(r.completion_ids) for r in scored],
+                self.grpo.overlong_buffer_len,
+                self.grpo.overlong_penalty_factor,
+            )
+            parts["overlong_penalty"] = penalties
+            rewards = rewards + torch.tensor(penalties, dtype=rewards.dtype)
+        return rewards, parts
+
+    def record_held_out_kl(self, rollouts: list, counted: int, metrics) -> None:
+        """Training's `kl`: the k3 estimate per completion token, token-weighted (each SP rank adds its
+        shard's tokens). Without `beta` there is no reference, and no `eval_kl`."""
+        if self.reference is None:
+            return
+        logps, reference_logps, mask = self.held_out_logps(rollouts, counted)
+        weights = mask.to(logps.dtype)
+        metrics.add("kl", (k3_kl(logps, reference_logps) * weights).sum(), weights.sum())
 
     def items_in(self, batches: list[dict[str, torch.Tensor]], device) -> torch.Tensor | None:
         """What the step's loss is normalised by: its completion tokens, or its completions, over every

@@ -102,6 +102,19 @@ class PpoTrainer(ValueHeadSaving, RolloutTrainer):
         self.record_completions(rollouts, scores.cpu())
         return rows, {**whole, "scores": scores.float()}
 
+    def score_rollouts(self, rollouts: list, counted: int) -> tuple[torch.Tensor, dict[str, list]]:
+        """The reward model's score of the first `counted` completions (training's `reward`: before
+        `ppo_score_norm` and the KL penalty); every row is scored (the forward is split over the SP
+        group)."""
+        return self.reward_model_scores(rollouts).cpu()[:counted], {}
+
+    def record_held_out_kl(self, rollouts: list, counted: int, metrics) -> None:
+        """Training's `kl`: per completion, the sum of log p - log p_ref over its tokens (summed over
+        the SP group first; every SP rank then records the same values, which cancel in the mean)."""
+        logps, reference_logps, mask = self.held_out_logps(rollouts, counted)
+        per_completion = self.sequence_sum(((logps - reference_logps) * mask).sum(dim=-1))
+        metrics.record("kl", per_completion[:counted])
+
     def make_experience(self, prompt_batches: list) -> list[dict[str, torch.Tensor]]:
         """A PPO step: roll out every prompt batch, compute advantages and returns over all of them,
         then `ppo_epochs` shuffled passes of training micro-batches."""

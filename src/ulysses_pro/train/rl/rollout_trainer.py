@@ -9,9 +9,10 @@ step is known before its first backward (accumulation stays exact).
 The base also gives the subclasses: the sampler wiring (set by the stage once SP exists), the
 collation of prompt + completion rows whose targets are the completion tokens, per-token
 log-probs (and entropies) from the tiled head, reward-model scores read as the reward model was
-trained, and the sampled completions printed at each logging step. Every log-prob and entropy is
-that of the logits divided by the sampling temperature (`logit_temperature`, TRL's and verl's
-choice; docs/rl.md says why top_p / top_k are left out).
+trained, the sampled completions printed at each logging step, and the held-out evaluation
+(`held_out.py`: `evaluate` rolls out the eval prompts and logs their rewards and KL). Every
+log-prob and entropy is that of the logits divided by the sampling temperature
+(`logit_temperature`, TRL's and verl's choice; docs/rl.md says why top_p / top_k are left out).
 
 Resume: a checkpoint saved between rollout groups resumes exactly (the group index, hence the
 sampling seed, follows from the optimizer step). One saved inside a group (PPO's passes) resumes
@@ -36,6 +37,7 @@ from ...parallel.reduce import IGNORE_INDEX
 from ...parallel.sharding import SequenceParallelCollator
 from ..metrics import SequenceMetrics
 from ..trainer import UlyssesTrainer
+from .held_out import HeldOutEvaluation
 from .rollout import Rollout, roll_out
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ class ExperienceLoader:
             sampler.set_epoch(epoch)
 
 
-class RolloutTrainer(UlyssesTrainer):
+class RolloutTrainer(HeldOutEvaluation, UlyssesTrainer):
     """UlyssesTrainer whose micro-batches are completions sampled from the policy being trained."""
 
     # The loader yields prompt rows (DP-sharded, the same on every SP rank); the trainer splits.
@@ -242,6 +244,21 @@ class RolloutTrainer(UlyssesTrainer):
             temperature=self.logit_temperature,
         ):
             return -model(**batch, use_cache=False).logits
+
+    @torch.no_grad()
+    def held_out_logps(self, rollouts: list[Rollout], counted: int) -> tuple[torch.Tensor, ...]:
+        """(policy log-probs, reference log-probs, target mask) of this rank's shard of the
+        completions, at the logit temperature training's KL is taken at; rows past `counted` (held-out
+        padding) have no target."""
+        batch = self.collate([completion_row(rollout) for rollout in rollouts])
+        targets = batch.pop("shift_labels")
+        batch.pop("document_lengths", None)
+        targets[counted:] = IGNORE_INDEX
+        with self.evaluating():
+            logps = self.token_logps(self.model, batch, targets).float()
+            with self.reference.scoring(self.model) as reference:
+                reference_logps = self.token_logps(reference, batch, targets).float()
+        return logps, reference_logps, targets.ne(IGNORE_INDEX)
 
     @torch.no_grad()
     def reward_model_scores(self, rollouts: list[Rollout]) -> torch.Tensor:

@@ -32,10 +32,11 @@ def _configure(trainer: PpoTrainer, bundle, config: RunConfig) -> None:
 
 def _count_in_ppo_steps(config: RunConfig) -> None:
     """LLaMA-Factory counts max_steps, logging_steps and save_steps in PPO steps; each is
-    ppo_epochs x ppo_buffer_size optimizer updates here."""
+    ppo_epochs x ppo_buffer_size optimizer updates here. eval_steps too, so held-out evaluations
+    fall between PPO steps."""
     updates = config.finetuning.ppo_epochs * config.finetuning.ppo_buffer_size
     args = config.training
-    for key in ("max_steps", "logging_steps", "save_steps"):
+    for key in ("max_steps", "logging_steps", "save_steps", "eval_steps"):
         value = getattr(args, key)
         if (
             isinstance(value, int)

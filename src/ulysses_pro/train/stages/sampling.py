@@ -1,10 +1,12 @@
-"""What the RL stages wire once the trainer and its SP layout exist: the policy's sampler."""
+"""What the RL stages wire once the trainer and its SP layout exist: the policy's sampler (and,
+with do_eval, the held-out one)."""
 
 from __future__ import annotations
 
 from ...config import ConfigError, RunConfig
 from ...models.sp_decode import decode_problem
 from ..rl.engines import SamplingSettings, make_engine
+from ..rl.held_out import held_out_settings
 from ..rl.rollout import PolicySampler
 from ..rl.rollout_memory import check_rollouts_fit, kv_bytes_per_token
 from ..workflow import weights_are_sharded
@@ -53,6 +55,19 @@ def configure_sampling(trainer, bundle, config: RunConfig) -> None:
                 f"this model cannot decode from a split KV cache: {problem}; use rollout_engine: batched"
             )
     _check_fit(trainer, config, settings, layout)
+    trainer.sampler = _sampler(trainer, config, settings)
+    if config.training.do_eval:
+        # Held-out rollouts: the same engine, greedy unless eval_do_sample (train/rl/held_out.py).
+        trainer.eval_sampler = _sampler(
+            trainer, config, held_out_settings(settings, finetuning.eval_do_sample)
+        )
+
+
+def _sampler(trainer, config: RunConfig, settings: SamplingSettings) -> PolicySampler:
+    """The configured engine decoding at `settings`, seeded per DP rank."""
+    tokenizer = trainer.processing_class
+    layout = trainer.sp_layout
+    finetuning = config.finetuning
     engine = make_engine(
         finetuning.rollout_engine,
         tokenizer,
@@ -64,7 +79,7 @@ def configure_sampling(trainer, bundle, config: RunConfig) -> None:
         synced_gpus=weights_are_sharded(trainer),
         layout=layout,
     )
-    trainer.sampler = PolicySampler(
+    return PolicySampler(
         tokenizer,
         trainer.stop_ids,
         settings,
