@@ -9,8 +9,12 @@ ppo:  a reward model trained by our `rm` stage (the shipped LoRA example) on the
       preference pairs, on the warm start's base, then PPO of the warm-started LoRA policy against
       it (`examples/ppo_quickstart.yaml`); the reward is the reward model's score.
 
+Both evaluate on the held-out tasks of `demo_tasks_eval` (64 prompts the runs never train on):
+greedy completions scored as training scores its rollouts, before training and every sixth of it
+(`eval_reward`, train/rl/held_out.py).
+
 Each run is one `python -m ulysses_pro train` process with LLaMA-Factory-style overrides, so what
-is measured is the product's path. Prints the logged curve as a table and writes
+is measured is the product's path. Prints the logged curve and the evaluations as tables and writes
 `<out>/<stage>_learning.png`; asserts nothing (the tests check exactness, not learning speed).
 """
 
@@ -27,6 +31,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 WARM_START_STEPS = 200  # of the quickstart's 800: reward ~0.4 of 2, room to learn either way
+
+# Held-out evaluation: greedy rollouts of the 64 held-out tasks, at step 0 and every eval_steps.
+EVALUATION = {
+    "do_eval": "true",
+    "eval_dataset": "demo_tasks_eval",
+    "per_device_eval_batch_size": 64,
+    "eval_strategy": "steps",
+    "eval_on_start": "true",
+}
 
 
 def _train(config: Path, overrides: dict[str, object], log: Path) -> float:
@@ -75,12 +88,14 @@ def run_grpo(work: Path) -> tuple[list[dict], float]:
             "learning_rate": 1e-4,
             "max_steps": 300,
             "logging_steps": 10,
+            **EVALUATION,
+            "eval_steps": 50,
             "save_steps": 10_000,
             "plot_loss": "false",
         },
         work / "grpo.log",
     )
-    return [entry for entry in _history(output) if "reward" in entry], seconds
+    return _history(output), seconds
 
 
 def run_ppo(work: Path) -> tuple[list[dict], float]:
@@ -108,12 +123,14 @@ def run_ppo(work: Path) -> tuple[list[dict], float]:
             "reward_model": reward_model,
             "output_dir": output,
             **PPO_SETTINGS,
+            **EVALUATION,
+            "eval_steps": 20,  # PPO steps
             "save_steps": 10_000,
             "plot_loss": "false",
         },
         work / "ppo.log",
     )
-    return [entry for entry in _history(output) if "reward" in entry], seconds
+    return _history(output), seconds
 
 
 PPO_SETTINGS = {
@@ -130,19 +147,32 @@ CURVES = {
 }
 
 
-def report(stage: str, history: list[dict], seconds: float, out: Path) -> None:
-    reward_key, parts, length_key = CURVES[stage]  # length_key: the right panel
-    columns = ["step", reward_key, *parts, length_key]
-    print(f"\n{stage}: {len(history)} logged points, {seconds:.0f} s wall (training process)")
+def _table(entries: list[dict], columns: list[str]) -> None:
     print(" | ".join(f"{c.rpartition('/')[2]:>14}" for c in columns))
-    for entry in history:
+    for entry in entries:
         print(" | ".join(f"{entry.get(c, float('nan')):>14.4g}" for c in columns))
+
+
+def report(stage: str, logged: list[dict], seconds: float, out: Path) -> None:
+    reward_key, parts, length_key = CURVES[stage]  # length_key: the right panel
+    history = [entry for entry in logged if reward_key in entry]
+    evaluations = [entry for entry in logged if f"eval_{reward_key}" in entry]
+    print(f"\n{stage}: {len(history)} logged points, {seconds:.0f} s wall (training process)")
+    _table(history, ["step", reward_key, *parts, length_key])
+    print(f"held-out evaluations ({len(evaluations)}, greedy):")
+    _table(evaluations, ["step", *(f"eval_{key}" for key in (reward_key, *parts, length_key))])
     first, last = history[0][reward_key], history[-1][reward_key]
     head = sum(e[reward_key] for e in history[:3]) / min(3, len(history))
     tail = sum(e[reward_key] for e in history[-3:]) / min(3, len(history))
     print(
         f"{reward_key}: first {first:.3f}, last {last:.3f}; mean of first 3 points {head:.3f}, of last 3 {tail:.3f}"
     )
+    if evaluations:
+        key = f"eval_{reward_key}"
+        print(
+            f"{key}: {evaluations[0][key]:.3f} at step {evaluations[0]['step']}, "
+            f"{evaluations[-1][key]:.3f} at step {evaluations[-1]['step']} (best {max(e[key] for e in evaluations):.3f})"
+        )
 
     import matplotlib
 
@@ -154,8 +184,17 @@ def report(stage: str, history: list[dict], seconds: float, out: Path) -> None:
     left.plot(steps, [e[reward_key] for e in history], color="#1f5fa0", linewidth=2, label=reward_key)
     for part in parts:
         left.plot(steps, [e[part] for e in history], linewidth=1, label=part)
+    if evaluations:
+        left.plot(
+            [e["step"] for e in evaluations],
+            [e[f"eval_{reward_key}"] for e in evaluations],
+            color="#c0392b",
+            marker="o",
+            linewidth=2,
+            label=f"eval_{reward_key} (held-out, greedy)",
+        )
     left.set_xlabel("optimizer step")
-    left.set_ylabel("mean over the step's completions")
+    left.set_ylabel("mean over the completions")
     left.set_title(f"{stage}: reward")
     left.grid(alpha=0.3)
     left.legend()
