@@ -73,6 +73,7 @@ def _zero3_run(rank, world_size, keys):
     run_training(**keys)
 
 
+@pytest.mark.slow  # 57 s; the FSDP2 and LoRA conversions run by default, ZeRO-3 training in test_deepspeed
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs the [deepspeed] extra")
 def test_a_zero3_checkpoint_converts_to_the_model_one_process_trains(tmp_path):
     """ZeRO-3 at SP=2 on 2 ranks, checkpointed after its 2 steps: the converted checkpoint is the

@@ -94,7 +94,8 @@ def test_attention_variants_sweep(tmp_path, world, model, sp, mode, keys):
 @pytest.mark.parametrize(
     ("world", "shape", "layout"),
     [
-        (4, "hidden_size=48&num_heads=6&num_kv_heads=3", (1, 4)),
+        # SP=4 slow: the SP=2 case proves the same choice of the ring for heads ulysses cannot split
+        pytest.param(4, "hidden_size=48&num_heads=6&num_kv_heads=3", (1, 4), marks=pytest.mark.slow),
         (2, "hidden_size=72&num_heads=9&num_kv_heads=3", (1, 2)),
     ],
 )
