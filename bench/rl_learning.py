@@ -198,7 +198,17 @@ def report(stage: str, logged: list[dict], seconds: float, out: Path) -> None:
     left.set_title(f"{stage}: reward")
     left.grid(alpha=0.3)
     left.legend()
-    right.plot(steps, [e[length_key] for e in history], color="#a05f1f")
+    right.plot(steps, [e[length_key] for e in history], color="#a05f1f", label=length_key)
+    held_out = [e for e in evaluations if f"eval_{length_key}" in e]
+    if held_out:
+        right.plot(
+            [e["step"] for e in held_out],
+            [e[f"eval_{length_key}"] for e in held_out],
+            color="#c0392b",
+            marker="o",
+            label=f"eval_{length_key} (held-out, greedy)",
+        )
+        right.legend()
     right.set_xlabel("optimizer step")
     right.set_ylabel("tokens" if length_key.startswith("completions") else "nats per completion")
     right.set_title(length_key)

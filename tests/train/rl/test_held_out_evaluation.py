@@ -12,6 +12,7 @@ import importlib.util
 import zlib
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from ulysses_pro.data.prompts import build_prompt_datasets
@@ -23,7 +24,7 @@ from ...launcher import run_ranks
 from ..harness import parallel_keys, run_training, training_config
 from .fixed_rollouts import DATA, use_fixed_rollouts
 from .reward_models import write_reward_models
-from .test_grpo_parallel import CANDIDATES, REWARDS, grpo_keys
+from .test_grpo_parallel import CANDIDATES, REWARDS, VARYING, grpo_keys
 from .test_ppo_parallel import ppo_keys
 
 
@@ -172,3 +173,39 @@ def test_ppo_evaluation_at_dp2_sp2_equals_one_process(tmp_path):
         for name in ("eval_reward", "eval_kl", "eval_completions/mean_length"):
             assert a[name] == pytest.approx(b[name], abs=1e-5), name
     assert theirs[-1]["eval_kl"] > 0
+
+
+def _train_sampled(rank, world_size, keys):
+    capture = CaptureEvaluations()
+    result = run_training(callbacks=(capture,), **keys)
+    steps = [e["step"] for e in capture.evaluations]
+    return [(e["loss"], e["reward"]) for e in result["logged"]], result["grads"], steps
+
+
+@pytest.mark.slow
+def test_evaluating_every_step_leaves_the_training_run_unchanged(tmp_path):
+    # real rollouts at temperature 0.7: the held-out ones (sampled too) must not draw from the run's
+    # random state, nor touch what training logs and accumulates
+    keys = {"max_steps": 4, "per_device_train_batch_size": 2, "val_size": 4, "beta": 0.1, "temperature": 0.7}
+    keys.update(VARYING)
+    plain = run_ranks(_train_sampled, 1, grpo_keys(tmp_path, "plain", **keys))[0]
+    evaluated = run_ranks(
+        _train_sampled,
+        1,
+        grpo_keys(
+            tmp_path,
+            "evaluated",
+            **keys,
+            do_eval=True,
+            eval_strategy="steps",
+            eval_steps=1,
+            eval_on_start=True,
+            eval_do_sample=True,
+            per_device_eval_batch_size=2,
+        ),
+    )[0]
+    assert (plain[2], evaluated[2]) == ([], [0, 1, 2, 3, 4])
+    assert evaluated[0] == plain[0]
+    assert len(evaluated[1]) == len(plain[1]) == 4
+    for ours, theirs in zip(evaluated[1], plain[1]):
+        assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
