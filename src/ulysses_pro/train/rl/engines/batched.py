@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteriaList
 
-from .hf_generate import RowLimits, decoding, generate_arguments
+from .hf_generate import RowLimits, decoding, generate_arguments, padding_id
 from .settings import RolloutRequest, SamplingSettings
 
 DEFAULT_BATCH_SIZE = 64  # sequences per `generate` call: 8 prompts x 8 completions at once
@@ -40,8 +40,7 @@ class BatchedGenerateEngine:
             raise ValueError(f"rollout_batch_size must be >= 1, got {batch_size}")
         self.tokenizer, self.settings, self.stop_ids = tokenizer, settings, list(stop_ids)
         self.plain_attention, self.batch_size, self.synced_gpus = plain_attention, batch_size, synced_gpus
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.pad_id = padding_id(tokenizer, self.stop_ids)
 
     @torch.no_grad()
     def generate(self, model, request: RolloutRequest) -> list[list[list[int]]]:

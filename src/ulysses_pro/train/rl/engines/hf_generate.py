@@ -48,6 +48,11 @@ def decoding(model, plain_attention: str | None, seed: int) -> Iterator[torch.nn
         hf_model.train(was_training)
 
 
+def padding_id(tokenizer, stop_ids: Sequence[int]) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else the first stop token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
+
+
 class GumbelSampling(LogitsProcessor):
     """Adds Gumbel(0, 1) noise to the (tempered, filtered) scores, so that the argmax greedy decoding
     takes is an exact sample from their softmax (the Gumbel-max trick, Gumbel 1954; Maddison et al.

@@ -27,7 +27,7 @@ from transformers import (
 from ....models.sp_decode import DECODE_NAME, ShardedKVCache, decode_attention
 from ....parallel.mesh import SequenceParallelLayout
 from ....parallel.sharding import pad_for_sequence_parallel, split_for_sequence_parallel
-from .hf_generate import RowLimits, decoding, generate_arguments
+from .hf_generate import RowLimits, decoding, generate_arguments, padding_id
 from .settings import RolloutRequest, SamplingSettings
 
 
@@ -46,8 +46,7 @@ class SequenceParallelDecodeEngine:
             list(stop_ids),
             layout,
         )
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.pad_id = padding_id(tokenizer, self.stop_ids)
         self.last_cache_bytes = 0  # the largest cache of the last call on this rank (benches read it)
 
     @torch.no_grad()

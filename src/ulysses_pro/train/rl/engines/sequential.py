@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteriaList
 
-from .hf_generate import RowLimits, decoding, generate_arguments
+from .hf_generate import RowLimits, decoding, generate_arguments, padding_id
 from .settings import RolloutRequest, SamplingSettings
 
 
@@ -28,8 +28,7 @@ class SequentialGenerateEngine:
     ):
         self.tokenizer, self.settings, self.stop_ids = tokenizer, settings, list(stop_ids)
         self.plain_attention, self.synced_gpus = plain_attention, synced_gpus
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else self.stop_ids[0]
+        self.pad_id = padding_id(tokenizer, self.stop_ids)
 
     @torch.no_grad()
     def generate(self, model, request: RolloutRequest) -> list[list[list[int]]]:
